@@ -1,0 +1,168 @@
+"""Device selection: one Backend object per device kind.
+
+A Backend bundles the array module (`xp`), the implementation of the hot ops (`ops`) and a seeded
+random generator. Layers and optimizers only ever talk to `backend.xp` and `backend.ops`, so the same
+model code runs on NumPy, on CuPy, and on the CPU emulator of our CUDA kernels.
+
+Selection order (Chainer's rule): explicit argument, then the GPUNET_DEVICE environment variable,
+then `auto` (CuPy when a usable CUDA device exists, else NumPy).
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+
+log = logging.getLogger("gpunet")
+
+_ALIASES = {
+    "numpy": "numpy", "cpu": "numpy", "np": "numpy",
+    "cupy": "cupy", "cuda": "cupy", "gpu": "cupy",
+    "emulator": "emulator", "emu": "emulator",
+    "auto": "auto",
+}
+
+
+class DeviceError(RuntimeError):
+    """A requested device cannot be used, or arrays from two devices were mixed."""
+
+
+class Backend:
+    """A device: array module, op implementations, random generator."""
+
+    def __init__(self, name: str, xp, ops_factory, seed: int | None = None):
+        self.name = name
+        self.xp = xp
+        self._ops_factory = ops_factory
+        self._ops = None
+        self.rng = np.random.default_rng(seed)
+
+    @property
+    def ops(self):
+        # Built lazily: the CUDA ops compile kernels, which only pays off when an op is used.
+        if self._ops is None:
+            self._ops = self._ops_factory(self)
+        return self._ops
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.name == "cupy"
+
+    def seed(self, seed: int) -> None:
+        """Reseed the host generator that drives init, dropout and shuffling."""
+        self.rng = np.random.default_rng(seed)
+
+    def asarray(self, a, dtype=None):
+        """Move `a` to this device (an explicit, user-requested copy)."""
+        if self.name == "cupy":
+            return self.xp.asarray(a, dtype=dtype)
+        if _is_cupy_array(a):
+            a = a.get()
+        return np.asarray(a, dtype=dtype)
+
+    def asnumpy(self, a):
+        """Copy to a host NumPy array."""
+        if _is_cupy_array(a):
+            return a.get()
+        return np.asarray(a)
+
+    def synchronize(self) -> None:
+        if self.name == "cupy":
+            self.xp.cuda.Device().synchronize()
+
+    def check(self, a, what: str = "array"):
+        """Raise if `a` lives on another device. Silent host<->device copies hide bugs and cost time."""
+        on_gpu = _is_cupy_array(a)
+        if on_gpu != self.is_gpu:
+            raise DeviceError(
+                f"{what}: got a {'CuPy (cuda)' if on_gpu else 'NumPy (cpu)'} array but the model is on "
+                f"'{self.name}'; move it explicitly with backend.asarray(...) or model.to(...)")
+        return a
+
+    def __repr__(self) -> str:
+        return f"Backend({self.name!r})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Backend) and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+
+def _is_cupy_array(a) -> bool:
+    return type(a).__module__.startswith("cupy")
+
+
+def _numpy_ops(backend):
+    from gpunet.ops.numpy_ops import NumpyOps
+    return NumpyOps(backend)
+
+
+def _cuda_ops(backend):
+    from gpunet.ops.cuda_ops import CudaOps
+    return CudaOps(backend)
+
+
+def cuda_status() -> tuple[bool, str]:
+    """(usable, reason): can CuPy run kernels on a CUDA device here?"""
+    try:
+        import cupy
+    except Exception as e:  # ImportError, or a broken install raising something else
+        return False, f"CuPy is not installed ({type(e).__name__}: {e}); install gpunet[cuda12] or gpunet[cuda13]"
+    try:
+        n = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:
+        return False, f"CuPy {cupy.__version__} is installed but no CUDA driver/device is usable ({e})"
+    if n < 1:
+        return False, f"CuPy {cupy.__version__} is installed but no CUDA device was found"
+    try:  # a driver too old for the toolkit only shows when something runs
+        cupy.arange(2).sum().item()
+    except Exception as e:
+        return False, f"CuPy {cupy.__version__} sees {n} device(s) but cannot run on them ({e})"
+    return True, f"CuPy {cupy.__version__} with {n} CUDA device(s)"
+
+
+_cache: dict[str, Backend] = {}
+
+
+def resolve_name(name: str | None = None) -> tuple[str, str]:
+    """(canonical backend name, reason). An explicit name wins; `auto` (or None) defers to
+    GPUNET_DEVICE when set, else picks CuPy only if a CUDA device is really usable."""
+    requested = "auto" if name is None else str(name).strip().lower()
+    if requested == "auto" and os.environ.get("GPUNET_DEVICE", "").strip():
+        env = os.environ["GPUNET_DEVICE"].strip().lower()
+        if env != "auto":
+            if env not in _ALIASES:
+                raise ValueError(f"GPUNET_DEVICE={env!r} is not a device; expected one of {sorted(_ALIASES)}")
+            return _ALIASES[env], f"GPUNET_DEVICE={env!r}"
+    key = _ALIASES.get(requested)
+    if key is None:
+        raise ValueError(f"unknown device {name!r}; expected one of {sorted(_ALIASES)}")
+    if key != "auto":
+        return key, f"requested {name!r}"
+    ok, why = cuda_status()
+    return ("cupy", f"auto: {why}") if ok else ("numpy", f"auto: no usable GPU, using NumPy ({why})")
+
+
+def get_backend(name: str | Backend | None = None) -> Backend:
+    """Return the (shared) Backend for `name`: numpy|cpu, cupy|cuda|gpu, emulator, auto (default)."""
+    if isinstance(name, Backend):
+        return name
+    key, why = resolve_name(name)
+    if key in _cache:
+        return _cache[key]
+    if key == "numpy":
+        be = Backend("numpy", np, _numpy_ops)
+    elif key == "emulator":
+        be = Backend("emulator", np, _cuda_ops)
+    else:
+        ok, reason = cuda_status()
+        if not ok:
+            raise DeviceError(f"device 'cupy' requested but unusable: {reason}")
+        import cupy
+        be = Backend("cupy", cupy, _cuda_ops)
+    if str(why).startswith("auto"):
+        log.info("gpunet: using %s backend (%s)", be.name, why)
+    _cache[key] = be
+    return be
