@@ -1,0 +1,74 @@
+"""Shared fixtures: the backend matrix (NumPy is the oracle) and the team's real data.
+
+GPUNET_TEST_BACKENDS (comma list, default "numpy,emulator,cupy") chooses which backends the
+`backend` fixture runs over; unavailable ones are skipped with the reason.
+"""
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpunet.backend import cuda_status, get_backend
+
+REPO = Path(__file__).resolve().parents[1]
+_ALL = ("numpy", "emulator", "cupy")
+
+
+def _selected():
+    names = os.environ.get("GPUNET_TEST_BACKENDS", ",".join(_ALL))
+    return [n.strip() for n in names.split(",") if n.strip()]
+
+
+def backend_unavailable(name: str):
+    """Reason string when `name` cannot run here, else None."""
+    if name == "cupy":
+        ok, why = cuda_status()
+        return None if ok else why
+    if name == "emulator" and shutil.which("g++") is None:
+        return "the CUDA emulator needs g++"
+    return None
+
+
+@pytest.fixture(params=_selected())
+def backend(request):
+    """Every backend under test, NumPy included."""
+    why = backend_unavailable(request.param)
+    if why:
+        pytest.skip(f"{request.param} backend unavailable: {why}")
+    return get_backend(request.param)
+
+
+@pytest.fixture(params=[n for n in _selected() if n != "numpy"])
+def device_backend(request):
+    """The backends that run our CUDA kernels (emulator always, cupy with a GPU); compared to NumPy."""
+    why = backend_unavailable(request.param)
+    if why:
+        pytest.skip(f"{request.param} backend unavailable: {why}")
+    return get_backend(request.param)
+
+
+@pytest.fixture
+def numpy_backend():
+    return get_backend("numpy")
+
+
+def shared_dir() -> Path | None:
+    env = os.environ.get("GPUNET_SHARED")
+    cand = Path(env) if env else REPO.parent / "shared"
+    return cand if cand.is_dir() else None
+
+
+@pytest.fixture
+def mnist_dir():
+    """The real MNIST test set from ../shared/data/mnist; skips cleanly when shared/ is absent."""
+    d = shared_dir()
+    if d is None or not (d / "data" / "mnist").is_dir():
+        pytest.skip("../shared/data/mnist is not present")
+    return d / "data" / "mnist"
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
