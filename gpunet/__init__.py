@@ -1,0 +1,21 @@
+"""gpunet: deep learning on CuPy with a NumPy fallback, the same model code on both devices.
+
+    import gpunet
+    be = gpunet.get_backend("auto")          # cupy when a CUDA device is usable, else numpy
+    model = gpunet.nn.Sequential(...).to(be)
+"""
+import importlib
+
+from gpunet.backend import Backend, DeviceError, get_backend
+
+__version__ = "0.1.0"
+__all__ = ["Backend", "DeviceError", "get_backend", "__version__"]
+
+_SUBMODULES = {"nn", "optim", "init", "data", "training", "gradcheck", "parity", "models", "functional"}
+
+
+def __getattr__(name):
+    # Submodules load on first use so `import gpunet` stays cheap (no matplotlib/tqdm at import).
+    if name in _SUBMODULES:
+        return importlib.import_module(f"gpunet.{name}")
+    raise AttributeError(f"module 'gpunet' has no attribute {name!r}")
