@@ -1,0 +1,149 @@
+"""Launcher for cuda_kernels/conv2d_relu.cu: fused conv2d + bias + ReLU, forward and backward.
+
+    y, cache = conv2d_forward(ctx, x, w, b, stride, padding, relu)
+    dx, dw, db = conv2d_backward(ctx, dy, cache)      # db is None when b was None
+
+`ctx` is a `gpunet.cuda.loader.KernelContext` (CuPy or the CPU emulator). Shapes are validated by
+`gpunet.ops.geometry.conv2d_geometry`, like every other backend; the kernels re-check them anyway.
+The design (GEMM mappings, tiles, the deterministic dW reduction) is in docs/conv2d_kernel.md.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from gpunet.cuda.loader import ceil_div, i32
+from gpunet.ops.geometry import Window2d, conv2d_geometry
+
+SOURCE = "conv2d_relu.cu"
+
+# Mirrors of the tile constants at the top of conv2d_relu.cu (grids are computed from them).
+BM = 128             # GEMM rows per block
+BN = 64              # GEMM columns per block
+BK = 8               # K step; dW chunks are multiples of it so only the last chunk has a tail
+THREADS = 256        # threads per GEMM block (the kernels refuse any other block shape)
+REDUCE_THREADS = 256  # threads per block of conv2d_wgrad_reduce
+
+# dW split-K policy. The split depends on the shape only (never on the GPU), so a given shape is
+# reduced in the same order, bit for bit, on every device and every run.
+WGRAD_TARGET_BLOCKS = 512  # about 2 waves at 2 blocks/SM on a 132-SM H100: enough to fill any GPU
+WGRAD_MIN_CHUNK = 256      # pixels per split at least, so a split's work outweighs its partial's traffic
+
+_INT32_MAX = 2**31 - 1     # the kernels index with 32-bit ints
+_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+
+
+@dataclass(frozen=True)
+class Conv2dCache:
+    """What the backward needs: the (contiguous) inputs, the output when ReLU was fused (its mask)."""
+    x: Any
+    w: Any
+    y: Any | None
+    has_bias: bool
+    win: Window2d
+
+    @property
+    def relu(self) -> bool:
+        return self.y is not None
+
+
+def _suffix(what, *arrays) -> str:
+    dtype = np.dtype(arrays[0].dtype)
+    if dtype not in _SUFFIX:
+        raise TypeError(f"{what}: expected float32 or float64 arrays, got {dtype}")
+    for a in arrays[1:]:
+        if np.dtype(a.dtype) != dtype:
+            raise TypeError(f"{what}: all arrays must share one dtype, got {dtype} and {np.dtype(a.dtype)}")
+    return _SUFFIX[dtype]
+
+
+def _check_int32(what, *sizes):
+    for s in sizes:
+        if s > _INT32_MAX:
+            raise ValueError(f"{what}: tensors of {s} elements exceed the kernels' 32-bit indexing "
+                             f"(at most {_INT32_MAX})")
+
+
+def _geometry_args(g: Window2d, cout: int):
+    return tuple(i32(v) for v in (g.n, g.c, g.h, g.w, cout, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.oh, g.ow))
+
+
+def wgrad_split(kred: int, tiles: int) -> tuple[int, int]:
+    """(splits, chunk): the pixel reduction of dW cut into `splits` chunks of `chunk` pixels (a
+    multiple of BK), the last one possibly shorter, none empty."""
+    want = max(1, min(ceil_div(WGRAD_TARGET_BLOCKS, tiles), kred // WGRAD_MIN_CHUNK))
+    chunk = ceil_div(ceil_div(kred, want), BK) * BK
+    return ceil_div(kred, chunk), chunk
+
+
+def conv2d_forward(ctx, x, w, b, stride, padding, relu: bool):
+    """y = relu?(conv(x, w) + b) in one kernel launch. Returns (y, cache)."""
+    g = conv2d_geometry(x.shape, w.shape, stride, padding)
+    suf = _suffix("conv2d", x, w, *(() if b is None else (b,)))
+    cout = int(w.shape[0])
+    if b is not None and tuple(b.shape) != (cout,):
+        raise ValueError(f"conv2d: expected bias of shape ({cout},), got {tuple(b.shape)}")
+    _check_int32("conv2d", x.size, w.size, g.n * cout * g.oh * g.ow)
+    xp = ctx.xp
+    x = xp.ascontiguousarray(x)
+    w = xp.ascontiguousarray(w)
+    b = None if b is None else xp.ascontiguousarray(b)
+    y = xp.empty((g.n, cout, g.oh, g.ow), dtype=x.dtype)
+    grid = (ceil_div(g.n * g.oh * g.ow, BM), ceil_div(cout, BN), 1)
+    # Without a bias the kernel never reads its bias pointer; w stands in for it.
+    ctx.kernel(SOURCE, f"conv2d_fwd_{suf}")(
+        grid, (THREADS, 1, 1),
+        (x, w, w if b is None else b, y, *_geometry_args(g, cout), i32(b is not None), i32(bool(relu))))
+    return y, Conv2dCache(x=x, w=w, y=y if relu else None, has_bias=b is not None, win=g)
+
+
+def conv2d_backward(ctx, dy, cache: Conv2dCache):
+    """(dx, dw, db) of the forward that made `cache`; dy is masked by y > 0 inside the kernels."""
+    g, x, w = cache.win, cache.x, cache.w
+    cout = int(w.shape[0])
+    expected = (g.n, cout, g.oh, g.ow)
+    if tuple(dy.shape) != expected:
+        raise ValueError(f"conv2d backward: expected dy of shape {expected}, got {tuple(dy.shape)}")
+    suf = _suffix("conv2d backward", x, dy)
+    xp = ctx.xp
+    dy = xp.ascontiguousarray(dy)
+    # Without ReLU the kernels never read the mask pointer; dy stands in for it.
+    mask = cache.y if cache.relu else dy
+    relu = i32(cache.relu)
+    geo = _geometry_args(g, cout)
+
+    # dx: one implicit GEMM per stride phase, gathering from dy (no atomics).
+    wt = xp.ascontiguousarray(w.transpose(1, 0, 2, 3))     # (C_in, C_out, kh, kw): K-contiguous B rows
+    dx = xp.empty(x.shape, dtype=x.dtype)
+    phase_pixels = g.n * ceil_div(g.h, g.sh) * ceil_div(g.w, g.sw)  # the largest phase's GEMM M
+    ctx.kernel(SOURCE, f"conv2d_dgrad_{suf}")(
+        (ceil_div(phase_pixels, BM), ceil_div(g.c, BN), g.sh * g.sw), (THREADS, 1, 1),
+        (dy, mask, wt, dx, *geo, relu))
+
+    # dW (and db): split-K partials in a workspace, then a fixed-order sum. With one split the
+    # GEMM writes dw and db directly.
+    kf, kred = g.c * g.kh * g.kw, g.n * g.oh * g.ow
+    tiles = ceil_div(kf, BM) * ceil_div(cout, BN)
+    splits, chunk = wgrad_split(kred, tiles)
+    _check_int32("conv2d backward", splits * cout * kf)
+    dw = xp.empty(w.shape, dtype=w.dtype)
+    db = xp.empty((cout,), dtype=w.dtype) if cache.has_bias else None
+    if splits == 1:
+        part, dbpart = dw, db
+    else:
+        part = xp.empty((splits, cout, kf), dtype=w.dtype)
+        dbpart = xp.empty((splits, cout), dtype=w.dtype) if cache.has_bias else None
+    # Without a bias the db pointers are never touched; the dW buffers stand in for them.
+    ctx.kernel(SOURCE, f"conv2d_wgrad_{suf}")(
+        (ceil_div(kf, BM), ceil_div(cout, BN), splits), (THREADS, 1, 1),
+        (x, dy, mask, part, part if dbpart is None else dbpart, *geo, relu, i32(cache.has_bias),
+         i32(splits), i32(chunk)))
+    if splits > 1:
+        outputs = cout * kf + (cout if cache.has_bias else 0)
+        ctx.kernel(SOURCE, f"conv2d_wgrad_reduce_{suf}")(
+            (ceil_div(outputs, REDUCE_THREADS), 1, 1), (REDUCE_THREADS, 1, 1),
+            (part, part if dbpart is None else dbpart, dw, dw if db is None else db,
+             i32(splits), i32(cout * kf), i32(cout), i32(cache.has_bias)))
+    return dx, dw, db
