@@ -1,0 +1,158 @@
+"""Downloads against a local http.server on 127.0.0.1 serving files the test generates (never the internet)."""
+import functools
+import hashlib
+import http.server
+import io
+import pickle
+import socket
+import tarfile
+import threading
+
+import numpy as np
+import pytest
+
+from gpunet.data import ChecksumError, DataUnavailableError, download, load_dataset
+from gpunet.data.idx import write_idx
+
+from test_data import make_idx_dir
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server(tmp_path):
+    """(root folder served, base URL). Files put under root/<dataset>/ are downloadable."""
+    root = tmp_path / "served"
+    root.mkdir()
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPUNET_DATA", str(tmp_path / "cache"))
+    monkeypatch.delenv("GPUNET_DATA_URL", raising=False)
+    return tmp_path / "cache"
+
+
+def _pin(monkeypatch, dataset, folder):
+    """Point SOURCES[dataset] at the SHA-256 of the files the test generated in `folder`."""
+    files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+    monkeypatch.setitem(download.SOURCES, dataset, download.Source(("http://127.0.0.1:9/unused/",), files))
+    return files
+
+
+def _leftovers(folder):
+    return [p.name for p in folder.rglob("*") if p.name.startswith(".")] if folder.exists() else []
+
+
+def test_mnist_downloads_verifies_and_caches(server, cache, monkeypatch):
+    root, url = server
+    raw = make_idx_dir(root / "mnist")
+    _pin(monkeypatch, "mnist", root / "mnist")
+    monkeypatch.setenv("GPUNET_DATA_URL", url)
+    ds = load_dataset("mnist", quiet=True)
+    assert ds.x_train.shape == (60, 1, 6, 5)
+    np.testing.assert_array_equal(ds.y_train, raw["train-labels-idx1-ubyte"])
+    assert sorted(p.name for p in (cache / "mnist").iterdir()) == sorted(p.name for p in (root / "mnist").iterdir())
+    assert _leftovers(cache) == []
+    for p in (root / "mnist").iterdir():  # the cache is used from now on: the server may vanish
+        p.unlink()
+    assert load_dataset("mnist", quiet=True).x_test.shape == (20, 1, 6, 5)
+
+
+def test_only_missing_files_are_downloaded_base_url_argument(server, cache, monkeypatch, tmp_path):
+    root, url = server
+    make_idx_dir(root / "files")
+    _pin(monkeypatch, "fashion-mnist", root / "files")
+    local = tmp_path / "local"
+    make_idx_dir(local)
+    for p in list(local.iterdir())[:2]:
+        p.unlink()
+    ds = load_dataset("fashion-mnist", local, base_url=f"{url}/files/", quiet=True)
+    assert ds.x_train.shape[0] == 60
+    assert len(list((cache / "fashion-mnist").iterdir())) == 2
+
+
+def test_checksum_mismatch_leaves_nothing(server, cache, monkeypatch):
+    root, url = server
+    make_idx_dir(root / "mnist")
+    files = _pin(monkeypatch, "mnist", root / "mnist")
+    name = "t10k-labels-idx1-ubyte.gz"
+    write_idx(root / "mnist" / name, np.ones(20, np.uint8))  # served bytes no longer match the pin
+    monkeypatch.setenv("GPUNET_DATA_URL", url)
+    with pytest.raises(DataUnavailableError) as e:
+        load_dataset("mnist", quiet=True)
+    msg = str(e.value)
+    assert name in msg and "SHA-256" in msg and files[name] in msg
+    assert not (cache / "mnist" / name).exists() and _leftovers(cache) == []
+
+
+def test_download_file_is_atomic_on_checksum_error(server, tmp_path):
+    root, url = server
+    (root / "f.bin").write_bytes(b"hello")
+    with pytest.raises(ChecksumError, match="f.bin"):
+        download.download_file(f"{url}/f.bin", tmp_path / "out" / "f.bin", "0" * 64, quiet=True)
+    assert list((tmp_path / "out").iterdir()) == []
+    good = hashlib.sha256(b"hello").hexdigest()
+    assert download.download_file(f"{url}/f.bin", tmp_path / "out" / "f.bin", good, quiet=True).read_bytes() == b"hello"
+
+
+def _closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_offline_error_names_files_and_where_to_put_them(cache, monkeypatch, tmp_path):
+    monkeypatch.setenv("GPUNET_DATA_URL", f"http://127.0.0.1:{_closed_port()}")
+    with pytest.raises(DataUnavailableError) as e:
+        load_dataset("mnist", tmp_path / "mine", quiet=True)
+    msg = str(e.value)
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+                 "t10k-labels-idx1-ubyte.gz"):
+        assert name in msg
+    assert str(cache / "mnist") in msg and str(tmp_path / "mine") in msg and "--data-dir" in msg
+    assert _leftovers(cache) == []
+
+
+def test_http_404_is_reported(server, cache, monkeypatch):
+    _, url = server
+    monkeypatch.setenv("GPUNET_DATA_URL", url)
+    with pytest.raises(DataUnavailableError, match="404"):
+        load_dataset("mnist", quiet=True)
+
+
+def test_cifar_tarball_download_and_extract(server, cache, monkeypatch):
+    root, url = server
+    (root / "cifar10").mkdir()
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"):
+            blob = pickle.dumps({b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), b"labels": [0, 1, 2, 9]})
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    (root / "cifar10" / "cifar-10-python.tar.gz").write_bytes(buf.getvalue())
+    _pin(monkeypatch, "cifar10", root / "cifar10")
+    monkeypatch.setenv("GPUNET_DATA_URL", url)
+    ds = load_dataset("cifar10", quiet=True)
+    assert ds.x_train.shape == (20, 3, 32, 32) and ds.y_test.tolist() == [0, 1, 2, 9]
+    assert (cache / "cifar10" / "cifar-10-batches-py" / "test_batch").is_file()
+
+
+def test_real_sources_are_pinned_sha256():
+    for dataset, src in download.SOURCES.items():
+        assert src.mirrors and src.files
+        for name, digest in src.files.items():
+            assert len(digest) == 64 and int(digest, 16) >= 0, (dataset, name)
