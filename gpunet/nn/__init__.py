@@ -1,0 +1,22 @@
+"""Layers, containers and losses with explicit backward, written once against `backend.xp`/`backend.ops`.
+
+    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, activation="relu"), nn.MaxPool2d(2),
+                          nn.Flatten(), nn.Linear(8 * 14 * 14, 10)).to("auto")
+    crit = nn.SoftmaxCrossEntropy()
+    loss = crit(model(x), y); model.backward(crit.backward())
+"""
+from gpunet.nn.activations import ELU, PReLU, LeakyReLU, ReLU, Sigmoid, Tanh
+from gpunet.nn.containers import Concat, Residual, Sequential
+from gpunet.nn.layers import (AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, GlobalAvgPool2d,
+                              Identity, Linear, MaxPool2d)
+from gpunet.nn.losses import BCEWithLogits, MSELoss, SoftmaxCrossEntropy
+from gpunet.nn.module import IncompatibleKeys, Module, Parameter
+
+__all__ = [
+    "Module", "Parameter", "IncompatibleKeys",
+    "Conv2d", "Linear", "BatchNorm1d", "BatchNorm2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d",
+    "Flatten", "Identity", "Dropout",
+    "ReLU", "LeakyReLU", "PReLU", "ELU", "Sigmoid", "Tanh",
+    "Sequential", "Residual", "Concat",
+    "SoftmaxCrossEntropy", "BCEWithLogits", "MSELoss",
+]

@@ -1,0 +1,286 @@
+"""Layers with weights or hot ops: Conv2d, Linear, BatchNorm, pooling, Dropout, Flatten, Identity.
+
+Each forward checks the input's device (`backend.check`) and shape (errors name the layer and the
+expected shape), calls `backend.ops` or `gpunet.functional`, and keeps a cache only in training mode.
+Weights are drawn on the host from the constructing backend's seeded generator (`gpunet.init`),
+then cast to `dtype` and moved to `backend` (default: NumPy); biases start at zero.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from gpunet import functional as F
+from gpunet import init as initializers
+from gpunet.backend import get_backend
+from gpunet.nn.module import Module, Parameter
+from gpunet.ops.geometry import _check_input, pair, pool2d_geometry
+
+
+def _host_rng(backend) -> np.random.Generator:
+    return get_backend("numpy" if backend is None else backend).rng
+
+
+class Conv2d(Module):
+    """2-D convolution, weight (out, in, kh, kw), zero padding. activation="relu" uses the fused conv+ReLU op."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, bias: bool = True,
+                 activation: str | None = None, init="kaiming_normal", backend=None, dtype=np.float32):
+        super().__init__()
+        if activation not in (None, "relu"):
+            raise ValueError(f"Conv2d: activation must be None or 'relu', got {activation!r}")
+        kh, kw = pair(kernel_size, "Conv2d kernel_size")
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kernel_size = (kh, kw)
+        self.stride = pair(stride, "Conv2d stride")
+        self.padding = pair(padding, "Conv2d padding")
+        self.activation = activation
+        shape = (self.out_channels, self.in_channels, kh, kw)
+        self.weight = Parameter(initializers.get(init)(shape, _host_rng(backend)))
+        self.bias = Parameter(np.zeros(self.out_channels)) if bias else None
+        self.to(backend, dtype)
+
+    def forward(self, x):
+        be = self._backend
+        be.check(x, "Conv2d input")
+        _check_input("Conv2d", x.shape, channels=self.in_channels)
+        self._check_dtype(x, "Conv2d")
+        b = None if self.bias is None else self.bias.data
+        y, ctx = be.ops.conv2d_forward(x, self.weight.data, b, self.stride, self.padding,
+                                       self.activation == "relu")
+        self._save(ctx)
+        return y
+
+    def backward(self, dy):
+        (ctx,) = self._take(dy)
+        dx, dw, db = self._backend.ops.conv2d_backward(dy, ctx)
+        self._accumulate(self.weight, dw)
+        self._accumulate(self.bias, db)
+        return dx
+
+    def extra_repr(self) -> str:
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+             f"padding={self.padding}")
+        if self.bias is None:
+            s += ", bias=False"
+        return s + (f", activation={self.activation!r}" if self.activation else "")
+
+
+class Linear(Module):
+    """y = x @ weight.T + bias for x of shape (N, in_features); weight (out_features, in_features)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, init="kaiming_normal",
+                 backend=None, dtype=np.float32):
+        super().__init__()
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        shape = (self.out_features, self.in_features)
+        self.weight = Parameter(initializers.get(init)(shape, _host_rng(backend)))
+        self.bias = Parameter(np.zeros(self.out_features)) if bias else None
+        self.to(backend, dtype)
+
+    def forward(self, x):
+        self._backend.check(x, "Linear input")
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            raise ValueError(f"Linear: expected input of shape (N, {self.in_features}), got {tuple(x.shape)}")
+        self._check_dtype(x, "Linear")
+        self._save(x)
+        return F.linear(x, self.weight.data, None if self.bias is None else self.bias.data)
+
+    def backward(self, dy):
+        (x,) = self._take(dy)
+        dx, dw, db = F.linear_backward(dy, x, self.weight.data, self.bias is not None)
+        self._accumulate(self.weight, dw)
+        self._accumulate(self.bias, db)
+        return dx
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class _BatchNorm(Module):
+    """Per-channel batch normalisation (PyTorch semantics): training uses batch statistics (biased variance)
+    and updates running = (1 - momentum) * running + momentum * batch (unbiased variance); eval uses the
+    running statistics. momentum=None averages all batches seen (cumulative moving average)."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
+                 backend=None, dtype=np.float32):
+        super().__init__()
+        self.num_features, self.eps, self.momentum, self.affine = int(num_features), float(eps), momentum, affine
+        c = self.num_features
+        self.weight = Parameter(np.ones(c)) if affine else None
+        self.bias = Parameter(np.zeros(c)) if affine else None
+        self.register_buffer("running_mean", np.zeros(c))
+        self.register_buffer("running_var", np.ones(c))
+        self.register_buffer("num_batches_tracked", np.array(0, dtype=np.int64))
+        self.to(backend, dtype)
+
+    def forward(self, x):
+        be = self._backend
+        name = type(self).__name__
+        be.check(x, f"{name} input")
+        self._check(x)
+        self._check_dtype(x, name)
+        xp = be.xp
+        c = self.num_features
+        gamma = self.weight.data if self.affine else xp.ones(c, dtype=x.dtype)
+        beta = self.bias.data if self.affine else xp.zeros(c, dtype=x.dtype)
+        if not self.training:
+            self._save()  # keeps nothing: eval forwards have no backward
+            return be.ops.batch_norm_eval(x, gamma, beta, self.running_mean, self.running_var, self.eps)
+        self.num_batches_tracked += 1
+        momentum = self.momentum if self.momentum is not None else 1.0 / int(self.num_batches_tracked)
+        y, mean, invstd = be.ops.batch_norm_train(x, gamma, beta, self.running_mean, self.running_var,
+                                                  momentum, self.eps)
+        self._save(x, gamma, mean, invstd)
+        return y
+
+    def backward(self, dy):
+        x, gamma, mean, invstd = self._take(dy)
+        dx, dgamma, dbeta = self._backend.ops.batch_norm_backward(dy, x, gamma, mean, invstd)
+        self._accumulate(self.weight, dgamma)
+        self._accumulate(self.bias, dbeta)
+        return dx
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch norm over (N, C) inputs."""
+
+    def _check(self, x):
+        if x.ndim != 2 or x.shape[1] != self.num_features:
+            raise ValueError(f"BatchNorm1d: expected input of shape (N, {self.num_features}), got {tuple(x.shape)}")
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch norm over (N, C, H, W) inputs, statistics per channel."""
+
+    def _check(self, x):
+        _check_input("BatchNorm2d", x.shape, channels=self.num_features)
+
+
+class _Pool2d(Module):
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        name = type(self).__name__
+        self.kernel_size = pair(kernel_size, f"{name} kernel_size")
+        self.stride = self.kernel_size if stride is None else pair(stride, f"{name} stride")
+        self.padding = pair(padding, f"{name} padding")
+
+    def _window(self, x):
+        self._backend.check(x, f"{type(self).__name__} input")
+        return pool2d_geometry(type(self).__name__, x.shape, self.kernel_size, self.stride, self.padding)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class MaxPool2d(_Pool2d):
+    """Max over each window; padding is -inf, ties go to the first maximum, NaN propagates."""
+
+    def forward(self, x):
+        self._window(x)
+        y, argmax = self._backend.ops.max_pool2d_forward(x, self.kernel_size, self.stride, self.padding)
+        self._save(argmax, x.shape)
+        return y
+
+    def backward(self, dy):
+        argmax, x_shape = self._take(dy)
+        return self._backend.ops.max_pool2d_backward(dy, argmax, x_shape, self.kernel_size, self.stride,
+                                                     self.padding)
+
+
+class AvgPool2d(_Pool2d):
+    """Mean over each window; zero padding counts in the divisor (PyTorch's count_include_pad=True)."""
+
+    def forward(self, x):
+        self._window(x)
+        self._save(x.shape)
+        return self._backend.ops.avg_pool2d_forward(x, self.kernel_size, self.stride, self.padding)
+
+    def backward(self, dy):
+        (x_shape,) = self._take(dy)
+        return self._backend.ops.avg_pool2d_backward(dy, x_shape, self.kernel_size, self.stride, self.padding)
+
+
+class GlobalAvgPool2d(Module):
+    """(N, C, H, W) -> (N, C): the mean over all spatial positions (ready for a Linear layer)."""
+
+    def forward(self, x):
+        self._backend.check(x, "GlobalAvgPool2d input")
+        _check_input("GlobalAvgPool2d", x.shape)
+        self._save(x.shape)
+        return x.mean(axis=(2, 3))
+
+    def backward(self, dy):
+        (x_shape,) = self._take(dy)
+        dx = self._backend.xp.empty(x_shape, dtype=dy.dtype)
+        dx[...] = (dy / (x_shape[2] * x_shape[3]))[:, :, None, None]
+        return dx
+
+
+class Flatten(Module):
+    """(N, ...) -> (N, prod(...))."""
+
+    def forward(self, x):
+        self._backend.check(x, "Flatten input")
+        if x.ndim < 2:
+            raise ValueError(f"Flatten: expected input of shape (N, ...) with at least 2 dims, got {tuple(x.shape)}")
+        self._save(x.shape)
+        return F.flatten(x)
+
+    def backward(self, dy):
+        (x_shape,) = self._take(dy)
+        return F.flatten_backward(dy, x_shape)
+
+
+class Identity(Module):
+    def forward(self, x):
+        self._backend.check(x, "Identity input")
+        self._save()
+        return x
+
+    def backward(self, dy):
+        self._take(dy)
+        return dy
+
+
+class Dropout(Module):
+    """Inverted dropout: in training, zero each element with probability p and scale the rest by 1/(1-p);
+    identity in eval mode.
+
+    Masks come from `backend.ops.dropout_mask(shape, p, seed, counter, dtype)`: `seed` is drawn once, at
+    construction, from the constructing backend's generator, and `counter` advances by ceil(numel / 4)
+    per forward (Philox4x64 yields four 64-bit words per counter step), so successive masks never
+    overlap and the same seed gives the same masks on every device. Set `seed`/`counter` to replay.
+    """
+
+    def __init__(self, p: float = 0.5, backend=None):
+        super().__init__()
+        p = float(p)
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"Dropout: p must be in [0, 1], got {p}")
+        self.p = p
+        self.seed = int(_host_rng(backend).integers(0, 2**63))
+        self.counter = 0
+        self.to(backend)
+
+    def forward(self, x):
+        be = self._backend
+        be.check(x, "Dropout input")
+        if not self.training or self.p == 0.0:
+            self._save(None)
+            return x
+        y, mask = F.dropout(x, self.p, self.seed, self.counter, be)
+        self.counter += math.ceil(x.size / 4)
+        self._save(mask)
+        return y
+
+    def backward(self, dy):
+        (mask,) = self._take(dy)
+        return dy if mask is None else F.dropout_backward(dy, mask)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"

@@ -1,0 +1,306 @@
+"""Parameter and Module: the containers of weights, with explicit forward and backward.
+
+A Module computes `y = module(x)` and, after a training-mode forward, `dx = module.backward(dy)`, which
+also accumulates into `param.grad` (parameters with `requires_grad=False` are skipped). Forward caches
+what backward needs only in training mode, and backward frees it: each forward pairs with at most one
+backward, and a module used twice in one model would overwrite its own cache (not supported).
+
+Parameters, buffers and submodules assigned as attributes are registered under PyTorch's names
+(`weight`, `bias`, `0.weight`, `body.1.running_mean`), so `state_dict()` keys and shapes match
+PyTorch's and weights move between the two libraries.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Iterator, NamedTuple
+
+import numpy as np
+
+from gpunet.backend import Backend, DeviceError, get_backend
+
+
+class Parameter:
+    """A trainable array: `.data` (on the module's device), `.grad` (None until a backward), `.requires_grad`."""
+
+    __slots__ = ("data", "grad", "requires_grad")
+
+    def __init__(self, data, requires_grad: bool = True):
+        self.data = data
+        self.grad = None
+        self.requires_grad = bool(requires_grad)
+
+    @property
+    def shape(self):
+        return tuple(self.data.shape)
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    def __repr__(self) -> str:
+        return f"Parameter(shape={self.shape}, dtype={self.dtype}, requires_grad={self.requires_grad})"
+
+
+class IncompatibleKeys(NamedTuple):
+    """What `load_state_dict` found missing in, or unexpected from, the given dict."""
+    missing_keys: list
+    unexpected_keys: list
+
+
+class Module:
+    """Base class of layers, containers and models.
+
+    Subclasses implement `forward(x)` and `backward(dy) -> dx`. They create their parameters as host
+    arrays and finish `__init__` with `self.to(backend, dtype)`; the default device is NumPy.
+    """
+
+    def __init__(self):
+        d = self.__dict__
+        d["_parameters"] = OrderedDict()
+        d["_buffers"] = OrderedDict()
+        d["_modules"] = OrderedDict()
+        d["_backend"] = get_backend("numpy")
+        d["_cache"] = None
+        d["training"] = True
+
+    # --- registration (PyTorch's attribute protocol) ---
+
+    def __setattr__(self, name, value):
+        d = self.__dict__
+        if "_parameters" not in d:
+            raise AttributeError(f"{type(self).__name__}: call super().__init__() before assigning attributes")
+        params, buffers, modules = d["_parameters"], d["_buffers"], d["_modules"]
+        if isinstance(value, Parameter) or (value is None and name in params):
+            target = params
+        elif isinstance(value, Module):
+            target = modules
+        elif name in buffers:
+            target = buffers
+        else:
+            target = None
+        for registry in (params, buffers, modules):
+            if registry is not target:
+                registry.pop(name, None)
+        if target is None:
+            object.__setattr__(self, name, value)
+        else:
+            d.pop(name, None)
+            target[name] = value
+
+    def __getattr__(self, name):  # only called when normal lookup fails
+        d = self.__dict__
+        for registry in ("_parameters", "_buffers", "_modules"):
+            if registry in d and name in d[registry]:
+                return d[registry][name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __delattr__(self, name):
+        for registry in (self._parameters, self._buffers, self._modules):
+            if name in registry:
+                del registry[name]
+                return
+        object.__delattr__(self, name)
+
+    def register_buffer(self, name: str, array) -> None:
+        """A persistent non-trainable array (running statistics): saved in state_dict, moved by `to`."""
+        self.__dict__.pop(name, None)
+        self._buffers[name] = array
+
+    # --- traversal ---
+
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:
+        yield prefix, self
+        for name, m in self._modules.items():
+            yield from m.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self) -> Iterator["Module"]:
+        for _, m in self.named_modules():
+            yield m
+
+    def children(self) -> Iterator["Module"]:
+        return iter(self._modules.values())
+
+    def named_parameters(self) -> Iterator[tuple[str, Parameter]]:
+        for prefix, m in self.named_modules():
+            for name, p in m._parameters.items():
+                if p is not None:
+                    yield (f"{prefix}.{name}" if prefix else name), p
+
+    def parameters(self) -> Iterator[Parameter]:
+        for _, p in self.named_parameters():
+            yield p
+
+    def named_buffers(self) -> Iterator[tuple[str, object]]:
+        for prefix, m in self.named_modules():
+            for name, b in m._buffers.items():
+                if b is not None:
+                    yield (f"{prefix}.{name}" if prefix else name), b
+
+    def _state_entries(self, prefix: str = ""):
+        """(key, owner, name, is_param) in PyTorch's state_dict order: own params, own buffers, children."""
+        for name, p in self._parameters.items():
+            if p is not None:
+                yield prefix + name, self, name, True
+        for name, b in self._buffers.items():
+            if b is not None:
+                yield prefix + name, self, name, False
+        for name, m in self._modules.items():
+            yield from m._state_entries(f"{prefix}{name}.")
+
+    # --- modes, gradients, devices ---
+
+    def train(self, mode: bool = True) -> "Module":
+        for m in self.modules():
+            m.__dict__["training"] = bool(mode)
+        return self
+
+    def eval(self) -> "Module":
+        return self.train(False)
+
+    def zero_grad(self) -> None:
+        """Forget accumulated gradients (set to None, like PyTorch's default)."""
+        for p in self.parameters():
+            p.grad = None
+
+    @property
+    def backend(self) -> Backend:
+        return self._backend
+
+    def to(self, device=None, dtype=None) -> "Module":
+        """Move parameters, gradients and buffers to `device` (a name such as "cuda" or a Backend) and/or
+        cast floating arrays to `dtype`. Returns self. Create optimizers after moving (like PyTorch)."""
+        be = self._backend if device is None else get_backend(device)
+        dt = None if dtype is None else np.dtype(dtype)
+        if dt is not None and dt.kind != "f":
+            raise TypeError(f"Module.to: dtype must be a floating type, got {dt}")
+
+        def move(a):
+            if a is None:
+                return None
+            cast = dt if dt is not None and a.dtype.kind == "f" else a.dtype
+            return be.asarray(a, dtype=cast)
+
+        for m in self.modules():
+            for p in m._parameters.values():
+                if p is not None:
+                    p.data, p.grad = move(p.data), move(p.grad)
+            for name, b in list(m._buffers.items()):
+                m._buffers[name] = move(b)
+            m.__dict__["_backend"] = be
+            m.__dict__["_cache"] = None
+        return self
+
+    def double(self) -> "Module":
+        return self.to(dtype=np.float64)
+
+    def float(self) -> "Module":
+        return self.to(dtype=np.float32)
+
+    # --- serialisation ---
+
+    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+        """Host NumPy copies of every parameter and buffer, under PyTorch's names and shapes."""
+        out = OrderedDict()
+        for key, owner, name, is_param in self._state_entries():
+            a = owner._parameters[name].data if is_param else owner._buffers[name]
+            host = owner._backend.asnumpy(a)
+            out[key] = host.copy() if host is a else host  # never alias the live weights
+        return out
+
+    def load_state_dict(self, state_dict, strict: bool = True) -> IncompatibleKeys:
+        """Copy arrays (NumPy, or anything np.asarray accepts, e.g. CPU torch tensors) into this model,
+        moving them to its device and dtype. Shapes must match always; with strict=True the key sets must
+        match too. Returns (missing_keys, unexpected_keys)."""
+        entries = {key: (owner, name, is_param) for key, owner, name, is_param in self._state_entries()}
+        missing = [k for k in entries if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in entries]
+        if strict and (missing or unexpected):
+            raise KeyError(f"load_state_dict: keys do not match: missing {missing}, unexpected {unexpected} "
+                           f"(pass strict=False to load the rest)")
+        staged = []
+        for key, (owner, name, is_param) in entries.items():
+            if key not in state_dict:
+                continue
+            value = np.asarray(state_dict[key])
+            current = owner._parameters[name].data if is_param else owner._buffers[name]
+            if tuple(value.shape) != tuple(current.shape):
+                raise ValueError(f"load_state_dict: shape mismatch for {key!r}: checkpoint has "
+                                 f"{tuple(value.shape)}, model expects {tuple(current.shape)}")
+            array = owner._backend.asarray(value, dtype=current.dtype)
+            staged.append((owner, name, is_param, array.copy() if array is value else array))  # own the data
+        for owner, name, is_param, array in staged:  # nothing changes unless every key is valid
+            if is_param:
+                owner._parameters[name].data = array
+            else:
+                owner._buffers[name] = array
+        return IncompatibleKeys(missing, unexpected)
+
+    # --- forward / backward plumbing ---
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def forward(self, x):
+        raise TypeError(f"{type(self).__name__} does not define forward()")
+
+    def backward(self, dy):
+        raise TypeError(f"{type(self).__name__} does not define backward()")
+
+    def _save(self, *items) -> None:
+        """Keep what backward needs, in training mode only (eval forwards keep nothing)."""
+        self.__dict__["_cache"] = items if self.training else None
+
+    def _take(self, dy):
+        """Return (and free) the forward cache; raise clearly when there is none."""
+        cache = self._cache
+        if cache is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.backward() called without a preceding forward() in training mode "
+                f"(eval-mode forwards keep no cache, and each backward frees it; call model.train())")
+        self._backend.check(dy, f"{type(self).__name__}.backward gradient")
+        self.__dict__["_cache"] = None
+        return cache
+
+    @staticmethod
+    def _accumulate(param: Parameter | None, grad) -> None:
+        if param is None or not param.requires_grad:
+            return
+        if param.grad is None:
+            param.grad = grad
+        else:
+            param.grad += grad
+
+    def _check_dtype(self, x, what: str) -> None:
+        w = next(iter(p for p in self._parameters.values() if p is not None), None)
+        if w is not None and x.dtype != w.dtype:
+            raise TypeError(f"{what}: input dtype {x.dtype} does not match the parameters' {w.dtype}; "
+                            f"cast the input (x.astype) or the model (model.to(dtype=...))")
+
+    def _adopt(self, children) -> None:
+        """Put param-free children on the device of the children holding state; refuse a mix."""
+        stateful = [m for m in children if any(True for _ in m._state_entries())]
+        devices = {m.backend for m in stateful}
+        if len(devices) > 1:
+            raise DeviceError(f"{type(self).__name__}: children live on different devices "
+                              f"{sorted(b.name for b in devices)}; move them with .to(...) first")
+        pool = stateful or list(children)
+        if pool:
+            target = pool[0].backend
+            for m in children:
+                if m.backend != target:
+                    m.to(target)
+            self.__dict__["_backend"] = target
+
+    # --- printing ---
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        head = f"{type(self).__name__}({self.extra_repr()}"
+        if not self._modules:
+            return head + ")"
+        lines = [head]
+        for name, m in self._modules.items():
+            lines.append("  (" + name + "): " + repr(m).replace("\n", "\n  "))
+        return "\n".join(lines) + "\n)"
