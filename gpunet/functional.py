@@ -185,8 +185,10 @@ def dropout_backward(dy, mask):
 
 # --- losses -------------------------------------------------------------------------------------
 
-def check_labels(labels, logits, what: str = "cross_entropy") -> None:
-    """Integer class labels of shape (N,) with values in [0, C) for logits of shape (N, C)."""
+def check_labels(labels, logits, what: str = "cross_entropy", check_range: bool = True) -> None:
+    """Integer class labels of shape (N,) with values in [0, C) for logits of shape (N, C).
+    The range check reads one boolean back from the device (a synchronisation on CuPy); loops whose
+    labels were validated upstream can pass check_range=False (CuPy would otherwise wrap bad indices)."""
     _same_device(logits, labels, what)
     if logits.ndim != 2:
         raise ValueError(f"{what}: expected logits of shape (N, C), got {tuple(logits.shape)}")
@@ -196,7 +198,7 @@ def check_labels(labels, logits, what: str = "cross_entropy") -> None:
     if tuple(labels.shape) != (n,):
         raise ValueError(f"{what}: expected labels of shape ({n},) for logits {tuple(logits.shape)}, "
                          f"got {tuple(labels.shape)}")
-    if n and bool(((labels < 0) | (labels >= c)).any()):  # one device->host sync
+    if check_range and n and bool(((labels < 0) | (labels >= c)).any()):  # one device->host sync
         lo, hi = int(labels.min()), int(labels.max())
         raise ValueError(f"{what}: labels must lie in [0, {c}) for {c} classes, got values in [{lo}, {hi}]")
 
@@ -208,9 +210,10 @@ def nll_loss(log_probs, labels):
     return -log_probs[xp.arange(n), labels].sum() / n
 
 
-def softmax_cross_entropy(logits, labels):
-    """Mean over the batch of -log softmax(logits)[label] (log-sum-exp form); a 0-d array."""
-    check_labels(labels, logits, "softmax_cross_entropy")
+def softmax_cross_entropy(logits, labels, check_range: bool = True):
+    """Mean over the batch of -log softmax(logits)[label] (log-sum-exp form); a 0-d array.
+    Keeps no cache: the way to compute an evaluation loss."""
+    check_labels(labels, logits, "softmax_cross_entropy", check_range)
     return nll_loss(log_softmax(logits, axis=1), labels)
 
 

@@ -129,6 +129,13 @@ def test_cross_entropy_label_validation(labels, exc, msg):
         F.softmax_cross_entropy(np.zeros((2, 3), np.float32), labels)
 
 
+def test_cross_entropy_range_check_can_be_skipped():
+    logits = np.zeros((2, 3), np.float32)
+    assert float(F.softmax_cross_entropy(logits, np.array([0, 2]), check_range=False)) == pytest.approx(np.log(3))
+    with pytest.raises(TypeError, match="got dtype float64"):  # dtype and shape are still checked
+        F.softmax_cross_entropy(logits, np.array([0.0, 2.0]), check_range=False)
+
+
 def test_cross_entropy_logits_must_be_2d():
     with pytest.raises(ValueError, match=r"expected logits of shape \(N, C\), got \(2, 3, 1\)"):
         F.softmax_cross_entropy(np.zeros((2, 3, 1)), np.array([0, 1]))

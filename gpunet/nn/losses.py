@@ -30,10 +30,16 @@ class _Loss:
 
 
 class SoftmaxCrossEntropy(_Loss):
-    """Mean over the batch of -log softmax(logits)[label]; logits (N, C), integer labels (N,) in [0, C)."""
+    """Mean over the batch of -log softmax(logits)[label]; logits (N, C), integer labels (N,) in [0, C).
+    check_range=False skips the label range check, the one device->host sync of a CuPy forward, for
+    loops that validated their labels upstream (dtype and shape are always checked)."""
+
+    def __init__(self, check_range: bool = True):
+        super().__init__()
+        self.check_range = bool(check_range)
 
     def forward(self, logits, labels):
-        F.check_labels(labels, logits, "SoftmaxCrossEntropy")
+        F.check_labels(labels, logits, "SoftmaxCrossEntropy", self.check_range)
         log_probs = F.log_softmax(logits, axis=1)
         self._cache = (log_probs, labels)
         return F.nll_loss(log_probs, labels)
