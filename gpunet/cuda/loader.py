@@ -1,0 +1,220 @@
+"""Kernel loading for the CUDA backends, and the helpers every launcher uses.
+
+    ctx = KernelContext(backend)            # a Backend ('cupy' or 'emulator') or its name
+    k = ctx.kernel("maxpool2d.cu", "maxpool2d_fwd_f32")
+    k(grid, block, (x, y, i32(n)))          # cupy.RawKernel calling convention on both backends
+
+`ctx.xp` is the array module (cupy or numpy). `ctx.module(filename)` returns the module compiled from
+`cuda_kernels/<filename>` (the directory is `GPUNET_KERNEL_DIR` when set): a `cupy.RawModule` on the
+cupy backend, a `gpunet.cuda.emulator.EmulatedModule` on the emulator, built from the same source with
+the same options (`COMPILE_OPTIONS` plus `-I<kernel dir>`). Modules are memoized per process; CuPy's
+and the emulator's disk caches make a new process cheap too. That choice of module class is the only
+place where the two backends differ: launch code is shared.
+
+Compile errors (NVRTC's or g++'s) are re-raised as `KernelCompileError`, naming the kernel file and the
+first error's line. Kernels take strictly typed scalars (the emulator rejects a Python int for an `int`
+parameter, as a mistyped argument corrupts memory on a GPU); build them with `i32`, `f32`, `f64`,
+`u64` or `fscalar(dtype, v)`.
+"""
+from __future__ import annotations
+
+import os
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "KernelContext", "KernelCompileError", "kernel_dir", "COMPILE_OPTIONS", "BLOCK_1D", "MAX_GRID_1D",
+    "ceil_div", "grid_1d", "i32", "u32", "i64", "u64", "f32", "f64", "fscalar", "dtype_suffix",
+]
+
+COMPILE_OPTIONS = ("-std=c++17",)   # plus -I<kernel dir>; the NVRTC check (gpunet.cuda.nvrtc) uses the same
+BLOCK_1D = 256                      # threads per block of the elementwise / grid-stride kernels
+# Grid-stride kernels need no more blocks than keep every SM busy: 8192 blocks of 256 threads is
+# ~15 full waves on a 132-SM H100 (2048 threads/SM). A fixed cap (not a per-device one) keeps launch
+# geometry, and so any per-block work split, identical on every device.
+MAX_GRID_1D = 8192
+
+_INT32 = (-2**31, 2**31 - 1)
+_UINT32 = (0, 2**32 - 1)
+_INT64 = (-2**63, 2**63 - 1)
+_UINT64 = (0, 2**64 - 1)
+
+
+class KernelCompileError(RuntimeError):
+    """A kernel source failed to compile; `.file` and `.line` locate the first error when known."""
+
+    def __init__(self, message: str, file: str | None = None, line: int | None = None):
+        super().__init__(message)
+        self.file, self.line = file, line
+
+
+def kernel_dir() -> Path:
+    """`GPUNET_KERNEL_DIR` if set, else the repository's `cuda_kernels/`."""
+    env = os.environ.get("GPUNET_KERNEL_DIR", "").strip()
+    return Path(env).resolve() if env else Path(__file__).resolve().parents[2] / "cuda_kernels"
+
+
+# --------------------------------------------------------------------- launch geometry
+def ceil_div(a: int, b: int) -> int:
+    """ceil(a / b) for non-negative ints."""
+    a, b = int(a), int(b)
+    if b <= 0 or a < 0:
+        raise ValueError(f"ceil_div expects a >= 0 and b > 0, got {a} and {b}")
+    return -(-a // b)
+
+
+def grid_1d(n: int, block: int = BLOCK_1D, max_blocks: int = MAX_GRID_1D):
+    """(grid, block) tuples for `n` items, one per thread, in a grid-stride loop: at least one block,
+    at most `max_blocks` (the kernel's loop covers the rest)."""
+    blocks = max(1, min(ceil_div(n, block), int(max_blocks)))
+    return (blocks, 1, 1), (int(block), 1, 1)
+
+
+# --------------------------------------------------------------------- scalar marshalling
+def _integer(v, what: str, lo: int, hi: int, cast):
+    if isinstance(v, (bool, np.bool_)):
+        v = int(v)
+    elif isinstance(v, (float, np.floating)):
+        if not float(v).is_integer():
+            raise TypeError(f"{what}: expected an integer, got {v!r}")
+        v = int(v)
+    elif not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{what}: expected an integer, got {type(v).__name__} {v!r}")
+    v = int(v)
+    if not lo <= v <= hi:
+        raise OverflowError(f"{what}: {v} does not fit (range {lo}..{hi})")
+    return cast(v)
+
+
+def i32(v) -> np.int32:
+    """A C `int` argument (bools become 0/1); raises OverflowError outside int32."""
+    return _integer(v, "int32 kernel argument", *_INT32, np.int32)
+
+
+def u32(v) -> np.uint32:
+    """A C `unsigned int` argument."""
+    return _integer(v, "uint32 kernel argument", *_UINT32, np.uint32)
+
+
+def i64(v) -> np.int64:
+    """A C `long long` argument."""
+    return _integer(v, "int64 kernel argument", *_INT64, np.int64)
+
+
+def u64(v) -> np.uint64:
+    """A C `unsigned long long` argument."""
+    return _integer(v, "uint64 kernel argument", *_UINT64, np.uint64)
+
+
+def f32(v) -> np.float32:
+    """A C `float` argument."""
+    return np.float32(v)
+
+
+def f64(v) -> np.float64:
+    """A C `double` argument."""
+    return np.float64(v)
+
+
+_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+
+
+def dtype_suffix(dtype) -> str:
+    """'f32' or 'f64': the suffix of a kernel's float instantiation; TypeError for other dtypes."""
+    d = np.dtype(dtype)
+    if d not in _SUFFIX:
+        raise TypeError(f"expected float32 or float64, got {d}")
+    return _SUFFIX[d]
+
+
+def fscalar(dtype, v):
+    """A `float` (float32 arrays) or `double` (float64 arrays) argument: the scalar type of the
+    kernel instantiation for `dtype`."""
+    return f32(v) if dtype_suffix(dtype) == "f32" else f64(v)
+
+
+# --------------------------------------------------------------------- modules
+_modules: dict = {}            # (backend kind, source path, options) -> module, for the process
+_lock = threading.Lock()
+
+
+def _first_error_line(log: str, source_name: str):
+    """Line of the first error in an NVRTC/nvcc log: `name(12): error: ...`."""
+    m = re.search(r"\((\d+)\): (?:catastrophic )?error", log)
+    return int(m.group(1)) if m else None
+
+
+class KernelContext:
+    """Loads and launches our kernels on one backend ('cupy' or 'emulator')."""
+
+    def __init__(self, backend="emulator"):
+        from gpunet.backend import Backend, DeviceError, cuda_status, get_backend
+        if not isinstance(backend, Backend):
+            backend = get_backend(backend)
+        if backend.name not in ("cupy", "emulator"):
+            raise ValueError(f"KernelContext: CUDA kernels run on the 'cupy' or 'emulator' backend, "
+                             f"got {backend.name!r}")
+        if backend.name == "cupy":
+            ok, why = cuda_status()
+            if not ok:
+                raise DeviceError(f"KernelContext: cannot run CUDA kernels: {why}")
+        self.backend = backend
+        self.kind = backend.name
+        self.xp = backend.xp
+        self.dir = kernel_dir()
+        self.options = COMPILE_OPTIONS + (f"-I{self.dir}",)
+        self._kernels: dict = {}
+
+    def __repr__(self):
+        return f"KernelContext({self.kind!r}, {str(self.dir)!r})"
+
+    def source_path(self, filename: str) -> Path:
+        p = self.dir / filename
+        if not p.is_file():
+            raise FileNotFoundError(f"kernel source {filename!r} not found in {self.dir} "
+                                    "(set GPUNET_KERNEL_DIR to the cuda_kernels/ directory)")
+        return p
+
+    def module(self, filename: str):
+        """The (memoized) module compiled from `<kernel dir>/<filename>`."""
+        path = self.source_path(filename)
+        key = (self.kind, str(path), self.options)
+        with _lock:
+            mod = _modules.get(key)
+        if mod is not None:
+            return mod
+        code = path.read_text(encoding="utf-8")
+        if self.kind == "cupy":
+            import cupy
+            # Compilation is lazy in CuPy (at the first get_function), see kernel().
+            mod = cupy.RawModule(code=code, options=self.options)
+        else:
+            from gpunet.cuda.emulator import EmulatedModule, EmulatorCompileError
+            try:
+                mod = EmulatedModule(code=code, options=self.options, path=str(path))
+            except EmulatorCompileError as e:
+                raise KernelCompileError(f"{path.name}: {e}", file=e.file or str(path), line=e.line) from None
+        with _lock:
+            return _modules.setdefault(key, mod)
+
+    def kernel(self, filename: str, name: str):
+        """The launchable kernel `name` of `filename`: call it as k(grid, block, args, shared_mem=0)."""
+        k = self._kernels.get((filename, name))
+        if k is not None:
+            return k
+        mod = self.module(filename)
+        try:
+            k = mod.get_function(name)
+        except Exception as e:
+            if type(e).__name__ != "CompileException":   # cupy.cuda.compiler.CompileException
+                raise
+            log = str(e)
+            line = _first_error_line(log, filename)
+            where = f"{filename}:{line}" if line else filename
+            raise KernelCompileError(f"cannot compile {where} with NVRTC:\n{log}",
+                                     file=str(self.source_path(filename)), line=line) from None
+        self._kernels[(filename, name)] = k
+        return k
