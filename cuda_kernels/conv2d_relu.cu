@@ -51,7 +51,7 @@
  *   conv2d_fwd_*          grid (ceil(N*OH*OW / 128), ceil(C_out / 64), 1)
  *   conv2d_dgrad_*        grid (ceil(N*ceil(H/sh)*ceil(W/sw) / 128), ceil(C_in / 64), sh*sw)
  *   conv2d_wgrad_*        grid (ceil(C_in*kh*kw / 128), ceil(C_out / 64), S) with chunk*S >= N*OH*OW
- *   conv2d_wgrad_reduce_* grid (ceil((C_out*C_in*kh*kw + C_out) / 256), 1, 1), block 256
+ *   conv2d_wgrad_reduce_* any 1-D grid, block REDUCE_THREADS (a grid-stride loop over dW then db)
  * Blocks past the end of a problem return before the first barrier; every load and store is bounds
  * checked, so a grid larger than needed is harmless.
  *
@@ -542,22 +542,25 @@ __device__ __forceinline__ void conv2d_wgrad_impl(
     }
 }
 
-// dw[i] = sum over z = 0..S-1 (in that order) of part[z][i]; likewise db from dbpart.
+// dw[i] = sum over z = 0..S-1 (in that order) of part[z][i]; likewise db from dbpart. Each output
+// is summed by one thread, so the grid size does not change the result.
 template <typename T>
 __device__ __forceinline__ void conv2d_wgrad_reduce_impl(
         const T* __restrict__ part, const T* __restrict__ dbpart, T* __restrict__ dw, T* __restrict__ db,
         int splits, int total, int Cout, int has_bias) {
     if (splits < 1 || total < 1 || Cout < 1) return;
-    const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx < total) {
+    const long long outputs = (long long)total + (has_bias ? Cout : 0);
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < outputs; idx += stride) {
         T s = T(0);
-        for (int z = 0; z < splits; ++z) s += part[(long long)z * total + idx];
-        dw[idx] = s;
-    } else if (has_bias && idx < (long long)total + Cout) {
-        const int co = (int)(idx - total);
-        T s = T(0);
-        for (int z = 0; z < splits; ++z) s += dbpart[z * Cout + co];
-        db[co] = s;
+        if (idx < total) {
+            for (int z = 0; z < splits; ++z) s += part[(long long)z * total + idx];
+            dw[idx] = s;
+        } else {
+            const int co = (int)(idx - total);
+            for (int z = 0; z < splits; ++z) s += dbpart[z * Cout + co];
+            db[co] = s;
+        }
     }
 }
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from gpunet.cuda.loader import ceil_div, i32
+from gpunet.cuda.loader import ceil_div, dtype_suffix, grid_1d, i32
 from gpunet.ops.geometry import Window2d, conv2d_geometry
 
 SOURCE = "conv2d_relu.cu"
@@ -24,7 +24,7 @@ BM = 128             # GEMM rows per block
 BN = 64              # GEMM columns per block
 BK = 8               # K step; dW chunks are multiples of it so only the last chunk has a tail
 THREADS = 256        # threads per GEMM block (the kernels refuse any other block shape)
-REDUCE_THREADS = 256  # threads per block of conv2d_wgrad_reduce
+REDUCE_THREADS = 256  # threads per block of conv2d_wgrad_reduce (a grid-stride loop)
 
 # dW split-K policy. The split depends on the shape only (never on the GPU), so a given shape is
 # reduced in the same order, bit for bit, on every device and every run.
@@ -32,7 +32,6 @@ WGRAD_TARGET_BLOCKS = 512  # about 2 waves at 2 blocks/SM on a 132-SM H100: enou
 WGRAD_MIN_CHUNK = 256      # pixels per split at least, so a split's work outweighs its partial's traffic
 
 _INT32_MAX = 2**31 - 1     # the kernels index with 32-bit ints
-_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 
 
 @dataclass(frozen=True)
@@ -50,13 +49,15 @@ class Conv2dCache:
 
 
 def _suffix(what, *arrays) -> str:
-    dtype = np.dtype(arrays[0].dtype)
-    if dtype not in _SUFFIX:
-        raise TypeError(f"{what}: expected float32 or float64 arrays, got {dtype}")
-    for a in arrays[1:]:
-        if np.dtype(a.dtype) != dtype:
-            raise TypeError(f"{what}: all arrays must share one dtype, got {dtype} and {np.dtype(a.dtype)}")
-    return _SUFFIX[dtype]
+    """'f32'/'f64' for arrays that all share one float dtype."""
+    dtypes = [np.dtype(a.dtype) for a in arrays]
+    try:
+        suffixes = {dtype_suffix(d) for d in dtypes}
+    except TypeError as e:
+        raise TypeError(f"{what}: {e}") from None
+    if len(suffixes) > 1:
+        raise TypeError(f"{what}: all arrays must share one dtype, got {', '.join(map(str, dtypes))}")
+    return suffixes.pop()
 
 
 def _check_int32(what, *sizes):
@@ -143,7 +144,7 @@ def conv2d_backward(ctx, dy, cache: Conv2dCache):
     if splits > 1:
         outputs = cout * kf + (cout if cache.has_bias else 0)
         ctx.kernel(SOURCE, f"conv2d_wgrad_reduce_{suf}")(
-            (ceil_div(outputs, REDUCE_THREADS), 1, 1), (REDUCE_THREADS, 1, 1),
+            *grid_1d(outputs, REDUCE_THREADS),
             (part, part if dbpart is None else dbpart, dw, dw if db is None else db,
              i32(splits), i32(cout * kf), i32(cout), i32(cache.has_bias)))
     return dx, dw, db
