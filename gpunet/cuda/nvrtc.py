@@ -241,7 +241,8 @@ def main(argv=None) -> int:
                 failed += 1
                 print(f"  FAILED  {name} [{r.arch}]: {r.first_error or 'see log'}")
                 print("    " + r.log.strip().replace("\n", "\n    "))
-    print(f"nvrtc: {failed} failure(s) in {len(files)} file(s)" if failed else f"nvrtc: all {len(files)} file(s) compiled")
+    print(f"nvrtc: {failed} failure(s) in {len(files)} file(s)" if failed
+          else f"nvrtc: all {len(files)} file(s) compiled")
     return 1 if failed else 0
 
 

@@ -1,0 +1,100 @@
+"""Launchers for cuda_kernels/maxpool2d.cu and cuda_kernels/avgpool2d.cu.
+
+    y, argmax = max_pool2d_forward(ctx, x, kernel, stride, padding)
+    dx = max_pool2d_backward(ctx, dy, argmax, x_shape, kernel, stride, padding)
+    y = avg_pool2d_forward(ctx, x, kernel, stride, padding)
+    dx = avg_pool2d_backward(ctx, dy, x_shape, kernel, stride, padding)
+
+`ctx` is a `gpunet.cuda.loader.KernelContext`. Geometry comes from
+`gpunet.ops.geometry.pool2d_geometry` (the kernels re-check it); inputs are made C-contiguous here.
+Tie, NaN and index rules are stated at the top of the kernel files.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from gpunet.cuda.loader import dtype_suffix, grid_1d, i32
+from gpunet.ops.geometry import Window2d, pool2d_geometry
+
+MAXPOOL = "maxpool2d.cu"
+AVGPOOL = "avgpool2d.cu"
+_INT32_MAX = 2**31 - 1      # argmax and per-plane offsets are 32-bit
+
+
+def _geometry(op, x_shape, kernel, stride, padding) -> Window2d:
+    g = pool2d_geometry(op, x_shape, kernel, stride, padding)
+    if g.h * g.w > _INT32_MAX:
+        raise ValueError(f"{op}: an input plane of {g.h}x{g.w} exceeds the kernels' 32-bit plane indexing")
+    return g
+
+
+def _args(g: Window2d):
+    return tuple(i32(v) for v in (g.n, g.c, g.h, g.w, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.oh, g.ow))
+
+
+def _float(op, a, what):
+    try:
+        return dtype_suffix(a.dtype)
+    except TypeError:
+        raise TypeError(f"{op}: expected {what} of dtype float32 or float64, got {a.dtype}") from None
+
+
+def _check_dy(op, dy, g: Window2d):
+    want = (g.n, g.c, g.oh, g.ow)
+    if tuple(dy.shape) != want:
+        raise ValueError(f"{op}: expected dy of shape {want}, got {tuple(dy.shape)}")
+
+
+def max_pool2d_forward(ctx, x, kernel, stride, padding):
+    op = "max_pool2d"
+    g = _geometry(op, x.shape, kernel, stride, padding)
+    suf = _float(op, x, "input")
+    xp = ctx.xp
+    x = xp.ascontiguousarray(x)
+    y = xp.empty((g.n, g.c, g.oh, g.ow), dtype=x.dtype)
+    argmax = xp.empty((g.n, g.c, g.oh, g.ow), dtype=np.int32)
+    grid, block = grid_1d(y.size)
+    ctx.kernel(MAXPOOL, f"maxpool2d_fwd_{suf}")(grid, block, (x, y, argmax, *_args(g)))
+    return y, argmax
+
+
+def max_pool2d_backward(ctx, dy, argmax, x_shape, kernel, stride, padding):
+    op = "max_pool2d backward"
+    g = _geometry(op, x_shape, kernel, stride, padding)
+    suf = _float(op, dy, "dy")
+    _check_dy(op, dy, g)
+    if tuple(argmax.shape) != tuple(dy.shape) or np.dtype(argmax.dtype) != np.int32:
+        raise ValueError(f"{op}: expected an int32 argmax of shape {tuple(dy.shape)}, "
+                         f"got {argmax.dtype} {tuple(argmax.shape)}")
+    xp = ctx.xp
+    dy = xp.ascontiguousarray(dy)
+    argmax = xp.ascontiguousarray(argmax)
+    dx = xp.empty(g.in_shape, dtype=dy.dtype)
+    grid, block = grid_1d(dx.size)
+    ctx.kernel(MAXPOOL, f"maxpool2d_bwd_{suf}")(grid, block, (dy, argmax, dx, *_args(g)))
+    return dx
+
+
+def avg_pool2d_forward(ctx, x, kernel, stride, padding):
+    op = "avg_pool2d"
+    g = _geometry(op, x.shape, kernel, stride, padding)
+    suf = _float(op, x, "input")
+    xp = ctx.xp
+    x = xp.ascontiguousarray(x)
+    y = xp.empty((g.n, g.c, g.oh, g.ow), dtype=x.dtype)
+    grid, block = grid_1d(y.size)
+    ctx.kernel(AVGPOOL, f"avgpool2d_fwd_{suf}")(grid, block, (x, y, *_args(g)))
+    return y
+
+
+def avg_pool2d_backward(ctx, dy, x_shape, kernel, stride, padding):
+    op = "avg_pool2d backward"
+    g = _geometry(op, x_shape, kernel, stride, padding)
+    suf = _float(op, dy, "dy")
+    _check_dy(op, dy, g)
+    xp = ctx.xp
+    dy = xp.ascontiguousarray(dy)
+    dx = xp.empty(g.in_shape, dtype=dy.dtype)
+    grid, block = grid_1d(dx.size)
+    ctx.kernel(AVGPOOL, f"avgpool2d_bwd_{suf}")(grid, block, (dy, dx, *_args(g)))
+    return dx
