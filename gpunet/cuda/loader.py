@@ -141,7 +141,7 @@ _modules: dict = {}            # (backend kind, source path, options) -> module,
 _lock = threading.Lock()
 
 
-def _first_error_line(log: str, source_name: str):
+def _first_error_line(log: str):
     """Line of the first error in an NVRTC/nvcc log: `name(12): error: ...`."""
     m = re.search(r"\((\d+)\): (?:catastrophic )?error", log)
     return int(m.group(1)) if m else None
@@ -212,7 +212,7 @@ class KernelContext:
             if type(e).__name__ != "CompileException":   # cupy.cuda.compiler.CompileException
                 raise
             log = str(e)
-            line = _first_error_line(log, filename)
+            line = _first_error_line(log)
             where = f"{filename}:{line}" if line else filename
             raise KernelCompileError(f"cannot compile {where} with NVRTC:\n{log}",
                                      file=str(self.source_path(filename)), line=line) from None
