@@ -117,3 +117,46 @@ def test_kernel_sources_open_with_a_header():
 def test_loader_path_is_the_repository(monkeypatch):
     monkeypatch.delenv("GPUNET_KERNEL_DIR", raising=False)
     assert kernel_dir() == Path(__file__).resolve().parents[1] / "cuda_kernels"
+
+
+def test_loader_cupy_path_without_a_gpu(tmp_path, monkeypatch):
+    """The CuPy branch, driven through a stand-in `cupy` module: RawModule gets the file's source (plus a
+    header-hash comment after its last line) and the loader's options; modules are memoized; NVRTC
+    compile errors come back as KernelCompileError with file and line."""
+    import types
+
+    import gpunet.backend as backend_mod
+    from gpunet.backend import Backend
+
+    made = []
+
+    class CompileException(Exception):
+        pass
+
+    class RawModule:
+        def __init__(self, code, options):
+            made.append((code, options))
+            self.code = code
+
+        def get_function(self, name):
+            if "INFINITY" in self.code:
+                raise CompileException(f"/tmp/x/abc.cu(2): error: identifier \"INFINITY\" is undefined\n")
+            return (name, self)
+
+    fake = types.ModuleType("cupy")
+    fake.RawModule = RawModule
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setattr(backend_mod, "cuda_status", lambda: (True, "stand-in"))
+    (tmp_path / "good.cu").write_text('#include "h.cuh"\nextern "C" __global__ void k() {}\n')
+    (tmp_path / "h.cuh").write_text("// v1\n")
+    (tmp_path / "bad.cu").write_text(BAD_SOURCE)
+    monkeypatch.setenv("GPUNET_KERNEL_DIR", str(tmp_path))
+    ctx = KernelContext(Backend("cupy", fake, lambda be: None))
+    name, mod = ctx.kernel("good.cu", "k")
+    assert name == "k" and ctx.module("good.cu") is mod and len(made) == 1
+    code, options = made[0]
+    assert code.startswith((tmp_path / "good.cu").read_text()) and "gpunet headers" in code.splitlines()[-1]
+    assert options == (*COMPILE_OPTIONS, f"-I{tmp_path}")
+    with pytest.raises(KernelCompileError) as info:
+        ctx.kernel("bad.cu", "k")
+    assert info.value.line == 2 and "bad.cu:2" in str(info.value) and "INFINITY" in str(info.value)

@@ -18,6 +18,7 @@ parameter, as a mistyped argument corrupts memory on a GPU); build them with `i3
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import threading
@@ -141,6 +142,14 @@ _modules: dict = {}            # (backend kind, source path, options) -> module,
 _lock = threading.Lock()
 
 
+def _headers_hash(directory: Path) -> str:
+    """sha256 prefix over the names and contents of the headers in the kernel directory."""
+    h = hashlib.sha256()
+    for p in sorted(directory.glob("*.cuh")) + sorted(directory.glob("*.h")):
+        h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def _first_error_line(log: str):
     """Line of the first error in an NVRTC/nvcc log: `name(12): error: ...`."""
     m = re.search(r"\((\d+)\): (?:catastrophic )?error", log)
@@ -189,6 +198,9 @@ class KernelContext:
         code = path.read_text(encoding="utf-8")
         if self.kind == "cupy":
             import cupy
+            # CuPy's disk cache is keyed on the source text and options only, not on the headers it
+            # includes: a trailing comment with their hash (line numbers unchanged) keeps it honest.
+            code += f"\n// gpunet headers {_headers_hash(self.dir)}\n"
             # Compilation is lazy in CuPy (at the first get_function), see kernel().
             mod = cupy.RawModule(code=code, options=self.options)
         else:
