@@ -8,7 +8,8 @@
  * launcher validates with gpunet.ops.geometry.pool2d_geometry; the kernels re-check the arithmetic
  * and write nothing when it is inconsistent.
  *
- * INDEX FORMAT: flat row-major offsets; a thread's (n, c) plane is reached as nc * plane size.
+ * INDEX FORMAT: flat row-major offsets, 32-bit (the launcher keeps every tensor below 2^31
+ * elements, and the kernels re-check); a thread's (n, c) plane is reached as nc * plane size.
  *
  * NUMERICS: the divisor is always KH*KW (zero padding counts, PyTorch's default count_include_pad).
  *   forward   y = (sum of the window's real inputs, row-major order, from +0) / (KH*KW)
@@ -32,16 +33,16 @@ template <typename T>
 __device__ void avgpool2d_fwd(const T* __restrict__ x, T* __restrict__ y, int N, int C, int H, int W, int KH,
                               int KW, int SH, int SW, int PH, int PW, int OH, int OW) {
     if (!gpunet::pool_geometry_ok(N, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW)) return;
-    const long long total = (long long)N * C * OH * OW;
-    const long long plane_out = (long long)OH * OW;
+    const long long total = (long long)N * C * OH * OW;    // < 2^31: checked above
+    const unsigned plane_out = (unsigned)(OH * OW);
     const T divisor = T(KH * KW);
     for (long long i = gpunet::first_index(); i < total; i += gpunet::grid_stride()) {
-        const long long nc = i / plane_out;
-        const int o = (int)(i - nc * plane_out);
-        const int oh = o / OW, ow = o - oh * OW;
+        const unsigned nc = (unsigned)i / plane_out;         // (n, c) plane
+        const int o = (int)((unsigned)i - nc * plane_out);    // offset inside the output plane
+        const int oh = (int)((unsigned)o / (unsigned)OW), ow = o - oh * OW;
         const int hs = oh * SH - PH, ws = ow * SW - PW;     // window start, may be negative (padding)
         const int h0 = max(hs, 0), w0 = max(ws, 0), he = min(hs + KH, H), we = min(ws + KW, W);
-        const T* plane = x + nc * ((long long)H * W);
+        const T* plane = x + nc * (unsigned)(H * W);
         T acc = T(0);
         for (int h = h0; h < he; ++h)
             for (int w = w0; w < we; ++w) acc += plane[h * W + w];
@@ -53,13 +54,13 @@ template <typename T>
 __device__ void avgpool2d_bwd(const T* __restrict__ dy, T* __restrict__ dx, int N, int C, int H, int W, int KH,
                               int KW, int SH, int SW, int PH, int PW, int OH, int OW) {
     if (!gpunet::pool_geometry_ok(N, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW)) return;
-    const long long total = (long long)N * C * H * W;
-    const long long plane_in = (long long)H * W, plane_out = (long long)OH * OW;
+    const long long total = (long long)N * C * H * W;      // < 2^31: checked above
+    const unsigned plane_in = (unsigned)(H * W), plane_out = (unsigned)(OH * OW);
     const T divisor = T(KH * KW);
     for (long long i = gpunet::first_index(); i < total; i += gpunet::grid_stride()) {
-        const long long nc = i / plane_in;
-        const int idx = (int)(i - nc * plane_in);
-        const int h = idx / W, w = idx - h * W;
+        const unsigned nc = (unsigned)i / plane_in;          // (n, c) plane
+        const int idx = (int)((unsigned)i - nc * plane_in);   // h*W + w inside it
+        const int h = (int)((unsigned)idx / (unsigned)W), w = idx - h * W;
         int oh_lo, oh_hi, ow_lo, ow_hi;
         gpunet::covering_windows(h, KH, SH, PH, OH, oh_lo, oh_hi);
         gpunet::covering_windows(w, KW, SW, PW, OW, ow_lo, ow_hi);

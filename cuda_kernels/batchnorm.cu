@@ -144,8 +144,13 @@ template <typename T> __device__ void block_sum2(T& a, T& b) {
 
 // Flat offset of value j of channel c.
 __device__ __forceinline__ int offset(int j, int c, int C, int S) {
-    const int n = j / S;
+    const int n = (int)((unsigned)j / (unsigned)S);       // unsigned: cheaper, and j >= 0
     return (n * C + c) * S + (j - n * S);
+}
+
+// Channel of flat element i of an (N, C, S) tensor (i < N*C*S < 2^31).
+__device__ __forceinline__ int channel_of(long long i, int C, int S) {
+    return (int)(((unsigned)i / (unsigned)S) % (unsigned)C);
 }
 
 // ------------------------------------------------------------------ training forward
@@ -200,7 +205,7 @@ __device__ void bn_apply(const T* __restrict__ x, T* __restrict__ y, const T* __
     if (!layout_ok(N, C, S)) return;
     const long long total = (long long)N * C * S;
     for (long long i = gpunet::first_index(); i < total; i += gpunet::grid_stride()) {
-        const int c = (int)((i / S) % C);
+        const int c = channel_of(i, C, S);
         y[i] = (x[i] - mean[c]) * invstd[c] * gamma[c] + beta[c];
     }
 }
@@ -213,7 +218,7 @@ __device__ void bn_eval(const T* __restrict__ x, T* __restrict__ y, const T* __r
     if (!layout_ok(N, C, S)) return;
     const long long total = (long long)N * C * S;
     for (long long i = gpunet::first_index(); i < total; i += gpunet::grid_stride()) {
-        const int c = (int)((i / S) % C);
+        const int c = channel_of(i, C, S);
         const T inv = T(1) / sqrt(running_var[c] + eps);
         y[i] = (x[i] - running_mean[c]) * inv * gamma[c] + beta[c];
     }
@@ -271,7 +276,7 @@ __device__ void bn_bwd_dx(const T* __restrict__ dy, const T* __restrict__ x, con
     const long long total = (long long)N * C * S;
     const T count = T(N) * T(S);
     for (long long i = gpunet::first_index(); i < total; i += gpunet::grid_stride()) {
-        const int c = (int)((i / S) % C);
+        const int c = channel_of(i, C, S);
         const T xhat = (x[i] - mean[c]) * invstd[c];
         dx[i] = gamma[c] * invstd[c] * (dy[i] - dbeta[c] / count - xhat * (dgamma[c] / count));
     }

@@ -5,10 +5,11 @@
  * CUDA builtins only: -inf is spelt through its bit pattern, NaN is detected as (v != v) (the kernels
  * are never compiled with fast-math, which would fold that to false).
  *
- * Indexing: element counts and flat indices in the kernels that include this file are 64-bit
- * (long long) in grid-stride loops, so a grid of any size is correct; per-plane offsets (an (n, c)
- * plane of H*W elements) are 32-bit ints, which the launchers guarantee by refusing planes of 2^31
- * elements or more.
+ * Indexing: every tensor has fewer than 2^31 elements (the launchers refuse larger ones and the
+ * kernels re-check), so flat indices fit an int. Grid-stride loop counters are 64-bit all the same
+ * (i + stride must not overflow), and index arithmetic is done in 32-bit unsigned ints: a 64-bit
+ * integer division costs several times more GPU instructions than a 32-bit one, enough to make an
+ * elementwise kernel compute-bound.
  *
  * Compiles with NVRTC and nvcc (-std=c++17) and with the CPU emulator's g++.
  */
@@ -41,9 +42,9 @@ __device__ __forceinline__ bool pool_geometry_ok(int N, int C, int H, int W, int
                                                  int PH, int PW, int OH, int OW) {
     if (N < 1 || C < 1 || H < 1 || W < 1 || KH < 1 || KW < 1 || SH < 1 || SW < 1) return false;
     if (PH < 0 || PW < 0 || 2 * PH > KH || 2 * PW > KW) return false;
-    if ((long long)H * W > INT32_MAX_LL) return false;
     if (H + 2 * PH < KH || W + 2 * PW < KW) return false;
-    return OH == (H + 2 * PH - KH) / SH + 1 && OW == (W + 2 * PW - KW) / SW + 1;
+    if (OH != (H + 2 * PH - KH) / SH + 1 || OW != (W + 2 * PW - KW) / SW + 1) return false;
+    return (long long)N * C * H * W <= INT32_MAX_LL && (long long)N * C * OH * OW <= INT32_MAX_LL;
 }
 
 // The output rows [lo, hi] whose windows (start o*S - P, length K) cover input row i; empty when

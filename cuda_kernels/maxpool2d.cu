@@ -10,7 +10,8 @@
  * and write nothing when it is inconsistent.
  *
  * INDEX FORMAT: argmax is the flat index h*W + w of the chosen input inside its own (n, c) plane
- * (PyTorch's format), always a real input position, never padding.
+ * (PyTorch's format), always a real input position, never padding. All offsets are 32-bit: the
+ * launcher keeps x and y below 2^31 elements, and the kernels re-check.
  *
  * TIE / NaN RULES (gpunet.ops.interface.Ops.max_pool2d_forward):
  *   - padding is -inf: it never wins, and every window holds at least one real input (padding <= K/2);
@@ -40,16 +41,16 @@ __device__ void maxpool2d_fwd(const T* __restrict__ x, T* __restrict__ y, int* _
                               int C, int H, int W, int KH, int KW, int SH, int SW, int PH, int PW, int OH,
                               int OW) {
     if (!gpunet::pool_geometry_ok(N, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW)) return;
-    const long long total = (long long)N * C * OH * OW;
-    const long long plane_out = (long long)OH * OW;
+    const long long total = (long long)N * C * OH * OW;    // < 2^31: checked above
+    const unsigned plane_out = (unsigned)(OH * OW);
     for (long long i = gpunet::first_index(); i < total; i += gpunet::grid_stride()) {
-        const long long nc = i / plane_out;
-        const int o = (int)(i - nc * plane_out);
-        const int oh = o / OW, ow = o - oh * OW;
+        const unsigned nc = (unsigned)i / plane_out;         // (n, c) plane
+        const int o = (int)((unsigned)i - nc * plane_out);    // offset inside the output plane
+        const int oh = (int)((unsigned)o / (unsigned)OW), ow = o - oh * OW;
         const int hs = oh * SH - PH, ws = ow * SW - PW;     // window start, may be negative (padding)
         const int he = min(hs + KH, H), we = min(ws + KW, W);
         const int h0 = max(hs, 0), w0 = max(ws, 0);         // first real row / column of the window
-        const T* plane = x + nc * ((long long)H * W);
+        const T* plane = x + nc * (unsigned)(H * W);
         T best = gpunet::neg_inf<T>();
         int best_idx = h0 * W + w0;
         bool nan_found = false;
@@ -79,12 +80,12 @@ __device__ void maxpool2d_bwd(const T* __restrict__ dy, const int* __restrict__ 
                               int C, int H, int W, int KH, int KW, int SH, int SW, int PH, int PW, int OH,
                               int OW) {
     if (!gpunet::pool_geometry_ok(N, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW)) return;
-    const long long total = (long long)N * C * H * W;
-    const long long plane_in = (long long)H * W, plane_out = (long long)OH * OW;
+    const long long total = (long long)N * C * H * W;      // < 2^31: checked above
+    const unsigned plane_in = (unsigned)(H * W), plane_out = (unsigned)(OH * OW);
     for (long long i = gpunet::first_index(); i < total; i += gpunet::grid_stride()) {
-        const long long nc = i / plane_in;
-        const int idx = (int)(i - nc * plane_in);
-        const int h = idx / W, w = idx - h * W;
+        const unsigned nc = (unsigned)i / plane_in;          // (n, c) plane
+        const int idx = (int)((unsigned)i - nc * plane_in);   // h*W + w inside it
+        const int h = (int)((unsigned)idx / (unsigned)W), w = idx - h * W;
         int oh_lo, oh_hi, ow_lo, ow_hi;
         gpunet::covering_windows(h, KH, SH, PH, OH, oh_lo, oh_hi);
         gpunet::covering_windows(w, KW, SW, PW, OW, ow_lo, ow_hi);

@@ -15,7 +15,7 @@
 #   pytest-emulator    the CUDA-kernel tests on the emulator too (a kernel's two executions must agree)
 #   parity-cnn         gpunet parity --device cuda (default CNN)
 #   parity-resnet      gpunet parity --device cuda --model resnet-small
-#   bench              gpunet bench --device cuda, when that command exists
+#   bench              gpunet bench --device cuda --out OUTDIR/bench, when that command exists
 # Exit status: 0 when every step that ran passed, 1 otherwise (the logs say which).
 set -u
 
@@ -108,12 +108,11 @@ step info "${GPUNET[@]}" info
 step nvrtc "$PY" -m gpunet.cuda.nvrtc
 step pytest env GPUNET_TEST_BACKENDS=numpy,cupy "$PY" -m pytest -m "not slow" -q -p no:cacheprovider \
     --junitxml="$OUT/pytest.xml"
-step pytest-emulator env GPUNET_TEST_BACKENDS=emulator "$PY" -m pytest -q -p no:cacheprovider \
-    tests/test_cuda_pool.py tests/test_cuda_batchnorm.py tests/test_cuda_dropout.py tests/test_cuda_ops.py
+step pytest-emulator env GPUNET_TEST_BACKENDS=emulator "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda_*.py
 step parity-cnn "${GPUNET[@]}" parity --device cuda --json "$OUT/parity-cnn.json"
 step parity-resnet "${GPUNET[@]}" parity --device cuda --model resnet-small --json "$OUT/parity-resnet.json"
 if has_command bench; then
-    step bench "${GPUNET[@]}" bench --device cuda
+    step bench "${GPUNET[@]}" bench --device cuda --out "$OUT/bench"
 else
     echo "== bench: no 'gpunet bench' command in this checkout; skipped"
     printf 'bench\tskipped\t0s\tno gpunet bench command\n' >> "$OUT/exit_codes.tsv"

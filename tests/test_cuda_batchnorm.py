@@ -253,3 +253,12 @@ def test_inconsistent_split_writes_nothing(device_backend):
     fin((2, 1, 1), (256, 1, 1), (x, pm, pv, mean, mean, mean, mean, i32(4), i32(2), i32(9), i32(5), i32(18),
                                  f32(EPS), f32(MOMENTUM)))   # 5 chunks of 18: the last ones empty
     assert (be.asnumpy(mean) == 7.0).all()
+
+
+def test_refuses_tensors_beyond_32bit_indexing(device_backend):
+    be = device_backend
+    xp = be.xp
+    huge = xp.broadcast_to(xp.zeros((), dtype=np.float32), (2**16, 2, 2**7, 2**7))   # 2^31, no memory
+    v = xp.ones(2, dtype=np.float32)
+    with pytest.raises(ValueError, match="32-bit"):
+        be.ops.batch_norm_eval(huge, v, v, v, v, EPS)

@@ -244,3 +244,12 @@ def test_errors_match_numpy(device_backend):
         be.ops.max_pool2d_backward(be.asarray(np.zeros((1, 2, 3, 3), np.float32)), am, x.shape, 2, 2, 0)
     with pytest.raises(ValueError, match="int32 argmax"):
         be.ops.max_pool2d_backward(y, am.astype(np.int64), x.shape, 2, 2, 0)
+
+
+def test_refuses_tensors_beyond_32bit_indexing(device_backend):
+    be = device_backend
+    huge = be.xp.broadcast_to(be.xp.zeros((), dtype=np.float32), (2**16, 2**15, 1, 1))   # 2^31, no memory
+    with pytest.raises(ValueError, match="32-bit"):
+        be.ops.max_pool2d_forward(huge, 1, 1, 0)
+    with pytest.raises(ValueError, match="32-bit"):
+        be.ops.avg_pool2d_forward(huge, 1, 1, 0)

@@ -18,13 +18,15 @@ from gpunet.ops.geometry import Window2d, pool2d_geometry
 
 MAXPOOL = "maxpool2d.cu"
 AVGPOOL = "avgpool2d.cu"
-_INT32_MAX = 2**31 - 1      # argmax and per-plane offsets are 32-bit
+_INT32_MAX = 2**31 - 1      # the kernels index with 32-bit ints
 
 
 def _geometry(op, x_shape, kernel, stride, padding) -> Window2d:
     g = pool2d_geometry(op, x_shape, kernel, stride, padding)
-    if g.h * g.w > _INT32_MAX:
-        raise ValueError(f"{op}: an input plane of {g.h}x{g.w} exceeds the kernels' 32-bit plane indexing")
+    for what, size in (("input", g.n * g.c * g.h * g.w), ("output", g.n * g.c * g.oh * g.ow)):
+        if size > _INT32_MAX:
+            raise ValueError(f"{op}: an {what} of {size} elements exceeds the kernels' 32-bit indexing "
+                             f"(at most {_INT32_MAX})")
     return g
 
 
