@@ -1,0 +1,367 @@
+"""Run the benchmark rows on one device, gpunet and PyTorch side by side in this process.
+
+    results = run_bench("cpu", quick=True)         # a dict, the content of results.json
+    print(format_table(results))
+
+Per row: set up the inputs, call each side once and compare the outputs (`check`), warm up, then time
+`reps` calls of each side interleaved (gpunet, torch, gpunet, ...), synchronising the device around
+every call. A row that raises records its error and the run goes on. The same run also times a
+2048x2048 float32 matmul (sgemm) with NumPy, with the device's array module and with PyTorch, the
+yardstick for the conv rows' GFLOP/s.
+"""
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import os
+import sys
+import time
+import tracemalloc
+
+import numpy as np
+
+from gpunet.backend import get_backend
+from gpunet.bench import workloads
+from gpunet.bench.machine import loadavg, machine_info
+from gpunet.bench.timing import measure
+
+SCHEMA = 1
+SGEMM_N = 2048
+CHECK_TOL = 1e-3       # a row whose sides differ more than this (relative to the output's max) is flagged
+DEVICES = {"cpu": "numpy", "numpy": "numpy", "cuda": "cupy", "cupy": "cupy", "gpu": "cupy",
+           "emulator": "emulator", "auto": "auto"}
+
+
+def default_reps(backend, quick: bool) -> tuple[int, int]:
+    """(timed reps, extra warm-up calls) per side; the output check is one more untimed call."""
+    if quick:
+        return 3, 1
+    return (25, 5) if backend.is_gpu else (10, 1)
+
+
+def _import_torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+@contextlib.contextmanager
+def torch_settings(torch, on_gpu: bool):
+    """On a GPU: cuDNN autotuning on, TF32 off (both sides compute in full float32); restored afterwards."""
+    if torch is None or not on_gpu:
+        yield
+        return
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    old = (cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32)
+    cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = True, False, False
+    try:
+        yield
+    finally:
+        cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = old
+
+
+def select_rows(rows, only: str | None):
+    """Rows whose id or name matches one of the comma-separated patterns (glob, or else substring),
+    case-insensitively."""
+    if not only:
+        return list(rows)
+    pats = [p.strip().lower() for p in only.split(",") if p.strip()]
+
+    def hit(row, pat):
+        keys = (row.id, f"{row.name} {row.phase}".lower(), row.group)
+        if any(ch in pat for ch in "*?["):
+            return any(fnmatch.fnmatchcase(k, pat) for k in keys)
+        return any(pat in k for k in keys)
+    chosen = [r for r in rows if any(hit(r, p) for p in pats)]
+    if not chosen:
+        raise ValueError(f"bench: --only {only!r} matches no row; rows are: {', '.join(r.id for r in rows)}")
+    return chosen
+
+
+# --- yardstick --------------------------------------------------------------------------------------
+
+def sgemm(backend, torch, torch_device: str, reps: int) -> dict:
+    """GFLOP/s of a SGEMM_N^3 float32 matmul: NumPy always, the device's array module, and PyTorch."""
+    n, flops = SGEMM_N, 2.0 * SGEMM_N ** 3
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)
+    fns, sync = {"numpy": lambda: a @ b}, {}
+    if backend.is_gpu:
+        da, db = backend.asarray(a), backend.asarray(b)
+        fns["device"], sync["device"] = (lambda: da @ db), backend.synchronize
+    if torch is not None and (torch_device == "cpu" or torch.cuda.is_available()):
+        ta, tb = torch.from_numpy(a).to(torch_device), torch.from_numpy(b).to(torch_device)
+        fns["torch"] = lambda: ta @ tb
+        if torch_device != "cpu":
+            sync["torch"] = torch.cuda.synchronize
+    stats = measure(fns, reps=reps, warmup=2, sync=sync)
+    out = {"n": n, "dtype": "float32"}
+    out.update({f"{k}_gflops": flops / s.median / 1e9 for k, s in stats.items()})
+    out.update({f"{k}_ms": s.to_dict() for k, s in stats.items()})
+    out["reference_gflops"] = out.get("device_gflops", out["numpy_gflops"])  # what % of sgemm divides by
+    return out
+
+
+# --- peak memory of one call ------------------------------------------------------------------------
+
+def peak_gpunet(backend, fn) -> int:
+    """Bytes allocated above the starting level at the peak of fn(): tracemalloc (NumPy's allocations)
+    on the CPU, a CuPy memory-pool hook on a GPU."""
+    if backend.is_gpu:
+        from cupy.cuda.memory_hook import MemoryHook
+
+        class Peak(MemoryHook):
+            name = "gpunet-bench-peak"
+
+            def __init__(self):
+                self.live = self.peak = 0
+
+            def malloc_postprocess(self, device_id, size, mem_size, mem_ptr, pmem_id):
+                self.live += mem_size
+                self.peak = max(self.peak, self.live)
+
+            def free_postprocess(self, device_id, mem_size, mem_ptr, pmem_id):
+                self.live -= mem_size
+
+        hook = Peak()
+        backend.synchronize()
+        with hook:
+            fn()
+            backend.synchronize()
+        return hook.peak
+    started = not tracemalloc.is_tracing()
+    if started:
+        tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        fn()
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        if started:
+            tracemalloc.stop()
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence file descriptor 2 (the profiler's C++ start/stop chatter) for the duration."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def peak_torch(torch, device: str, fn) -> int:
+    """The same measure for PyTorch: the CUDA caching allocator's peak statistics on a GPU; on the CPU,
+    the running sum of the allocation events the profiler records (its CPU allocator is invisible to
+    tracemalloc)."""
+    if device != "cpu":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    from torch.profiler import ProfilerActivity, profile
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    live = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
+# --- one row ----------------------------------------------------------------------------------------
+
+def _host(a):
+    if hasattr(a, "detach"):  # torch
+        return a.detach().cpu().numpy()
+    if type(a).__module__.startswith("cupy"):
+        return a.get()
+    return np.asarray(a)
+
+
+def _flatten(out):
+    if isinstance(out, (tuple, list)):
+        return [x for o in out for x in _flatten(o)]
+    return [] if out is None else [out]
+
+
+def output_diffs(g_out, t_out) -> list[float]:
+    """Per output: max |gpunet - torch| / max |torch| (inf for a count or shape mismatch)."""
+    g_list, t_list = _flatten(g_out), _flatten(t_out)
+    if len(g_list) != len(t_list):
+        return [float("inf")]
+    diffs = []
+    for g, t in zip(g_list, t_list):
+        g, t = _host(g).astype(np.float64), _host(t).astype(np.float64)
+        if g.shape != t.shape:
+            diffs.append(float("inf"))
+        elif g.size:
+            diffs.append(float(np.max(np.abs(g - t))) / (float(np.max(np.abs(t))) + 1e-30))
+    return diffs
+
+
+def check_outputs(g_out, t_out) -> float:
+    """The largest of output_diffs: 0 when both sides agree exactly."""
+    return max(output_diffs(g_out, t_out), default=0.0)
+
+
+def _err(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
+def run_row(row, env, reps: int, warmup: int) -> dict:
+    """Set up, check and time (or measure the memory of) one row; errors are recorded, not raised."""
+    be, torch = env.backend, env.torch
+    res = {"id": row.id, "group": row.group, "name": row.name, "phase": row.phase, "unit": row.unit,
+           "shape": row.shape, "gpunet": None, "torch": None, "errors": {}}
+    try:
+        g, t = row.setup(env)
+    except Exception as e:
+        res["errors"]["setup"] = _err(e)
+        return res
+    sides = {"gpunet": g}
+    if t is not None:
+        sides["torch"] = t
+    sync = {"gpunet": be.synchronize}
+    if t is not None and env.torch_device != "cpu":
+        sync["torch"] = torch.cuda.synchronize
+    first = {}
+    for side, fn in list(sides.items()):  # the first call: compile/autotune, and outputs for the check
+        try:
+            first[side] = fn()
+            sync.get(side, lambda: None)()
+        except Exception as e:
+            res["errors"][side] = _err(e)
+            del sides[side]
+    if "gpunet" in first and "torch" in first and row.unit != "MiB":  # memory rows reuse a trained pair
+        res["check_rel_diffs"] = output_diffs(first["gpunet"], first["torch"])
+        res["check_max_rel_diff"] = max(res["check_rel_diffs"], default=0.0)
+    first.clear()
+    if not sides:
+        return res
+    if row.unit == "MiB":
+        if "gpunet" in sides:
+            res["gpunet"] = {"peak": peak_gpunet(be, sides["gpunet"]) / 2**20}
+        if "torch" in sides:
+            res["torch"] = {"peak": peak_torch(torch, env.torch_device, sides["torch"]) / 2**20}
+        return res
+    stats = measure(sides, reps=reps, warmup=warmup, sync=sync)
+    for side, s in stats.items():
+        res[side] = s.to_dict()
+    return res
+
+
+def derive(res: dict, row, sgemm_gflops: float | None, judge: bool = True) -> dict:
+    """Add ratio, GFLOP/s, % of sgemm and the target verdict to a row result. judge=False (the emulator,
+    whose times say nothing about a GPU) keeps the numbers but checks no performance target."""
+    key = "peak" if row.unit == "MiB" else "median"
+    g, t = res.get("gpunet"), res.get("torch")
+    res["ratio"] = g[key] / t[key] if g and t and t[key] > 0 else None
+    if row.flops is not None:
+        res["flops"] = row.flops
+        res["gflops"] = {side: row.flops / (v["median"] / 1e3) / 1e9 if v else None
+                         for side, v in (("gpunet", g), ("torch", t))}
+        if sgemm_gflops:
+            res["pct_sgemm"] = {side: 100.0 * v / sgemm_gflops if v else None for side, v in res["gflops"].items()}
+    res["target"] = {k: v for k, v in (("max_ratio", row.target_ratio), ("min_pct_sgemm", row.target_pct_sgemm))
+                     if v is not None and judge}
+    misses = []
+    target = res["target"]
+    if "max_ratio" in target and res["ratio"] is not None and res["ratio"] > target["max_ratio"]:
+        misses.append(f"ratio {res['ratio']:.2f} > {target['max_ratio']:g}")
+    pct = (res.get("pct_sgemm") or {}).get("gpunet")
+    if "min_pct_sgemm" in target and pct is not None and pct < target["min_pct_sgemm"]:
+        misses.append(f"{pct:.0f}% of sgemm < {target['min_pct_sgemm']:g}%")
+    if res["errors"]:
+        misses.append("error")
+    check = res.get("check_max_rel_diff")
+    if check is not None and not check <= CHECK_TOL:
+        misses.append(f"outputs differ (max rel {check:.1e})")
+    judged = target and (res["ratio"] is not None or pct is not None)
+    res["misses"] = misses
+    res["meets"] = (not misses) if (judged or misses) else None
+    return res
+
+
+# --- the run ----------------------------------------------------------------------------------------
+
+def run_bench(device: str = "cpu", quick: bool = False, reps: int | None = None, only: str | None = None,
+              log=None) -> dict:
+    """Run the benchmark on `device` (cpu, cuda, emulator or auto) and return the results dict.
+    log: a callable receiving one progress line per row, or None."""
+    log = log or (lambda line: None)
+    name = DEVICES.get(str(device).lower())
+    if name is None:
+        raise ValueError(f"bench: unknown device {device!r}; expected one of cpu, cuda, emulator, auto")
+    backend = get_backend(name)
+    default_r, warmup = default_reps(backend, quick)
+    reps = default_r if reps is None else int(reps)
+    if reps < 1:
+        raise ValueError(f"bench: --reps must be >= 1, got {reps}")
+    notes = []
+    torch = _import_torch()
+    torch_device = "cuda" if backend.is_gpu else "cpu"
+    if torch is None:
+        notes.append("PyTorch is not installed: gpunet rows ran alone (pip install 'gpunet[bench]' for ratios)")
+    elif backend.is_gpu and not torch.cuda.is_available():
+        notes.append(f"PyTorch {torch.__version__} has no CUDA here: gpunet rows ran alone (a CPU PyTorch "
+                     f"is no comparison for a GPU)")
+        torch = None
+    if backend.name == "emulator":
+        notes.append("emulator: gpunet runs the CUDA kernels on the CPU emulator; times measure the emulator, "
+                     "not a GPU, so no target is checked (useful to test the CUDA op path end to end)")
+    rows = select_rows(workloads.quick_rows() if quick else workloads.full_rows(), only)
+
+    started = time.perf_counter()
+    with torch_settings(torch, backend.is_gpu):
+        machine = machine_info(torch)
+        log(f"sgemm {SGEMM_N}x{SGEMM_N} float32 ...")
+        gemm = sgemm(backend, torch, torch_device, max(reps, 5))
+        env = workloads.Env(backend, torch, torch_device, np.random.default_rng(0))
+        results = []
+        for i, row in enumerate(rows, 1):
+            t0 = time.perf_counter()
+            res = derive(run_row(row, env, reps, warmup), row, gemm["reference_gflops"],
+                         judge=backend.name != "emulator")
+            results.append(res)
+            log(f"[{i}/{len(rows)}] {row.name} {row.phase}: {_summary(res)} ({time.perf_counter() - t0:.1f}s)")
+    return {
+        "schema": SCHEMA,
+        "device": backend.name,
+        "torch_device": torch_device if torch is not None else None,
+        "quick": bool(quick),
+        "reps": reps,
+        "warmup": warmup + 1,
+        "timing": "median over reps of one call each; gpunet and torch calls interleaved; device synchronised "
+                  "around every call; the first call of each side is untimed and checks the outputs",
+        "ratio": "gpunet / PyTorch (median time, or peak memory); < 1 means gpunet is faster/smaller",
+        "machine": machine,
+        "sgemm": gemm,
+        "targets": {"conv_fwd_bwd_max_ratio": workloads.CONV_TARGET, "bn_pool_max_ratio": workloads.BN_POOL_TARGET,
+                    "e2e_max_ratio": workloads.E2E_TARGET, "big_3x3_min_pct_sgemm": workloads.BIG_3X3_PCT_SGEMM},
+        "notes": notes,
+        "rows": results,
+        "seconds": time.perf_counter() - started,
+        "loadavg_at_end": loadavg(),
+    }
+
+
+def _summary(res: dict) -> str:
+    if res["errors"]:
+        return "; ".join(f"{k} error: {v}" for k, v in res["errors"].items())
+    key, unit = ("peak", "MiB") if res["unit"] == "MiB" else ("median", "ms")
+    parts = [f"{side} {res[side][key]:.2f} {unit}" for side in ("gpunet", "torch") if res[side]]
+    if res["ratio"] is not None:
+        parts.append(f"ratio {res['ratio']:.2f}")
+    return ", ".join(parts)

@@ -1,0 +1,130 @@
+"""gpunet.bench and `gpunet bench`: the harness runs end to end (with and without PyTorch), writes its
+outputs, and its PyTorch side computes what the gpunet side computes. No timing is asserted."""
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from gpunet.bench import format_table, run_bench, write_outputs
+from gpunet.bench.runner import check_outputs, run_row, select_rows
+from gpunet.bench.timing import measure
+from gpunet.bench.workloads import Env, Row, full_rows, quick_rows
+from gpunet.cli.main import main
+
+GROUPS = {"conv", "batchnorm", "maxpool", "e2e", "memory"}
+
+
+def _have(mod):
+    try:
+        __import__(mod)
+        return True
+    except ImportError:
+        return False
+
+
+def test_quick_cli_writes_table_json_and_chart(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert main(["bench", "--device", "cpu", "--quick", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "ratio" in printed and "sgemm 2048x2048" in printed
+    res = json.loads((out / "results.json").read_text())
+    assert (out / "results.md").read_text().startswith("# gpunet vs PyTorch")
+    assert res["quick"] and res["device"] == "numpy"
+    assert {r["group"] for r in res["rows"]} == GROUPS
+    assert res["sgemm"]["numpy_gflops"] > 0
+    m = res["machine"]
+    assert m["cores"] >= 1 and m["cpu"] and m["numpy"]["version"] == np.__version__ and m["date"]
+    for r in res["rows"]:
+        assert r["errors"] == {}, (r["id"], r["errors"])
+        assert r["gpunet"] is not None
+    conv = [r for r in res["rows"] if r["group"] == "conv"]
+    assert all(r["gflops"]["gpunet"] > 0 and r["pct_sgemm"]["gpunet"] > 0 for r in conv)
+    if _have("torch"):
+        assert m["torch"]["num_threads"] >= 1
+        for r in res["rows"]:
+            assert r["torch"] is not None and r["ratio"] > 0
+            if r["group"] != "memory":  # both sides computed the same outputs from the same inputs
+                assert r["check_max_rel_diff"] <= 1e-4, (r["id"], r["check_max_rel_diff"])
+        assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" or not _have("matplotlib")
+
+
+def test_quick_without_torch_runs_gpunet_rows_alone(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+    res = run_bench("cpu", quick=True, reps=1)
+    assert any("PyTorch is not installed" in n for n in res["notes"])
+    assert res["machine"]["torch"] is None and "torch_gflops" not in res["sgemm"]
+    assert {r["group"] for r in res["rows"]} == GROUPS
+    for r in res["rows"]:
+        assert r["errors"] == {} and r["gpunet"] is not None
+        assert r["torch"] is None and r["ratio"] is None
+    paths = write_outputs(res, tmp_path)
+    assert "chart" not in paths and json.loads(paths["json"].read_text())["rows"]
+    assert "no PyTorch" in format_table(res)
+
+
+def test_only_selects_rows_by_substring_glob_and_group():
+    rows = full_rows()
+    assert len(rows) == len({r.id for r in rows})  # ids are unique
+    assert {r.group for r in select_rows(rows, "batchnorm")} == {"batchnorm"}
+    both = select_rows(rows, "maxpool,memory")
+    assert {r.group for r in both} == {"maxpool", "memory"} and len(both) == 6
+    fb = select_rows(rows, "conv*fwd-bwd")
+    assert len(fb) == 7 and all(r.phase == "fwd+bwd" for r in fb)
+    with pytest.raises(ValueError, match="matches no row"):
+        select_rows(rows, "no-such-row")
+
+
+def test_full_rows_cover_the_brief():
+    rows = full_rows()
+    conv = [r for r in rows if r.group == "conv"]
+    assert len(conv) == 14 and {r.phase for r in conv} == {"fwd", "fwd+bwd"}
+    assert sum(1 for r in conv if r.target_pct_sgemm) == 6  # three big 3x3 shapes, fwd and fwd+bwd
+    fwd = {r.name: r.flops for r in conv if r.phase == "fwd"}
+    assert fwd["conv N64 64->64 32x32 k3 s1 p1"] == 2 * 64 * 32 * 32 * 64 * 64 * 9
+    assert fwd["conv N64 64->128 32x32 k3 s2 p1"] == 2 * 64 * 16 * 16 * 128 * 64 * 9
+    assert all(r.flops == 3 * fwd[r.name] for r in conv if r.phase == "fwd+bwd")
+    assert len([r for r in rows if r.group == "batchnorm"]) == 4
+    assert len([r for r in rows if r.group == "maxpool"]) == 4
+    assert {r.name for r in rows if r.group == "e2e"} == {"cnn 1x28x28 N128", "resnet-small 3x32x32 N64"}
+    assert {r.group for r in quick_rows()} == GROUPS
+
+
+def test_failing_row_is_recorded_and_run_continues():
+    def broken(env):
+        raise RuntimeError("boom")
+    row = Row("conv", "broken", "fwd", broken, {})
+    env = Env(__import__("gpunet").get_backend("numpy"), None, "cpu", np.random.default_rng(0))
+    res = run_row(row, env, reps=1, warmup=0)
+    assert res["errors"] == {"setup": "RuntimeError: boom"} and res["gpunet"] is None
+
+
+def test_measure_interleaves_and_counts_calls():
+    calls = []
+    stats = measure({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, reps=3, warmup=1)
+    assert calls == ["a", "b"] * 4
+    assert stats["a"].reps == 3 and stats["a"].q1 <= stats["a"].median <= stats["a"].q3
+
+
+def test_check_outputs():
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    assert check_outputs((a, a), (a, a)) == 0.0
+    assert check_outputs(a + 0.5, a) == pytest.approx(0.1)  # relative to the reference (PyTorch) side
+    assert check_outputs((a,), (a, a)) == float("inf")
+
+
+@pytest.mark.parametrize("name,in_shape", [("cnn", (1, 28, 28)), ("resnet-small", (3, 32, 32)), ("lenet", (1, 28, 28))])
+def test_torch_twin_has_same_architecture_and_weights(name, in_shape):
+    torch = pytest.importorskip("torch")
+    from gpunet.bench.torch_twin import torch_twin
+    from gpunet.models import build_model
+    model = build_model(name, in_shape, 10, seed=3)
+    twin = torch_twin(model, torch)
+    assert list(twin.state_dict()) == list(model.state_dict())
+    x = np.random.default_rng(0).standard_normal((4,) + in_shape, dtype=np.float32)
+    for mode in ("train", "eval"):
+        getattr(model, mode)()
+        getattr(twin, mode)()
+        with torch.no_grad():
+            ref = twin(torch.from_numpy(x)).numpy()
+        assert check_outputs(model(x), ref) < 1e-4, mode
