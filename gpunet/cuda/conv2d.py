@@ -67,6 +67,12 @@ def _check_int32(what, *sizes):
                              f"(at most {_INT32_MAX})")
 
 
+def _placeholder(xp, dtype):
+    """For a pointer the kernel never touches (no bias, no ReLU mask). Never an alias of another
+    argument: the emulator's check mode gives every argument its own copy and copies each back."""
+    return xp.zeros(1, dtype=dtype)
+
+
 def _geometry_args(g: Window2d, cout: int):
     return tuple(i32(v) for v in (g.n, g.c, g.h, g.w, cout, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.oh, g.ow))
 
@@ -85,7 +91,7 @@ def conv2d_forward(ctx, x, w, b, stride, padding, relu: bool):
     suf = _suffix("conv2d", x, w, *(() if b is None else (b,)))
     cout = int(w.shape[0])
     if b is not None and tuple(b.shape) != (cout,):
-        raise ValueError(f"conv2d: expected bias of shape ({cout},), got {tuple(b.shape)}")
+        raise ValueError(f"conv2d: expected bias of shape (C_out,)=({cout},), got {tuple(b.shape)}")
     _check_int32("conv2d", x.size, w.size, g.n * cout * g.oh * g.ow)
     xp = ctx.xp
     x = xp.ascontiguousarray(x)
@@ -93,10 +99,10 @@ def conv2d_forward(ctx, x, w, b, stride, padding, relu: bool):
     b = None if b is None else xp.ascontiguousarray(b)
     y = xp.empty((g.n, cout, g.oh, g.ow), dtype=x.dtype)
     grid = (ceil_div(g.n * g.oh * g.ow, BM), ceil_div(cout, BN), 1)
-    # Without a bias the kernel never reads its bias pointer; w stands in for it.
+    bias = _placeholder(xp, x.dtype) if b is None else b
     ctx.kernel(SOURCE, f"conv2d_fwd_{suf}")(
         grid, (THREADS, 1, 1),
-        (x, w, w if b is None else b, y, *_geometry_args(g, cout), i32(b is not None), i32(bool(relu))))
+        (x, w, bias, y, *_geometry_args(g, cout), i32(b is not None), i32(bool(relu))))
     return y, Conv2dCache(x=x, w=w, y=y if relu else None, has_bias=b is not None, win=g)
 
 
@@ -110,8 +116,7 @@ def conv2d_backward(ctx, dy, cache: Conv2dCache):
     suf = _suffix("conv2d backward", x, dy)
     xp = ctx.xp
     dy = xp.ascontiguousarray(dy)
-    # Without ReLU the kernels never read the mask pointer; dy stands in for it.
-    mask = cache.y if cache.relu else dy
+    mask = cache.y if cache.relu else _placeholder(xp, dy.dtype)
     relu = i32(cache.relu)
     geo = _geometry_args(g, cout)
 
@@ -131,20 +136,18 @@ def conv2d_backward(ctx, dy, cache: Conv2dCache):
     _check_int32("conv2d backward", splits * cout * kf)
     dw = xp.empty(w.shape, dtype=w.dtype)
     db = xp.empty((cout,), dtype=w.dtype) if cache.has_bias else None
+    db_out = db if cache.has_bias else _placeholder(xp, w.dtype)
     if splits == 1:
-        part, dbpart = dw, db
+        part, dbpart = dw, db_out
     else:
         part = xp.empty((splits, cout, kf), dtype=w.dtype)
-        dbpart = xp.empty((splits, cout), dtype=w.dtype) if cache.has_bias else None
-    # Without a bias the db pointers are never touched; the dW buffers stand in for them.
+        dbpart = xp.empty((splits, cout), dtype=w.dtype) if cache.has_bias else _placeholder(xp, w.dtype)
     ctx.kernel(SOURCE, f"conv2d_wgrad_{suf}")(
         (ceil_div(kf, BM), ceil_div(cout, BN), splits), (THREADS, 1, 1),
-        (x, dy, mask, part, part if dbpart is None else dbpart, *geo, relu, i32(cache.has_bias),
-         i32(splits), i32(chunk)))
+        (x, dy, mask, part, dbpart, *geo, relu, i32(cache.has_bias), i32(splits), i32(chunk)))
     if splits > 1:
         outputs = cout * kf + (cout if cache.has_bias else 0)
         ctx.kernel(SOURCE, f"conv2d_wgrad_reduce_{suf}")(
             *grid_1d(outputs, REDUCE_THREADS),
-            (part, part if dbpart is None else dbpart, dw, dw if db is None else db,
-             i32(splits), i32(cout * kf), i32(cout), i32(cache.has_bias)))
+            (part, dbpart, dw, db_out, i32(splits), i32(cout * kf), i32(cout), i32(cache.has_bias)))
     return dx, dw, db
