@@ -1,0 +1,286 @@
+"""The fused conv2d + bias + ReLU kernels (cuda_kernels/conv2d_relu.cu) against the NumPy oracle.
+
+Runs on the CPU emulator (always) and on CuPy (with a GPU), through the launcher
+gpunet/cuda/conv2d.py. Shapes are small (the emulator runs every CUDA thread as a fiber) but chosen
+so that tails and multiple tiles are exercised: C_out = 70 and 66 (two column tiles, the second one
+ragged), GEMM M > 128 (two row tiles), K not a multiple of the K step.
+
+Tolerance. Each output is a sum of K products; in any summation order, with unit roundoff u,
+|computed - exact| <= gamma_K * sum|a_i * b_i|, gamma_K = K*u / (1 - K*u) (Higham, Accuracy and
+Stability of Numerical Algorithms, sec. 3.1). The oracle is NumpyOps in float64 on the same inputs;
+`sum|a_i b_i|` is the same op evaluated on absolute values. We allow 2 * gamma_{K+2} (the bias and the
+split-K partial sums add terms; the factor 2 covers the oracle's own float64 rounding). u = 2**-24
+for float32, 2**-53 for float64 (about 15 significant digits: a tight check).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gpunet.backend import get_backend
+from gpunet.cuda import conv2d as conv
+from gpunet.cuda.loader import KernelContext
+from gpunet.ops.geometry import conv2d_geometry
+from gpunet.ops.numpy_ops import NumpyOps
+
+# id: (x shape, w shape, stride, padding)
+CASES = {
+    "cout70-tail": ((2, 3, 7, 6), (70, 3, 3, 3), 1, 1),          # C_out not a multiple of 64, K = 27
+    "two-row-tiles": ((2, 5, 9, 9), (66, 5, 3, 3), 1, 1),        # M = 162 > 128, two column tiles
+    "cin66-dx-tiles": ((1, 66, 4, 3), (3, 66, 3, 3), 1, 1),      # dx: C_in = 66 spans two column tiles
+    "batch1-1x1-spatial": ((1, 4, 1, 1), (5, 4, 1, 1), 1, 0),
+    "1x1-spatial-pad": ((2, 3, 1, 1), (4, 3, 3, 3), 1, 1),       # every tap but the centre is padding
+    "1x1-kernel-stride2": ((2, 5, 8, 7), (9, 5, 1, 1), 2, 0),    # dx phases with no taps: zeros
+    "3x5-stride2x3-pad1x2": ((3, 4, 9, 11), (7, 4, 3, 5), (2, 3), (1, 2)),
+    "cin1-7x7-pad3": ((1, 1, 10, 9), (3, 1, 7, 7), 1, 3),
+    "stride3-kernel2": ((2, 3, 9, 8), (4, 3, 2, 2), 3, 0),       # kernel < stride: untouched pixels
+    "kernel5-stride2": ((2, 3, 8, 8), (6, 3, 5, 5), 2, 2),       # kernel > stride: overlapping windows
+    "resnet-like": ((4, 32, 10, 10), (48, 32, 3, 3), 1, 1),      # 4 row tiles, 36 K steps
+}
+FLAGS = [(False, False), (False, True), (True, False), (True, True)]  # (relu, bias)
+UNIT_ROUNDOFF = {np.float32: 2.0**-24, np.float64: 2.0**-53}
+
+_contexts: dict = {}
+
+
+def _ctx(be):
+    if be.name not in _contexts:
+        _contexts[be.name] = KernelContext(be)
+    return _contexts[be.name]
+
+
+def _inputs(case, dtype, bias, seed=0):
+    xs, ws, stride, padding = CASES[case]
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(xs).astype(dtype)
+    w = rng.standard_normal(ws).astype(dtype)
+    b = rng.standard_normal(ws[0]).astype(dtype) if bias else None
+    return x, w, b, stride, padding
+
+
+def _run(be, x, w, b, stride, padding, relu, dy_seed=1):
+    """Forward then backward on the device; everything returned as host arrays."""
+    ctx = _ctx(be)
+    dev = (lambda a: None if a is None else be.asarray(a))
+    y, cache = conv.conv2d_forward(ctx, dev(x), dev(w), dev(b), stride, padding, relu)
+    dy = np.random.default_rng(dy_seed).standard_normal(y.shape).astype(x.dtype)
+    dx, dw, db = conv.conv2d_backward(ctx, dev(dy), cache)
+    host = (lambda a: None if a is None else be.asnumpy(a))
+    return host(y), dy, host(dx), host(dw), host(db)
+
+
+def _gamma(k, dtype):
+    u = UNIT_ROUNDOFF[dtype]
+    return 2 * (k + 2) * u / (1 - (k + 2) * u)
+
+
+def _check(name, got, want, bound, k, dtype):
+    assert got.dtype == dtype, f"{name}: dtype {got.dtype}, expected {dtype}"
+    assert got.shape == want.shape, f"{name}: shape {got.shape}, expected {want.shape}"
+    err = np.abs(got.astype(np.float64) - want)
+    tol = _gamma(k, dtype) * bound + np.finfo(np.float64).tiny
+    worst = np.unravel_index(np.argmax(err - tol), err.shape)
+    assert np.all(err <= tol), (f"{name}: error {err[worst]:.3g} > tolerance {tol[worst]:.3g} at {worst} "
+                                f"(got {got[worst]!r}, want {want[worst]!r}, K={k})")
+
+
+def _check_against_numpy(x, w, b, stride, padding, relu, y, dy, dx, dw, db):
+    """Compare device results with NumpyOps in float64, within the summation-order bound."""
+    dtype = x.dtype.type
+    ops = NumpyOps(get_backend("numpy"))
+    f64 = (lambda a: None if a is None else a.astype(np.float64))
+    absf = (lambda a: None if a is None else np.abs(a.astype(np.float64)))
+    y_ref, _ = ops.conv2d_forward(f64(x), f64(w), f64(b), stride, padding, relu)
+    y_abs, c_abs = ops.conv2d_forward(absf(x), absf(w), absf(b), stride, padding, False)
+    # The kernels mask dy with their own y; use that mask so a y within rounding of 0 cannot flip it.
+    g = f64(dy) * (y > 0) if relu else f64(dy)
+    _, c_lin = ops.conv2d_forward(f64(x), f64(w), f64(b), stride, padding, False)
+    dx_ref, dw_ref, db_ref = ops.conv2d_backward(g, c_lin)
+    dx_abs, dw_abs, db_abs = ops.conv2d_backward(np.abs(g), c_abs)
+    n, cin = x.shape[:2]
+    cout, _, kh, kw = w.shape
+    pixels = n * y.shape[2] * y.shape[3]
+    _check("y", y, y_ref, y_abs, cin * kh * kw, dtype)
+    _check("dx", dx, dx_ref, dx_abs, cout * kh * kw, dtype)
+    _check("dw", dw, dw_ref, dw_abs, pixels, dtype)
+    if b is None:
+        assert db is None and db_ref is None
+    else:
+        _check("db", db, db_ref, db_abs, pixels, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("relu,bias", FLAGS, ids=[f"relu{int(r)}-bias{int(b)}" for r, b in FLAGS])
+@pytest.mark.parametrize("case", list(CASES))
+def test_matches_numpy(device_backend, case, relu, bias, dtype):
+    x, w, b, stride, padding = _inputs(case, dtype, bias)
+    y, dy, dx, dw, db = _run(device_backend, x, w, b, stride, padding, relu)
+    _check_against_numpy(x, w, b, stride, padding, relu, y, dy, dx, dw, db)
+    if relu:
+        assert np.all(y >= 0)
+
+
+@pytest.mark.parametrize("case", ["3x5-stride2x3-pad1x2", "kernel5-stride2", "1x1-kernel-stride2", "cin1-7x7-pad3"])
+def test_matches_loop_reference(device_backend, case):
+    """Second, independent oracle: tests/reference.py spells the convolution out with loops (float64)."""
+    import reference as loop  # tests/reference.py (pytest puts tests/ on sys.path)
+    x, w, b, stride, padding = _inputs(case, np.float64, True, seed=5)
+    y, dy, dx, dw, db = _run(device_backend, x, w, b, stride, padding, True, dy_seed=6)
+    absx, absw, absb = np.abs(x), np.abs(w), np.abs(b)
+    g = np.where(y > 0, dy, 0.0)
+    dx_abs, dw_abs, db_abs = loop.conv2d_backward(np.abs(g), absx, absw, absb, stride, padding, relu=False)
+    dx_ref, dw_ref, db_ref = loop.conv2d_backward(dy, x, w, b, stride, padding, relu=True)
+    cout, cin, kh, kw = w.shape
+    pixels = y.shape[0] * y.shape[2] * y.shape[3]
+    _check("y", y, loop.conv2d(x, w, b, stride, padding, relu=True),
+           loop.conv2d(absx, absw, absb, stride, padding), cin * kh * kw, np.float64)
+    _check("dx", dx, dx_ref, dx_abs, cout * kh * kw, np.float64)
+    _check("dw", dw, dw_ref, dw_abs, pixels, np.float64)
+    _check("db", db, db_ref, db_abs, pixels, np.float64)
+
+
+def _force_splits(monkeypatch):
+    """Cut dW's pixel reduction into chunks of one K step, so several splits and a short tail run."""
+    monkeypatch.setattr(conv, "WGRAD_MIN_CHUNK", conv.BK)
+
+
+@pytest.mark.parametrize("case", ["two-row-tiles", "3x5-stride2x3-pad1x2", "cin1-7x7-pad3"])
+def test_split_k_weight_gradient(device_backend, monkeypatch, case):
+    _force_splits(monkeypatch)
+    xs, ws, stride, padding = CASES[case]
+    g = conv2d_geometry(xs, ws, stride, padding)
+    pixels = g.n * g.oh * g.ow
+    splits, chunk = conv.wgrad_split(pixels, 1)
+    assert splits > 2 and pixels % chunk != 0, "the case should have several splits and a short last one"
+    x, w, b, stride, padding = _inputs(case, np.float32, True)
+    y, dy, dx, dw, db = _run(device_backend, x, w, b, stride, padding, True)
+    _check_against_numpy(x, w, b, stride, padding, True, y, dy, dx, dw, db)
+
+
+@pytest.mark.parametrize("tiles", [1, 3, 40, 1000])
+@pytest.mark.parametrize("pixels", [1, 7, 8, 255, 256, 1000, 65536, 10**6 + 3])
+def test_wgrad_split_tiles_the_reduction_exactly(pixels, tiles):
+    splits, chunk = conv.wgrad_split(pixels, tiles)
+    assert splits >= 1 and chunk % conv.BK == 0
+    assert chunk * (splits - 1) < pixels <= chunk * splits, "every chunk non-empty, all pixels covered"
+    assert splits == 1 or chunk >= conv.WGRAD_MIN_CHUNK
+    assert splits <= -(-conv.WGRAD_TARGET_BLOCKS // tiles), "about WGRAD_TARGET_BLOCKS blocks at most"
+
+
+def test_bitwise_identical_across_schedules(monkeypatch):
+    """Random fiber schedules must not change a single bit: no races, and a deterministic dW sum."""
+    from gpunet.backend import get_backend as gb
+    from gpunet.cuda import emulator
+    be = gb("emulator")
+    _force_splits(monkeypatch)
+    x, w, b, stride, padding = _inputs("3x5-stride2x3-pad1x2", np.float32, True)
+    runs = []
+    for seed in (1, 2, 3):
+        with emulator.schedule_seed(seed):
+            runs.append([a.tobytes() for a in _run(be, x, w, b, stride, padding, True) if a is not None])
+    assert runs[1] == runs[0] and runs[2] == runs[0]
+
+
+@pytest.mark.parametrize("bias,split", [(True, True), (False, False)], ids=["bias-splitK", "nobias-1split"])
+@pytest.mark.parametrize("case", ["cout70-tail", "cin66-dx-tiles", "3x5-stride2x3-pad1x2", "stride3-kernel2"])
+def test_no_out_of_bounds_access(monkeypatch, case, bias, split):
+    """Emulator check mode: every launch runs on copies of the arrays that end at a guard page, so a
+    tail load or store one element past any tensor (or workspace) raises instead of passing silently.
+    Each argument is copied separately, so this also proves the launcher never aliases two arguments."""
+    from gpunet.cuda import emulator
+    if split:
+        _force_splits(monkeypatch)
+    x, w, b, stride, padding = _inputs(case, np.float32, bias)
+    emulator.set_check_mode(True)
+    try:
+        y, dy, dx, dw, db = _run(get_backend("emulator"), x, w, b, stride, padding, True)
+    finally:
+        emulator.set_check_mode(None)
+    _check_against_numpy(x, w, b, stride, padding, True, y, dy, dx, dw, db)
+
+
+def test_nan_propagates_through_relu(device_backend):
+    x, w, b, stride, padding = _inputs("cout70-tail", np.float32, True)
+    x[0, 1, 3, 2] = np.nan
+    y, cache = conv.conv2d_forward(_ctx(device_backend), *(device_backend.asarray(a) for a in (x, w, b)),
+                                   stride, padding, True)
+    y = device_backend.asnumpy(y)
+    # Output pixels whose 3x3 window (pad 1) covers input (3, 2) in image 0: rows 2..4, cols 1..3.
+    assert np.isnan(y[0, :, 2:5, 1:4]).all()
+    assert not np.isnan(np.delete(y, 0, axis=0)).any()
+
+
+def test_non_contiguous_inputs_and_inputs_untouched(device_backend):
+    x, w, b, stride, padding = _inputs("3x5-stride2x3-pad1x2", np.float64, True)
+    xt = np.ascontiguousarray(x.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)  # same values, F-order planes
+    assert not xt.flags.c_contiguous
+    be = device_backend
+    xd, wd, bd = be.asarray(xt), be.asarray(w), be.asarray(b)
+    before = [be.asnumpy(a).copy() for a in (xd, wd, bd)]
+    y, cache = conv.conv2d_forward(_ctx(be), xd, wd, bd, stride, padding, True)
+    dy = be.asarray(np.ones(y.shape))
+    conv.conv2d_backward(_ctx(be), dy, cache)
+    for a, a0 in zip((xd, wd, bd), before):
+        np.testing.assert_array_equal(be.asnumpy(a), a0)
+    y_c, _ = conv.conv2d_forward(_ctx(be), be.asarray(x), wd, bd, stride, padding, True)
+    np.testing.assert_array_equal(be.asnumpy(y), be.asnumpy(y_c))
+
+
+def test_launcher_errors(device_backend):
+    be, ctx = device_backend, _ctx(device_backend)
+    x = be.asarray(np.zeros((1, 3, 5, 5), np.float32))
+    w = be.asarray(np.zeros((4, 3, 3, 3), np.float32))
+    with pytest.raises(TypeError, match="float32 or float64"):
+        conv.conv2d_forward(ctx, be.asarray(np.zeros((1, 3, 5, 5), np.int32)), w, None, 1, 0, False)
+    with pytest.raises(TypeError, match="one dtype"):
+        conv.conv2d_forward(ctx, x, be.asarray(np.zeros((4, 3, 3, 3))), None, 1, 0, False)
+    with pytest.raises(ValueError, match=r"bias of shape \(C_out,\)=\(4,\)"):
+        conv.conv2d_forward(ctx, x, w, be.asarray(np.zeros(3, np.float32)), 1, 0, False)
+    with pytest.raises(ValueError, match=r"expected input of shape \(N, 3, H, W\)"):
+        conv.conv2d_forward(ctx, be.asarray(np.zeros((1, 2, 5, 5), np.float32)), w, None, 1, 0, False)
+    with pytest.raises(ValueError, match="does not fit"):
+        conv.conv2d_forward(ctx, be.asarray(np.zeros((1, 3, 2, 2), np.float32)), w, None, 1, 0, False)
+    y, cache = conv.conv2d_forward(ctx, x, w, None, 1, 0, True)
+    with pytest.raises(ValueError, match=r"dy of shape \(1, 4, 3, 3\)"):
+        conv.conv2d_backward(ctx, be.asarray(np.zeros((1, 4, 3, 2), np.float32)), cache)
+
+
+def _launch_fwd(ctx, x, w, y, block=conv.THREADS, **over):
+    """A raw forward launch with geometry fields overridable, to check the kernel's own guards."""
+    from gpunet.cuda.loader import i32
+    geo = dict(N=1, C=2, H=5, W=4, Cout=3, kh=3, kw=3, sh=1, sw=1, ph=0, pw=0, OH=3, OW=2)
+    geo.update(over)
+    ctx.kernel(conv.SOURCE, "conv2d_fwd_f32")((1, 1, 1), (block, 1, 1),
+                                               (x, w, w, y, *(i32(v) for v in geo.values()), i32(0), i32(0)))
+
+
+def test_kernels_refuse_inconsistent_launches():
+    """Never trust the launcher: a wrong block shape or sizes that disagree write nothing."""
+    be = get_backend("emulator")
+    ctx = _ctx(be)
+    x = np.ones((1, 2, 5, 4), np.float32)
+    w = np.ones((3, 2, 3, 3), np.float32)
+    y = np.full((1, 3, 3, 2), 7.0, np.float32)
+    _launch_fwd(ctx, x, w, y)
+    assert np.all(y == 18.0), "the reference launch itself must work"
+    for bad in (dict(block=128), dict(OH=4), dict(OW=1), dict(kh=6), dict(ph=-1), dict(Cout=0)):
+        y = np.full((1, 3, 3, 2), 7.0, np.float32)
+        _launch_fwd(ctx, x, w, y, **bad)
+        assert np.all(y == 7.0), f"kernel wrote output for an inconsistent launch {bad}"
+
+
+def test_wgrad_reduce_sums_partials_in_order_with_any_grid():
+    """The reduce is a grid-stride loop (grid_1d caps the grid); each output is summed z = 0, 1, 2."""
+    from gpunet.cuda.loader import i32
+    ctx = _ctx(get_backend("emulator"))
+    rng = np.random.default_rng(3)
+    splits, cout, kf = 3, 5, 211
+    part = rng.standard_normal((splits, cout, kf)).astype(np.float32)
+    dbpart = rng.standard_normal((splits, cout)).astype(np.float32)
+    dw = np.full((cout, kf), np.nan, np.float32)
+    db = np.full(cout, np.nan, np.float32)
+    ctx.kernel(conv.SOURCE, "conv2d_wgrad_reduce_f32")(
+        (2, 1, 1), (conv.REDUCE_THREADS, 1, 1),        # 512 threads for 1060 outputs
+        (part, dbpart, dw, db, i32(splits), i32(cout * kf), i32(cout), i32(1)))
+    np.testing.assert_array_equal(dw, (part[0] + part[1]) + part[2])
+    np.testing.assert_array_equal(db, (dbpart[0] + dbpart[1]) + dbpart[2])
