@@ -23,8 +23,8 @@
  * (mean_ab = mean_a + d*n_b/n, M2_ab = M2_a + M2_b + d^2*n_a*n_b/n). Every block works on shifted
  * values v = x - K with K = the channel's value 0 (x[c*S]), so means and merge deltas are of the
  * data's spread, not its magnitude; the finalize adds K back. Stable for data far from zero
- * (1000 + noise): no sum of squares is ever formed, and the running mean is never rounded at the
- * data's magnitude while accumulating. Accumulators have the data's precision (float for float32).
+ * (1000 + noise): no sum of squares is ever formed, and the mean being accumulated is never rounded
+ * at the data's magnitude. Accumulators have the data's precision (float for float32).
  *   mean = mean_M, var = M2/M (biased, for normalising), invstd = 1/sqrt(var + eps) (a correctly
  *   rounded sqrt and division; no rsqrt approximation).
  *   running_mean = (1 - momentum)*running_mean + momentum*mean
