@@ -36,6 +36,8 @@ CASES = {
     "stride3-kernel2": ((2, 3, 9, 8), (4, 3, 2, 2), 3, 0),       # kernel < stride: untouched pixels
     "kernel5-stride2": ((2, 3, 8, 8), (6, 3, 5, 5), 2, 2),       # kernel > stride: overlapping windows
     "resnet-like": ((4, 32, 10, 10), (48, 32, 3, 3), 1, 1),      # 4 row tiles, 36 K steps
+    "stride2-dx-row-tiles": ((4, 8, 17, 15), (20, 8, 3, 3), 2, 1),  # dx phases of unequal size, 3 row tiles
+    "cout1-3x1-pad1x0": ((2, 3, 6, 5), (1, 3, 3, 1), 1, (1, 0)),
 }
 FLAGS = [(False, False), (False, True), (True, False), (True, True)]  # (relu, bias)
 UNIT_ROUNDOFF = {np.float32: 2.0**-24, np.float64: 2.0**-53}
@@ -137,6 +139,26 @@ def test_matches_loop_reference(device_backend, case):
     _check("dx", dx, dx_ref, dx_abs, cout * kh * kw, np.float64)
     _check("dw", dw, dw_ref, dw_abs, pixels, np.float64)
     _check("db", db, db_ref, db_abs, pixels, np.float64)
+
+
+@pytest.mark.parametrize("case", ["3x5-stride2x3-pad1x2", "cout70-tail"])
+def test_gradcheck_float64_kernels(device_backend, monkeypatch, case):
+    """Central differences through the float64 forward kernel agree with the float64 backward kernels
+    (dx, dW with a forced split-K, db), ReLU fused."""
+    from gpunet.gradcheck import gradcheck
+    _force_splits(monkeypatch)
+    be, ctx = device_backend, _ctx(device_backend)
+    x, w, b, stride, padding = _inputs(case, np.float64, True, seed=7)
+    saved = {}
+
+    def forward(x, w, b):
+        y, saved["cache"] = conv.conv2d_forward(ctx, x, w, b, stride, padding, True)
+        return y
+
+    def backward(dy):
+        return conv.conv2d_backward(ctx, dy, saved["cache"])
+
+    gradcheck((forward, backward), tuple(be.asarray(a) for a in (x, w, b)), max_checks=30, seed=1)
 
 
 def _force_splits(monkeypatch):
