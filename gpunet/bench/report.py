@@ -43,7 +43,8 @@ def table_rows(results: dict) -> list[tuple]:
     for r in results["rows"]:
         g = r.get("gflops") or {}
         pct = (r.get("pct_sgemm") or {}).get("gpunet")
-        out.append((r["name"], r["phase"], _side(r, "gpunet"), _side(r, "torch"), _num(r["ratio"]), _target(r),
+        ratio = _num(r["ratio"]) + ("*" if r.get("noisy") else "")
+        out.append((r["name"], r["phase"], _side(r, "gpunet"), _side(r, "torch"), ratio, _target(r),
                     _num(g.get("gpunet"), "{:.1f}"), _num(g.get("torch"), "{:.1f}"), _num(pct, "{:.0f}%"),
                     _verdict(r)))
     return out
@@ -80,6 +81,14 @@ def _headline(results: dict) -> list[str]:
     return lines + [f"note: {n}" for n in results["notes"]]
 
 
+def _noisy_note(results: dict) -> list[str]:
+    n = sum(1 for r in results["rows"] if r.get("noisy"))
+    if not n:
+        return []
+    return [f"* {n} row(s) noisy: a side's IQR exceeds 25% of its median (a busy machine); results.json also "
+            f"has ratio_of_mins, which resists such bursts"]
+
+
 def format_table(results: dict) -> str:
     """The plain-text report printed by `gpunet bench`."""
     body = table_rows(results)
@@ -91,6 +100,7 @@ def format_table(results: dict) -> str:
     out = _headline(results) + ["", line(COLUMNS), line(["-" * w for w in widths])] + [line(b) for b in body]
     misses = [r for r in results["rows"] if r["meets"] is False]
     out.append("")
+    out += _noisy_note(results)
     out.append(f"{len(misses)} row(s) miss their target" + (": " + ", ".join(f"{r['name']} {r['phase']}"
                                                                              for r in misses) if misses else ""))
     return "\n".join(out)
@@ -107,6 +117,7 @@ def format_markdown(results: dict) -> str:
     lines += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
     lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in table_rows(results)]
     misses = [r for r in results["rows"] if r["meets"] is False]
+    lines += [""] + _noisy_note(results)
     lines += ["", f"**{len(misses)} row(s) miss their target.**" if misses else "**Every row meets its target.**", ""]
     return "\n".join(lines)
 

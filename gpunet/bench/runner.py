@@ -27,6 +27,7 @@ from gpunet.bench.timing import measure
 
 SCHEMA = 1
 SGEMM_N = 2048
+NOISY = 0.25          # IQR / median above which a side's timing is marked noisy
 CHECK_TOL = 1e-3       # a row whose sides differ more than this (relative to the output's max) is flagged
 DEVICES = {"cpu": "numpy", "numpy": "numpy", "cuda": "cupy", "cupy": "cupy", "gpu": "cupy",
            "emulator": "emulator", "auto": "auto"}
@@ -268,6 +269,11 @@ def derive(res: dict, row, sgemm_gflops: float | None, judge: bool = True) -> di
     key = "peak" if row.unit == "MiB" else "median"
     g, t = res.get("gpunet"), res.get("torch")
     res["ratio"] = g[key] / t[key] if g and t and t[key] > 0 else None
+    if row.unit == "ms":
+        # min / min resists bursts of load from other processes better than the medians; a side whose IQR
+        # exceeds NOISY of its median ran on a busy machine, and its row deserves a rerun.
+        res["ratio_of_mins"] = g["min"] / t["min"] if g and t and t["min"] > 0 else None
+        res["noisy"] = any(v["iqr"] > NOISY * v["median"] for v in (g, t) if v)
     if row.flops is not None:
         res["flops"] = row.flops
         res["gflops"] = {side: row.flops / (v["median"] / 1e3) / 1e9 if v else None
@@ -322,20 +328,29 @@ def run_bench(device: str = "cpu", quick: bool = False, reps: int | None = None,
         notes.append("emulator: gpunet runs the CUDA kernels on the CPU emulator; times measure the emulator, "
                      "not a GPU, so no target is checked (useful to test the CUDA op path end to end)")
     rows = select_rows(workloads.quick_rows() if quick else workloads.full_rows(), only)
+    judge = backend.name != "emulator"
 
     started = time.perf_counter()
     with torch_settings(torch, backend.is_gpu):
         machine = machine_info(torch)
         log(f"sgemm {SGEMM_N}x{SGEMM_N} float32 ...")
         gemm = sgemm(backend, torch, torch_device, max(reps, 5))
+        gemm_runs = [gemm]
         env = workloads.Env(backend, torch, torch_device, np.random.default_rng(0))
         results = []
         for i, row in enumerate(rows, 1):
             t0 = time.perf_counter()
-            res = derive(run_row(row, env, reps, warmup), row, gemm["reference_gflops"],
-                         judge=backend.name != "emulator")
+            res = derive(run_row(row, env, reps, warmup), row, gemm["reference_gflops"], judge)
             results.append(res)
             log(f"[{i}/{len(rows)}] {row.name} {row.phase}: {_summary(res)} ({time.perf_counter() - t0:.1f}s)")
+        if not quick:  # again at the end: the faster of the two runs is the yardstick (a busy start cannot flatter)
+            log(f"sgemm {SGEMM_N}x{SGEMM_N} float32 again ...")
+            gemm_runs.append(sgemm(backend, torch, torch_device, max(reps, 5)))
+            best = max(gemm_runs, key=lambda g: g["reference_gflops"])
+            if best is not gemm:
+                for res, row in zip(results, rows):
+                    derive(res, row, best["reference_gflops"], judge)
+            gemm = best
     return {
         "schema": SCHEMA,
         "device": backend.name,
@@ -348,6 +363,7 @@ def run_bench(device: str = "cpu", quick: bool = False, reps: int | None = None,
         "ratio": "gpunet / PyTorch (median time, or peak memory); < 1 means gpunet is faster/smaller",
         "machine": machine,
         "sgemm": gemm,
+        "sgemm_runs": [{k: v for k, v in g.items() if k.endswith("gflops")} for g in gemm_runs],
         "targets": {"conv_fwd_bwd_max_ratio": workloads.CONV_TARGET, "bn_pool_max_ratio": workloads.BN_POOL_TARGET,
                     "e2e_max_ratio": workloads.E2E_TARGET, "big_3x3_min_pct_sgemm": workloads.BIG_3X3_PCT_SGEMM},
         "notes": notes,
