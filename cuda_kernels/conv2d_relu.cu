@@ -115,11 +115,17 @@ __device__ __forceinline__ bool block_shape_ok() {
 
 // ---------------------------------------------------------------- the shared GEMM main loop
 // Tile provides load(k0) (global -> registers for K step k0, zero outside) and store(As, Bs)
-// (registers -> one shared buffer). acc[i][j] accumulates C[m0 + tm*TM + i][n0 + tn*TN + j] over
-// k in [0, ktiles*BK) in increasing k order. SUM_B: bsum[j] also accumulates the B column (db).
+// (registers -> one shared buffer). acc[i][j] = C[m0 + tm*TM + i][n0 + tn*TN + j], summed over
+// k in [0, ktiles*BK) in increasing k order. SUM_B: bsum[j] = the sum of B column j (db).
 template <typename T, bool SUM_B, class Tile>
 __device__ __forceinline__ void gemm_mainloop(Tile& tile, int ktiles, T* As, T* Bs,
                                               T (&acc)[TM][TN], T (&bsum)[TN], int tm, int tn) {
+#pragma unroll
+    for (int j = 0; j < TN; ++j) {
+        bsum[j] = T(0);
+#pragma unroll
+        for (int i = 0; i < TM; ++i) acc[i][j] = T(0);
+    }
     if (ktiles <= 0) return;                   // block-uniform: K is a kernel argument
     tile.load(0);
     tile.store(As, Bs);
@@ -152,20 +158,43 @@ __device__ __forceinline__ void gemm_mainloop(Tile& tile, int ktiles, T* As, T* 
     }
 }
 
+// ---------------------------------------------------------------- staging: M-major A, K-major B
+// The forward and dx tiles stage A with warp w on k row w, lanes on rows lane + 32*i, and B with
+// lanes on k = tid % BK, rows tid/BK + 32*j. Their load() fills ra/rb; store() is this one.
+template <typename T>
+struct MajorMKStage {
+    int a_k;                        // k row this thread stages in A (warp index)
+    int a_row;                      // first A row this thread stages (lane)
+    int b_k, b_row, b_n0;           // k column, first row, and the block's first column of B
+    T ra[A_PER_THREAD], rb[B_PER_THREAD];
+
+    __device__ void init_stage(int tid, int n0) {
+        a_k = tid / WARP;
+        a_row = tid % WARP;
+        b_k = tid % BK;
+        b_row = tid / BK;
+        b_n0 = n0;
+    }
+    __device__ void store(T* As, T* Bs) {
+#pragma unroll
+        for (int i = 0; i < A_PER_THREAD; ++i) As[a_k * AS_LD + a_row + i * WARP] = ra[i];
+#pragma unroll
+        for (int j = 0; j < B_PER_THREAD; ++j) Bs[b_k * BS_LD + b_row + j * KMAJOR_ROWS] = rb[j];
+    }
+};
+
 // ---------------------------------------------------------------- forward
 // A = im2col(x) (M-major), B = w viewed as [C_out][K] (K-major).
 template <typename T>
-struct FwdTile {
+struct FwdTile : MajorMKStage<T> {
+    using MajorMKStage<T>::a_k; using MajorMKStage<T>::b_k; using MajorMKStage<T>::b_row;
+    using MajorMKStage<T>::b_n0; using MajorMKStage<T>::ra; using MajorMKStage<T>::rb;
     const T* __restrict__ x;
     const T* __restrict__ w;
     int K, KHW, kw, H, W, HW, Cout;
-    int a_k;                        // k row this thread stages (warp index)
-    int a_row;                      // first tile row this thread stages (lane)
     int a_base[A_PER_THREAD];       // x offset of (n, 0, ih0, iw0), valid only when inside
     int a_ih0[A_PER_THREAD];        // oh*sh - ph, OUTSIDE past the last pixel
     int a_iw0[A_PER_THREAD];
-    int b_k, b_row, b_n0;
-    T ra[A_PER_THREAD], rb[B_PER_THREAD];
 
     __device__ void load(int k0) {
         const int k = k0 + a_k;
@@ -193,12 +222,6 @@ struct FwdTile {
             rb[j] = v;
         }
     }
-    __device__ void store(T* As, T* Bs) {
-#pragma unroll
-        for (int i = 0; i < A_PER_THREAD; ++i) As[a_k * AS_LD + a_row + i * WARP] = ra[i];
-#pragma unroll
-        for (int j = 0; j < B_PER_THREAD; ++j) Bs[b_k * BS_LD + b_row + j * KMAJOR_ROWS] = rb[j];
-    }
 };
 
 template <typename T>
@@ -217,8 +240,7 @@ __device__ __forceinline__ void conv2d_fwd_impl(
     FwdTile<T> t;
     t.x = x; t.w = w;
     t.KHW = kh * kw; t.K = C * t.KHW; t.kw = kw; t.H = H; t.W = W; t.HW = H * W; t.Cout = Cout;
-    t.a_k = tid / WARP;
-    t.a_row = tid % WARP;
+    t.init_stage(tid, n0);
 #pragma unroll
     for (int i = 0; i < A_PER_THREAD; ++i) {
         const int m = m0 + t.a_row + i * WARP;
@@ -232,16 +254,9 @@ __device__ __forceinline__ void conv2d_fwd_impl(
             t.a_ih0[i] = OUTSIDE; t.a_iw0[i] = OUTSIDE; t.a_base[i] = 0;
         }
     }
-    t.b_k = tid % BK;
-    t.b_row = tid / BK;
-    t.b_n0 = n0;
 
     const int tm = tid % THREADS_M, tn = tid / THREADS_M;
     T acc[TM][TN], bsum[TN];
-#pragma unroll
-    for (int i = 0; i < TM; ++i)
-#pragma unroll
-        for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
     gemm_mainloop<T, false>(t, (t.K + BK - 1) / BK, As, Bs, acc, bsum, tm, tn);
 
     // Epilogue: bias + ReLU, scatter to NCHW. Lane tm writes rows tm*4..tm*4+3 of column j.
@@ -271,19 +286,18 @@ __device__ __forceinline__ void conv2d_fwd_impl(
 // ---------------------------------------------------------------- backward: dx
 // A = masked dy gathered for the pixels of one stride phase (M-major), B = wt (K-major).
 template <typename T>
-struct DgradTile {
+struct DgradTile : MajorMKStage<T> {
+    using MajorMKStage<T>::a_k; using MajorMKStage<T>::b_k; using MajorMKStage<T>::b_row;
+    using MajorMKStage<T>::b_n0; using MajorMKStage<T>::ra; using MajorMKStage<T>::rb;
     const T* __restrict__ dy;
     const T* __restrict__ y;
     const T* __restrict__ wt;
     int relu;
     int K, taps, kwp, OH, OW, OHW;            // K = Cout * taps, taps = khp * kwp
     int rh, rw, sh, sw, kw, KHW, CoutKHW, Cin;
-    int a_k, a_row;
     int a_base[A_PER_THREAD];                 // dy offset of (n, 0, qh, qw)
     int a_qh[A_PER_THREAD];                   // OUTSIDE past the last pixel
     int a_qw[A_PER_THREAD];
-    int b_k, b_row, b_n0;
-    T ra[A_PER_THREAD], rb[B_PER_THREAD];
 
     __device__ void load(int k0) {
         const int k = k0 + a_k;
@@ -324,12 +338,6 @@ struct DgradTile {
             rb[j] = val;
         }
     }
-    __device__ void store(T* As, T* Bs) {
-#pragma unroll
-        for (int i = 0; i < A_PER_THREAD; ++i) As[a_k * AS_LD + a_row + i * WARP] = ra[i];
-#pragma unroll
-        for (int j = 0; j < B_PER_THREAD; ++j) Bs[b_k * BS_LD + b_row + j * KMAJOR_ROWS] = rb[j];
-    }
 };
 
 // Number of q >= 0 with 0 <= q*s + res - pad < size, and the first such q.
@@ -368,8 +376,7 @@ __device__ __forceinline__ void conv2d_dgrad_impl(
     t.rh = rh; t.rw = rw; t.sh = sh; t.sw = sw; t.kw = kw; t.KHW = kh * kw;
     t.CoutKHW = Cout * t.KHW; t.Cin = C;
     if (t.taps == 0) t.taps = 1;              // K == 0 then: never divided by, but keep it nonzero
-    t.a_k = tid / WARP;
-    t.a_row = tid % WARP;
+    t.init_stage(tid, n0);
 #pragma unroll
     for (int i = 0; i < A_PER_THREAD; ++i) {
         const int m = m0 + t.a_row + i * WARP;
@@ -382,16 +389,9 @@ __device__ __forceinline__ void conv2d_dgrad_impl(
             t.a_qh[i] = OUTSIDE; t.a_qw[i] = OUTSIDE; t.a_base[i] = 0;
         }
     }
-    t.b_k = tid % BK;
-    t.b_row = tid / BK;
-    t.b_n0 = n0;
 
     const int tm = tid % THREADS_M, tn = tid / THREADS_M;
     T acc[TM][TN], bsum[TN];
-#pragma unroll
-    for (int i = 0; i < TM; ++i)
-#pragma unroll
-        for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
     gemm_mainloop<T, false>(t, (t.K + BK - 1) / BK, As, Bs, acc, bsum, tm, tn);
 
     const int HW = H * W;
@@ -515,13 +515,6 @@ __device__ __forceinline__ void conv2d_wgrad_impl(
 
     const int tm = tid % THREADS_M, tn = tid / THREADS_M;
     T acc[TM][TN], bsum[TN];
-#pragma unroll
-    for (int i = 0; i < TM; ++i) {
-#pragma unroll
-        for (int j = 0; j < TN; ++j) acc[i][j] = T(0);
-    }
-#pragma unroll
-    for (int j = 0; j < TN; ++j) bsum[j] = T(0);
     const int ktiles = (t.kend - t.kbeg + BK - 1) / BK;
     const bool want_db = has_bias && blockIdx.x == 0;   // one row of blocks owns db
     if (want_db) gemm_mainloop<T, true>(t, ktiles, As, Bs, acc, bsum, tm, tn);

@@ -67,8 +67,8 @@ def _check_int32(what, *sizes):
                              f"(at most {_INT32_MAX})")
 
 
-def _placeholder(xp, dtype):
-    """For a pointer the kernel never touches (no bias, no ReLU mask). Never an alias of another
+def _unused_arg(xp, dtype):
+    """A 1-element array for a pointer the kernel never touches (no bias, no ReLU mask). Never an alias of another
     argument: the emulator's check mode gives every argument its own copy and copies each back."""
     return xp.zeros(1, dtype=dtype)
 
@@ -99,7 +99,7 @@ def conv2d_forward(ctx, x, w, b, stride, padding, relu: bool):
     b = None if b is None else xp.ascontiguousarray(b)
     y = xp.empty((g.n, cout, g.oh, g.ow), dtype=x.dtype)
     grid = (ceil_div(g.n * g.oh * g.ow, BM), ceil_div(cout, BN), 1)
-    bias = _placeholder(xp, x.dtype) if b is None else b
+    bias = _unused_arg(xp, x.dtype) if b is None else b
     ctx.kernel(SOURCE, f"conv2d_fwd_{suf}")(
         grid, (THREADS, 1, 1),
         (x, w, bias, y, *_geometry_args(g, cout), i32(b is not None), i32(bool(relu))))
@@ -116,7 +116,7 @@ def conv2d_backward(ctx, dy, cache: Conv2dCache):
     suf = _suffix("conv2d backward", x, dy)
     xp = ctx.xp
     dy = xp.ascontiguousarray(dy)
-    mask = cache.y if cache.relu else _placeholder(xp, dy.dtype)
+    mask = cache.y if cache.relu else _unused_arg(xp, dy.dtype)
     relu = i32(cache.relu)
     geo = _geometry_args(g, cout)
 
@@ -136,12 +136,12 @@ def conv2d_backward(ctx, dy, cache: Conv2dCache):
     _check_int32("conv2d backward", splits * cout * kf)
     dw = xp.empty(w.shape, dtype=w.dtype)
     db = xp.empty((cout,), dtype=w.dtype) if cache.has_bias else None
-    db_out = db if cache.has_bias else _placeholder(xp, w.dtype)
+    db_out = db if cache.has_bias else _unused_arg(xp, w.dtype)
     if splits == 1:
         part, dbpart = dw, db_out
     else:
         part = xp.empty((splits, cout, kf), dtype=w.dtype)
-        dbpart = xp.empty((splits, cout), dtype=w.dtype) if cache.has_bias else _placeholder(xp, w.dtype)
+        dbpart = xp.empty((splits, cout), dtype=w.dtype) if cache.has_bias else _unused_arg(xp, w.dtype)
     ctx.kernel(SOURCE, f"conv2d_wgrad_{suf}")(
         (ceil_div(kf, BM), ceil_div(cout, BN), splits), (THREADS, 1, 1),
         (x, dy, mask, part, dbpart, *geo, relu, i32(cache.has_bias), i32(splits), i32(chunk)))
