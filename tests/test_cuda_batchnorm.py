@@ -31,6 +31,7 @@ CASES = {
     "odd-3x2x7x1": (3, 2, 7, 1),
     "split-tail-5x3x31x23": (5, 3, 31, 23),       # M = 3565: P = 3 chunks, the last one shorter
     "split-few-channels-8x2x64x64": (8, 2, 64, 64),  # M = 32768 over 32 blocks per channel
+    "c3-million-10x3x100x1000": (10, 3, 100, 1000),  # M = 10^6 over 171 blocks per channel, 513 in all
 }
 DTYPES = [np.float32, np.float64]
 U = {np.float32: 2.0**-24, np.float64: 2.0**-53}
