@@ -1,0 +1,76 @@
+"""`gpunet parity`: train the same model on NumPy and on a device, and compare them layer by layer.
+
+The model is built on NumPy, its state_dict copied to the device, and both run K identical training
+steps (forward, softmax cross-entropy, backward, optimizer step) on the same digits batches. The table
+lists, per module, the largest absolute and relative differences of its output, of the gradient w.r.t.
+its input, of its parameters' gradients and values and of its buffers (batch-norm running statistics),
+each at its worst step, with the tolerance used and PASS/FAIL. Exit status 0 when every row passes,
+1 when one fails (or the run could not start).
+
+relative difference = max|ref - dev| / (max|ref| + tiny), over the whole tensor. A row passes when it is
+<= tol or when max|ref - dev| <= atol. Tolerances at step 1 (step k allows k times as much):
+{tols}
+With Adam, parameters also pass within lr per step (it divides by each element's own gradient).
+
+Why float32 is not bit-exact: the device's tiled GEMM and NumPy's BLAS add the same products in
+different orders, each rounding differently (within K*2**-24 of the exact sum); batch-norm backward
+subtracts nearly equal numbers, which magnifies relative error; and every step's weight differences
+feed the next step, so differences grow with depth and with K. float64 (u = 2**-53) runs the same
+kernels and must agree about eight orders of magnitude more closely. Details: docs/parity.md.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "check that a device trains exactly like NumPy: per-layer differences after K training steps"
+
+
+def _doc() -> str:
+    from gpunet.parity import ATOL, TOLERANCES
+
+    lines = [f"  {dt}: " + ", ".join(f"{k} {v:g}" for k, v in tols.items()) + f"; atol {ATOL[dt]:g}"
+             for dt, tols in TOLERANCES.items()]
+    return __doc__.format(tols="\n".join(lines))
+
+
+def add_parser(subparsers) -> None:
+    from gpunet.models import MODELS
+    from gpunet.parity import OPTIMIZERS
+    p = subparsers.add_parser("parity", help=HELP, description=_doc(),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=("auto", "cuda", "emulator", "cpu"), default="auto",
+                   help="the device compared with NumPy: auto = cuda when usable, else the CPU emulator of our "
+                        "CUDA kernels; cpu compares NumPy with itself (must be exactly 0) (default: %(default)s)")
+    p.add_argument("--model", choices=MODELS, default="cnn", help="default: %(default)s")
+    p.add_argument("--steps", type=int, default=3, metavar="K", help="training steps (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=16, metavar="B", help="default: %(default)s")
+    p.add_argument("--seed", type=int, default=0, metavar="S",
+                   help="seed for the weights and the batch order (default: %(default)s)")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="float64 checks the kernels' logic to ~1e-10 (default: %(default)s)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="momentum",
+                   help="momentum = SGD with momentum 0.9 (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default per optimizer)")
+    p.add_argument("--tol-scale", type=float, default=1.0, metavar="F",
+                   help="multiply every relative tolerance by F (default: %(default)s)")
+    p.add_argument("--json", metavar="PATH", default=None, help="also write the report as JSON")
+    p.add_argument("--failures-only", action="store_true", help="print only the failing rows and the summary")
+    p.add_argument("--quiet", action="store_true", help="no per-step progress lines")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from gpunet.parity import run_parity
+
+    device = {"cpu": "numpy"}.get(args.device, args.device)
+    log = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    report = run_parity(args.model, device, args.steps, batch_size=args.batch_size, seed=args.seed,
+                        dtype=args.dtype, optimizer=args.optimizer, lr=args.lr, tol_scale=args.tol_scale, log=log)
+    if not (args.failures_only and report.passed):
+        print(report.table(only_failures=args.failures_only))
+    print(report.summary())
+    if args.json:
+        print(f"report: {report.save_json(args.json)}")
+    sys.stdout.flush()
+    return 0 if report.passed else 1
