@@ -18,7 +18,6 @@ import math
 import numpy as np
 import pytest
 
-from conftest import backend_unavailable
 from gpunet import nn
 from gpunet.backend import Backend, get_backend
 from gpunet.parity import TOLERANCES, ParityReport, ParityRow, capture, diff, run_parity
@@ -333,12 +332,10 @@ def test_device_dropout_masks_are_bit_identical(device_backend):
     assert dropout and all(r.max_abs == 0 for r in dropout), dropout
 
 
-def test_cli_on_the_emulator(capsys):
+def test_cli_on_the_device(device_backend, capsys):
     from gpunet.cli.main import main
-    why = backend_unavailable("emulator")
-    if why:
-        pytest.skip(why)
-    rc = main(["parity", "--device", "emulator", "--steps", "1", "--quiet"])
+    flag = {"cupy": "cuda"}.get(device_backend.name, device_backend.name)
+    rc = main(["parity", "--device", flag, "--steps", "1", "--quiet"])
     text = capsys.readouterr().out
     assert rc == 0, text
-    assert "emulator vs numpy" in text and "PASS: all" in text
+    assert f"{device_backend.name} vs numpy" in text and "PASS: all" in text
