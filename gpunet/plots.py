@@ -1,0 +1,36 @@
+"""Training curves: loss and accuracy per epoch, train and validation, saved as a PNG.
+
+matplotlib is imported only here, and only when a plot is drawn. The figure is drawn on an Agg canvas
+directly (no pyplot, no display, no change to the user's global backend), so headless training works
+and `import gpunet` never pays for matplotlib.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def plot_history(history: list[dict], path, title: str | None = None) -> Path:
+    """Write a two-panel figure (loss | accuracy, train and val) of `history` to `path`."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    epochs = [h["epoch"] for h in history]
+    fig = Figure(figsize=(10, 4))
+    FigureCanvasAgg(fig)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    for ax, key, label in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy (%)")):
+        scale = 100.0 if key == "acc" else 1.0
+        ax.plot(epochs, [scale * h[f"train_{key}"] for h in history], "o-", label="train")
+        val = [(e, scale * h[f"val_{key}"]) for e, h in zip(epochs, history) if h.get(f"val_{key}") is not None]
+        if val:
+            ax.plot(*zip(*val), "s-", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    return path

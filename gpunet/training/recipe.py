@@ -1,0 +1,264 @@
+"""A whole training run from a config: data, model, optimizer, schedule, Trainer, artifacts.
+
+`run(TrainConfig(...), out_dir)` is what `gpunet train` calls, and `fit(**options)` the same from Python.
+Options left as None take the dataset's defaults (DEFAULTS), then the optimizer's default learning rate
+(DEFAULT_LR). The run folder receives checkpoint.npz (every epoch), history.json, metrics.json and
+curves.png.
+
+Schedules advance once per batch:
+    none           constant lr
+    step           x0.1 every max(1, epochs // 3) epochs
+    exp            x0.85 per epoch, smoothly
+    inverse-time   lr / (1 + 0.5 * epoch), smoothly
+    cosine         cosine decay to 0 over the run
+    warmup-cosine  linear warm-up over the first max(1, epochs // 10) epochs, then cosine to 0
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from gpunet import optim
+from gpunet.backend import get_backend, resolve_name
+from gpunet.checkpoint import CheckpointError, load_checkpoint
+from gpunet.data import DataLoader, RandomCropFlip, load_dataset, stratified_split
+from gpunet.models import build_model
+from gpunet.nn import SoftmaxCrossEntropy
+from gpunet.training.trainer import Trainer, TrainingError, evaluate
+
+OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adam", "adamw")
+SCHEDULES = ("none", "step", "exp", "inverse-time", "cosine", "warmup-cosine")
+DEFAULT_LR = {"sgd": 0.1, "momentum": 0.05, "rmsprop": 1e-3, "adam": 2e-3, "adamw": 2e-3}
+
+DEFAULTS = {
+    "digits": dict(epochs=15, batch_size=32, optimizer="adam", weight_decay=0.0, schedule="cosine", augment=False),
+    "mnist": dict(epochs=5, batch_size=64, optimizer="adam", weight_decay=0.0, schedule="cosine", augment=False),
+    "fashion-mnist": dict(epochs=8, batch_size=64, optimizer="adam", weight_decay=0.0, schedule="cosine",
+                          augment=False),
+    "cifar10": dict(epochs=20, batch_size=128, optimizer="momentum", weight_decay=5e-4, schedule="warmup-cosine",
+                    augment=True),
+}
+
+# The augmentation each dataset gets when `augment` is on: shifts for digits (no flips: a mirrored 2 is
+# no digit), shifts and flips for clothes and CIFAR's objects.
+AUGMENTATIONS = {"digits": dict(padding=1, flip=False), "mnist": dict(padding=2, flip=False),
+                 "fashion-mnist": dict(padding=2, flip=True), "cifar10": dict(padding=4, flip=True)}
+
+# What a resumed run may change; everything else must match the checkpoint's config.
+RESUMABLE_OVERRIDES = ("epochs", "device", "data_dir")
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "digits"
+    model: str = "cnn"
+    device: str = "auto"
+    data_dir: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    optimizer: str | None = None
+    weight_decay: float | None = None
+    schedule: str | None = None
+    clip_grad_norm: float | None = None
+    seed: int = 0
+    val_fraction: float = 0.1
+    limit_train: int | None = None
+    augment: bool | None = None
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with every None option filled from the dataset's and optimizer's defaults, validated."""
+        if self.dataset not in DEFAULTS:
+            raise ValueError(f"unknown dataset {self.dataset!r}; expected one of {', '.join(DEFAULTS)}")
+        c = dataclasses.replace(self)
+        for key, value in DEFAULTS[c.dataset].items():
+            if getattr(c, key) is None:
+                setattr(c, key, value)
+        if c.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {c.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
+        if c.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {c.schedule!r}; expected one of {', '.join(SCHEDULES)}")
+        if c.lr is None:
+            c.lr = DEFAULT_LR[c.optimizer]
+        if c.optimizer == "adamw" and self.weight_decay is None:
+            c.weight_decay = 1e-2
+        for key, lo in (("epochs", 1), ("batch_size", 1), ("limit_train", 2)):
+            v = getattr(c, key)
+            if v is not None and int(v) < lo:
+                raise ValueError(f"{key.replace('_', '-')} must be >= {lo}, got {v}")
+        if not c.lr > 0 or c.weight_decay < 0 or (c.clip_grad_norm is not None and not c.clip_grad_norm > 0):
+            raise ValueError(f"need lr > 0, weight-decay >= 0 and clip-grad-norm > 0; got lr={c.lr}, "
+                             f"weight_decay={c.weight_decay}, clip_grad_norm={c.clip_grad_norm}")
+        if not 0 <= c.val_fraction < 1:
+            raise ValueError(f"val_fraction must lie in [0, 1), got {c.val_fraction}")
+        return c
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def build_optimizer(cfg: TrainConfig, params):
+    params = list(params)
+    wd = cfg.weight_decay
+    if cfg.optimizer == "sgd":
+        return optim.SGD(params, lr=cfg.lr, weight_decay=wd)
+    if cfg.optimizer == "momentum":
+        return optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=wd)
+    if cfg.optimizer == "rmsprop":
+        return optim.RMSprop(params, lr=cfg.lr, weight_decay=wd)
+    if cfg.optimizer == "adam":
+        return optim.Adam(params, lr=cfg.lr, weight_decay=wd)
+    return optim.AdamW(params, lr=cfg.lr, weight_decay=wd)
+
+
+def build_scheduler(cfg: TrainConfig, optimizer, steps_per_epoch: int):
+    """The schedule of `cfg.schedule`, stepped once per batch (see the module docstring)."""
+    sched = optim.lr_scheduler
+    spe, total = steps_per_epoch, steps_per_epoch * cfg.epochs
+    if cfg.schedule == "none":
+        return None
+    if cfg.schedule == "step":
+        return sched.StepLR(optimizer, step_size=spe * max(1, cfg.epochs // 3), gamma=0.1)
+    if cfg.schedule == "exp":
+        return sched.ExponentialLR(optimizer, gamma=0.85 ** (1.0 / spe))
+    if cfg.schedule == "inverse-time":
+        return sched.InverseTimeLR(optimizer, k=0.5 / spe)
+    if cfg.schedule == "cosine":
+        return sched.CosineAnnealingLR(optimizer, T_max=total)
+    warmup = spe * max(1, cfg.epochs // 10)
+    return sched.LinearWarmup(optimizer, warmup, after=sched.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup)))
+
+
+@dataclass
+class RunResult:
+    out_dir: Path | None
+    metrics: dict
+    history: list
+    model: object
+    trainer: Trainer
+
+
+def default_out_dir(root="runs") -> Path:
+    """runs/<YYYYmmdd-HHMMSS>, with a numeric suffix if that folder exists already."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path, i = Path(root) / stamp, 1
+    while path.exists():
+        path, i = Path(root) / f"{stamp}-{i}", i + 1
+    return path
+
+
+def _resume_config(cfg: TrainConfig, ckpt, explicit: set) -> TrainConfig:
+    """The checkpoint's config, with the options a resumed run may change taken from `cfg`."""
+    saved = TrainConfig(**{k: v for k, v in ckpt.config.items() if k in TrainConfig.__dataclass_fields__})
+    for key in explicit:
+        if key in RESUMABLE_OVERRIDES:
+            setattr(saved, key, getattr(cfg, key))
+        elif getattr(cfg, key) != getattr(saved, key):
+            raise CheckpointError(f"{ckpt.path}: cannot change {key.replace('_', '-')} when resuming (the run was "
+                                  f"started with {getattr(saved, key)!r}, got {getattr(cfg, key)!r}); start a new "
+                                  f"run instead")
+    return saved
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: str = "auto", log=print,
+        explicit: set | None = None) -> RunResult:
+    """Train (or resume) per `config`; write artifacts to `out_dir` (None: write nothing). `explicit` names
+    the options the user set by hand (for resume checks; default: those differing from TrainConfig())."""
+    t_start = time.perf_counter()
+    log = log or (lambda *a, **k: None)
+    cfg = config or TrainConfig()
+    if explicit is None:
+        default = TrainConfig()
+        explicit = {f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(default, f.name)}
+    ckpt = None
+    if resume is not None:
+        ckpt = load_checkpoint(resume)
+        cfg = _resume_config(cfg, ckpt, explicit)
+        if "epochs" not in explicit:
+            cfg.epochs = ckpt.config.get("epochs")
+    cfg = cfg.resolved()
+
+    device, why = resolve_name(cfg.device)
+    be = get_backend(device)
+    stats = (np.asarray(ckpt.extra["mean"]), np.asarray(ckpt.extra["std"])) if ckpt is not None else None
+    data = load_dataset(cfg.dataset, cfg.data_dir, stats=stats).limit_train(cfg.limit_train, cfg.seed)
+    if cfg.val_fraction > 0:
+        tr, va = stratified_split(data.y_train, cfg.val_fraction, cfg.seed)
+    else:
+        tr, va = np.arange(len(data.y_train)), None
+    augment = RandomCropFlip(**AUGMENTATIONS[cfg.dataset]) if cfg.augment else None
+    train_loader = DataLoader(data.x_train[tr], data.y_train[tr], cfg.batch_size, shuffle=True, seed=cfg.seed,
+                              backend=be, augment=augment)
+    val_loader = None if va is None else DataLoader(data.x_train[va], data.y_train[va], 256, shuffle=False,
+                                                    backend=be)
+    test_loader = DataLoader(data.x_test, data.y_test, 256, shuffle=False, backend=be)
+
+    be.seed(cfg.seed)
+    model = build_model(cfg.model, data.in_shape, data.num_classes, seed=cfg.seed, backend=be)
+    optimizer = build_optimizer(cfg, model.parameters())
+    scheduler = build_scheduler(cfg, optimizer, len(train_loader))
+    out_dir = Path(out_dir) if out_dir is not None else None
+    # labels were range-checked by the dataset readers: skip the per-step check (a device sync on CuPy)
+    trainer = Trainer(model, optimizer, SoftmaxCrossEntropy(check_range=False), scheduler, cfg.clip_grad_norm,
+                      checkpoint_path=out_dir / "checkpoint.npz" if out_dir else None, config=cfg.to_dict(),
+                      progress=progress, extra={"mean": data.mean, "std": data.std,
+                                                "in_shape": list(data.in_shape), "num_classes": data.num_classes})
+    replan = ckpt is not None and cfg.epochs != ckpt.config.get("epochs")
+    if ckpt is not None:
+        if replan:  # the schedule is planned for the new length and fast-forwarded past the epochs done
+            trainer.scheduler = None
+        trainer.resume(ckpt, train_loader)
+        if replan and scheduler is not None:
+            optimizer.lr = cfg.lr
+            trainer.scheduler = scheduler = build_scheduler(cfg, optimizer, len(train_loader))
+            for _ in range(ckpt.epoch * len(train_loader)):
+                scheduler.step()
+
+    n_params = sum(int(np.prod(p.shape)) for p in model.parameters())
+    log(f"gpunet: device {be.name} ({why}); {cfg.dataset}: {len(tr)} train / {0 if va is None else len(va)} val / "
+        f"{len(data.y_test)} test images {data.in_shape}; model {cfg.model} ({n_params:,} parameters); "
+        f"{cfg.optimizer} lr {cfg.lr:g}, {cfg.schedule} schedule, batch {cfg.batch_size}, seed {cfg.seed}")
+    if ckpt is not None:
+        log(f"gpunet: resumed from {ckpt.path} at epoch {ckpt.epoch}; training to epoch {cfg.epochs}")
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        history = trainer.fit(train_loader, val_loader, cfg.epochs)
+    except TrainingError:
+        if out_dir is not None:
+            _write_json(out_dir / "history.json", trainer.history)
+        raise
+    test = evaluate(model, test_loader, trainer.loss_fn)
+    metrics = {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "test_samples": test["n"],
+               "epochs": trainer.epoch, "device": be.name, "seconds": time.perf_counter() - t_start,
+               "train_seconds": sum(h["seconds"] for h in history), "dataset": cfg.dataset, "model": cfg.model,
+               "seed": cfg.seed, "config": cfg.to_dict()}
+    if out_dir is not None:
+        _write_json(out_dir / "history.json", history)
+        _write_json(out_dir / "metrics.json", metrics)
+        try:
+            from gpunet.plots import plot_history
+            plot_history(history, out_dir / "curves.png", f"{cfg.model} on {cfg.dataset} ({be.name})")
+        except ImportError as e:
+            log(f"gpunet: curves.png skipped (matplotlib missing: {e}); pip install 'gpunet[train]'")
+    return RunResult(out_dir, metrics, history, model, trainer)
+
+
+def fit(dataset: str = "digits", out_dir=None, progress: str = "auto", log=print, **options) -> RunResult:
+    """Python shortcut for `gpunet train`: `fit("digits", epochs=5, device="cpu")`. Options are TrainConfig's."""
+    return run(TrainConfig(dataset=dataset, **options), out_dir=out_dir, progress=progress, log=log)
+
+
+__all__ = ["TrainConfig", "RunResult", "run", "fit", "build_optimizer", "build_scheduler", "default_out_dir",
+           "DEFAULTS", "OPTIMIZERS", "SCHEDULES"]

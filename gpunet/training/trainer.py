@@ -1,0 +1,171 @@
+"""The training loop: `Trainer(model, optimizer).fit(train_loader, val_loader, epochs)`.
+
+One step: forward, loss, backward, optional gradient clipping, optimizer step, scheduler step (the
+schedule advances once per batch). Losses and correct counts stay on the device and are read back
+every `sync_every` steps (one host synchronisation for many steps); a non-finite loss then stops
+training with a TrainingError naming the epoch and step, before anything is saved, so the last
+checkpoint (written at the end of every epoch when `checkpoint_path` is set) is the last good state.
+
+`fit` trains until `epochs` epochs have run in total, so a trainer restored with `resume()` continues
+where the checkpoint left off, and N epochs + resume to N+M equals N+M straight, bit for bit.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+from gpunet import checkpoint as ckpt_mod
+from gpunet.nn import SoftmaxCrossEntropy
+from gpunet.optim import clip_grad_norm_
+from gpunet.training.progress import Progress
+
+
+class TrainingError(RuntimeError):
+    """Training diverged (NaN/inf loss or gradient norm)."""
+
+
+def evaluate(model, loader, loss_fn=None) -> dict:
+    """Mean loss and accuracy of `model` over `loader`, in eval mode (the previous mode is restored).
+    Returns {"loss", "accuracy", "n"}. One host synchronisation at the end."""
+    loss_fn = loss_fn if loss_fn is not None else SoftmaxCrossEntropy()
+    was_training = model.training
+    model.eval()
+    try:
+        loss_sum, correct, n = None, None, 0
+        for xb, yb in loader:
+            logits = model(xb)
+            loss = loss_fn(logits, yb) * len(yb)
+            hits = (logits.argmax(axis=1) == yb).sum()
+            loss_sum = loss if loss_sum is None else loss_sum + loss
+            correct = hits if correct is None else correct + hits
+            n += len(yb)
+            loss_fn._cache = None  # evaluation never calls backward
+    finally:
+        model.train(was_training)
+    if n == 0:
+        raise ValueError("evaluate: the loader yielded no samples")
+    return {"loss": float(loss_sum) / n, "accuracy": int(correct) / n, "n": n}
+
+
+class Trainer:
+    """Train a classifier. `scheduler` (optional) is stepped once per batch; `clip_grad_norm` clips the
+    global gradient norm; `checkpoint_path` receives a checkpoint after every epoch; `config` and `extra`
+    are stored in it. `progress`: "auto" (tqdm bar on a TTY, else one line per epoch), "bar", "lines" or "none"."""
+
+    def __init__(self, model, optimizer, loss_fn=None, scheduler=None, clip_grad_norm: float | None = None,
+                 checkpoint_path=None, config: dict | None = None, progress: str = "auto", sync_every: int = 10,
+                 extra: dict | None = None):
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.loss_fn = loss_fn if loss_fn is not None else SoftmaxCrossEntropy()
+        self.clip_grad_norm = clip_grad_norm
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
+        self.config = dict(config or {})
+        self.extra = dict(extra or {})  # stored in checkpoints as is (e.g. the data normalisation)
+        self.progress = progress if isinstance(progress, Progress) else Progress(progress)
+        self.sync_every = max(1, int(sync_every))
+        self.epoch = 0
+        self.history: list[dict] = []
+        self._loader = None  # the training loader, whose (seed, epoch) goes into checkpoints
+
+    @property
+    def backend(self):
+        return self.model.backend
+
+    # --- one epoch -------------------------------------------------------------------------------------
+
+    def _sync(self, losses, first_step: int, epoch: int):
+        """Read the pending per-step (loss * batch) values back in one transfer; raise at the first non-finite."""
+        vals = self.backend.asnumpy(self.backend.xp.stack(losses))
+        for i, v in enumerate(vals):
+            if not math.isfinite(float(v)):
+                raise TrainingError(self._diverged(f"the loss became {float(v)}", epoch, first_step + i))
+        return vals
+
+    def _diverged(self, what: str, epoch: int, step: int) -> str:
+        last = (f"the last good checkpoint, {self.checkpoint_path} (epoch {self.epoch}), is kept"
+                if self.checkpoint_path is not None and self.checkpoint_path.exists() and self.epoch > 0
+                else "no checkpoint had been written yet")
+        return (f"training diverged: {what} at epoch {epoch}, step {step}; stopped ({last}). "
+                f"Try a lower --lr, --clip-grad-norm, or check the data for NaN/inf.")
+
+    def train_epoch(self, loader, epoch: int, epochs: int) -> dict:
+        model, opt, loss_fn = self.model, self.optimizer, self.loss_fn
+        model.train()
+        steps = len(loader)
+        self.progress.start_epoch(epoch, epochs, steps)
+        t0 = time.perf_counter()
+        losses, hits = [], []
+        loss_sum, correct, seen, synced = 0.0, 0, 0, 0
+        for step, (xb, yb) in enumerate(loader, 1):
+            opt.zero_grad()
+            logits = model(xb)
+            loss = loss_fn(logits, yb)
+            model.backward(loss_fn.backward())
+            if self.clip_grad_norm is not None:
+                try:
+                    clip_grad_norm_(opt.params, self.clip_grad_norm)
+                except FloatingPointError as e:
+                    raise TrainingError(self._diverged(f"the gradient norm became non-finite ({e})", epoch,
+                                                       step)) from None
+            opt.step()
+            if self.scheduler is not None:
+                self.scheduler.step()
+            losses.append(loss * len(yb))
+            hits.append((logits.argmax(axis=1) == yb).sum())
+            seen += len(yb)
+            if step % self.sync_every == 0 or step == steps:
+                vals = self._sync(losses, synced + 1, epoch)
+                loss_sum += float(vals.sum(dtype="float64"))
+                correct += int(self.backend.asnumpy(self.backend.xp.stack(hits)).sum())
+                n_new = step - synced
+                losses, hits, synced = [], [], step
+                self.progress.update(n_new, loss_sum / seen, correct / seen, seen / (time.perf_counter() - t0))
+        seconds = time.perf_counter() - t0
+        return {"train_loss": loss_sum / seen, "train_acc": correct / seen, "seconds": seconds,
+                "images_per_s": seen / seconds if seconds > 0 else float("inf")}
+
+    # --- the loop ----------------------------------------------------------------------------------------
+
+    def fit(self, train_loader, val_loader=None, epochs: int = 10) -> list[dict]:
+        """Train until `epochs` epochs have run in total; return the history (one dict per epoch:
+        epoch, train_loss, train_acc, val_loss, val_acc, lr, seconds, images_per_s)."""
+        self._loader = train_loader
+        try:
+            while self.epoch < epochs:
+                epoch = self.epoch + 1
+                lr = float(self.optimizer.lr)
+                stats = {"epoch": epoch, **self.train_epoch(train_loader, epoch, epochs), "lr": lr}
+                if val_loader is not None:
+                    t = time.perf_counter()
+                    val = evaluate(self.model, val_loader, self.loss_fn)
+                    stats.update(val_loss=val["loss"], val_acc=val["accuracy"])
+                    stats["seconds"] += time.perf_counter() - t
+                else:
+                    stats.update(val_loss=None, val_acc=None)
+                self.epoch = epoch
+                self.history.append(stats)
+                if self.checkpoint_path is not None:
+                    self.save(self.checkpoint_path)
+                self.progress.end_epoch(stats, epochs)
+        finally:
+            self.progress.close()
+        return self.history
+
+    # --- checkpoints -------------------------------------------------------------------------------------
+
+    def save(self, path, loader=None) -> Path:
+        """Write model, optimizer, scheduler, epoch, history, config and RNG state to `path` (atomic)."""
+        loader = loader if loader is not None else self._loader
+        rng = ckpt_mod.rng_state(self.backend, loader, self.model)
+        return ckpt_mod.save_checkpoint(path, self.model, self.optimizer, self.scheduler, self.epoch, self.config,
+                                        rng, self.history, self.extra)
+
+    def resume(self, path_or_ckpt, train_loader=None) -> "ckpt_mod.Checkpoint":
+        """Restore everything `save` wrote; pass the training loader so its epoch counter continues too."""
+        ck = path_or_ckpt if isinstance(path_or_ckpt, ckpt_mod.Checkpoint) else ckpt_mod.load_checkpoint(path_or_ckpt)
+        ckpt_mod.restore(ck, self.model, self.optimizer, self.scheduler)
+        ckpt_mod.set_rng_state(ck.rng, self.backend, train_loader)
+        self.epoch, self.history = ck.epoch, list(ck.history)
+        self._loader = train_loader
+        return ck
