@@ -1,0 +1,73 @@
+"""`gpunet info`: which device `auto` picks and why, and the versions that matter."""
+from __future__ import annotations
+
+import os
+import platform
+
+HELP = "show the device auto would pick and why, library versions, GPU and BLAS"
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("info", help=HELP, description=__doc__)
+    p.set_defaults(func=run)
+
+
+def _blas() -> list[str]:
+    """BLAS that NumPy was built against, and the one loaded now (threadpoolctl, when installed)."""
+    import numpy as np
+    lines = []
+    try:
+        cfg = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        lines.append(f"{cfg.get('name', '?')} {cfg.get('version', '')}".strip())
+    except Exception:  # NumPy < 1.25 has no mode="dicts"
+        lines.append("unknown (NumPy < 1.25; see numpy.show_config())")
+    try:
+        from threadpoolctl import threadpool_info
+        for lib in threadpool_info():
+            if lib.get("user_api") == "blas":
+                lines.append(f"loaded: {lib.get('internal_api')} {lib.get('version')} "
+                             f"({lib.get('num_threads')} threads, {lib.get('architecture', '?')})")
+    except ImportError:
+        pass
+    return lines
+
+
+def _gpu() -> list[str]:
+    import cupy
+    rt = cupy.cuda.runtime
+    lines = [f"CUDA runtime {rt.runtimeGetVersion()}, driver {rt.driverGetVersion()}"]
+    for i in range(rt.getDeviceCount()):
+        props = rt.getDeviceProperties(i)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+        free, total = cupy.cuda.Device(i).mem_info
+        lines.append(f"GPU {i}: {name}, compute capability {props['major']}.{props['minor']}, "
+                     f"{total / 2**30:.1f} GiB ({free / 2**30:.1f} GiB free)")
+    return lines
+
+
+def run(args) -> int:
+    import numpy as np
+
+    import gpunet
+    from gpunet.backend import cuda_status, resolve_name
+
+    name, why = resolve_name("auto")
+    ok, cuda_why = cuda_status()
+    print(f"gpunet {gpunet.__version__} (Python {platform.python_version()}, {platform.platform()})")
+    print(f"auto device: {name}  ({why})")
+    if os.environ.get("GPUNET_DEVICE"):
+        print(f"GPUNET_DEVICE={os.environ['GPUNET_DEVICE']}")
+    print(f"CUDA: {'usable' if ok else 'not usable'}: {cuda_why}")
+    print(f"NumPy {np.__version__}")
+    try:
+        import cupy
+        print(f"CuPy {cupy.__version__}")
+    except Exception as e:
+        print(f"CuPy: not available ({type(e).__name__})")
+    if ok:
+        for line in _gpu():
+            print(line)
+    for i, line in enumerate(_blas()):
+        print(("BLAS: " if i == 0 else "      ") + line)
+    print(f"CPU cores: {os.cpu_count()}")
+    return 0

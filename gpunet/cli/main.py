@@ -1,0 +1,55 @@
+"""`gpunet` entry point: argparse with one sub-command per module of `gpunet.cli`."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+import gpunet.cli
+
+FIRST = ("train", "eval", "info")  # listed first in --help; other commands follow alphabetically
+
+
+def command_modules() -> list:
+    """Every module of gpunet.cli that defines add_parser(subparsers), FIRST ones first."""
+    names = [m.name for m in pkgutil.iter_modules(gpunet.cli.__path__)
+             if not m.name.startswith("_") and m.name != "main"]
+    names.sort(key=lambda n: (FIRST.index(n) if n in FIRST else len(FIRST), n))
+    mods = [importlib.import_module(f"gpunet.cli.{n}") for n in names]
+    return [m for m in mods if hasattr(m, "add_parser")]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from gpunet import __version__
+    parser = argparse.ArgumentParser(
+        prog="gpunet", description="Deep learning on CuPy with a NumPy fallback. `gpunet train` trains a small CNN "
+                                   "on the embedded digits dataset, offline.")
+    parser.add_argument("--version", action="version", version=f"gpunet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for mod in command_modules():
+        mod.add_parser(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from gpunet.backend import DeviceError
+    from gpunet.checkpoint import CheckpointError
+    from gpunet.data import DataUnavailableError, IDXError
+    from gpunet.data.cifar import CIFARError
+    from gpunet.training.trainer import TrainingError
+    try:
+        return int(args.func(args) or 0)
+    except (DeviceError, CheckpointError, DataUnavailableError, IDXError, CIFARError, TrainingError, ValueError,
+            ImportError) as e:
+        print(f"gpunet {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"gpunet {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""`gpunet train`: train a model, print per-epoch progress and the held-out test accuracy.
+
+With no options: the default CNN on scikit-learn's embedded 8x8 digits, offline, on `--device auto`.
+Artifacts go to --out (default runs/<timestamp>): checkpoint.npz, history.json, metrics.json, curves.png.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "train a model (default: a small CNN on the embedded digits dataset, offline)"
+
+# TrainConfig fields set from same-named options (None = the dataset's default)
+_CONFIG_OPTIONS = ("dataset", "data_dir", "model", "epochs", "batch_size", "lr", "optimizer", "weight_decay",
+                   "schedule", "clip_grad_norm", "seed", "limit_train")
+
+
+def add_parser(subparsers) -> None:
+    from gpunet.cli._common import add_data, add_device
+    from gpunet.models import MODELS
+    from gpunet.training.recipe import OPTIMIZERS, SCHEDULES
+    p = subparsers.add_parser("train", help=HELP, description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_device(p)
+    add_data(p, "dataset (default: digits; with --resume, the checkpoint's)")
+    p.add_argument("--model", choices=MODELS, default=None, help="model (default: cnn)")
+    p.add_argument("--epochs", type=int, default=None, metavar="N",
+                   help="total epochs (with --resume: train until N epochs in total); default per dataset")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N", help="default per dataset")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default per optimizer)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
+                   help="momentum = SGD with Nesterov momentum 0.9 (default per dataset)")
+    p.add_argument("--weight-decay", type=float, default=None, metavar="WD")
+    p.add_argument("--schedule", choices=SCHEDULES, default=None, help="learning-rate schedule, per batch")
+    p.add_argument("--clip-grad-norm", type=float, default=None, metavar="MAX", help="clip the global gradient norm")
+    p.add_argument("--seed", type=int, default=None, help="seed for weights, split and shuffling (default 0)")
+    p.add_argument("--limit-train", type=int, default=None, metavar="N",
+                   help="train on a stratified subset of N training images (quick runs)")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="run folder (default: runs/<timestamp>, or the checkpoint's folder with --resume)")
+    p.add_argument("--resume", metavar="CHECKPOINT", default=None,
+                   help="continue a run from its checkpoint.npz (same config; --epochs may extend it)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar: one line per epoch")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from gpunet.training.recipe import TrainConfig, default_out_dir
+    from gpunet.training.recipe import run as train_run
+
+    explicit = {k for k in _CONFIG_OPTIONS if getattr(args, k) is not None}
+    if args.device != "auto":
+        explicit.add("device")
+    options = {k: getattr(args, k) for k in explicit | {"device"}}
+    options.setdefault("dataset", "digits")
+    config = TrainConfig(**{k: v for k, v in options.items() if v is not None})
+    if args.out is not None:
+        out = Path(args.out)
+    elif args.resume is not None:
+        out = Path(args.resume).parent
+    else:
+        out = default_out_dir()
+    result = train_run(config, out_dir=out, resume=args.resume, progress="lines" if args.quiet else "auto",
+                       explicit=explicit)
+    m = result.metrics
+    print(f"test accuracy {100 * m['test_accuracy']:.2f}%  test loss {m['test_loss']:.4f}  "
+          f"({m['test_samples']} {m['dataset']} test images, {m['epochs']} epochs, {m['device']}, "
+          f"{m['seconds']:.1f}s)")
+    print(f"run folder: {out}  (checkpoint.npz, history.json, metrics.json, curves.png)")
+    sys.stdout.flush()
+    return 0
