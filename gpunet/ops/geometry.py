@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 
 def pair(v, what: str) -> tuple[int, int]:
     """Normalise an int or a 2-sequence to (h, w), rejecting bools, floats and negatives early."""
@@ -92,3 +94,45 @@ def pool2d_geometry(op: str, x_shape, kernel, stride=None, padding=0) -> Window2
         raise ValueError(
             f"{op}: padding {(win.ph, win.pw)} must be at most half the kernel size {(win.kh, win.kw)}")
     return win
+
+
+def batch_norm_geometry(op: str, x_shape, training: bool = False, **vectors) -> tuple[int, int, int]:
+    """Validate a batch-norm input and its per-channel vectors; return (N, C, S), S = H*W (1 for (N, C)).
+
+    Every keyword is a name -> shape of a vector that must be (C,) (gamma, beta, running stats, ...).
+    With `training`, a channel must hold more than one value (the unbiased variance divides by M - 1).
+    """
+    shape = tuple(int(s) for s in x_shape)
+    if len(shape) not in (2, 4):
+        raise ValueError(f"{op}: expected input of shape (N, C) or (N, C, H, W), got {shape}")
+    if min(shape) < 1:
+        raise ValueError(f"{op}: input has an empty dimension: {shape}")
+    n, c = shape[0], shape[1]
+    s = shape[2] * shape[3] if len(shape) == 4 else 1
+    for name, vshape in vectors.items():
+        if vshape is not None and tuple(int(v) for v in vshape) != (c,):
+            raise ValueError(f"{op}: expected {name} of shape (C,)=({c},), got {tuple(vshape)}")
+    if training and n * s < 2:
+        raise ValueError(f"{op}: expected more than 1 value per channel when training, got input of shape {shape}")
+    return n, c, s
+
+
+DROPOUT_KEY_BITS = 128       # Philox4x64 key: two 64-bit words
+DROPOUT_COUNTER_BITS = 256   # Philox4x64 counter: four 64-bit words
+
+
+def dropout_args(shape, p, seed, counter) -> tuple[tuple[int, ...], float, int, int]:
+    """Validated (shape, p, seed, counter) for a dropout mask: p in [0, 1) (p = 1 is the caller's
+    all-zero case), seed in [0, 2**128) and counter in [0, 2**256) as NumPy's Philox(key=, counter=)."""
+    shape = tuple(int(s) for s in (shape if isinstance(shape, (tuple, list)) else (shape,)))
+    if any(s < 0 for s in shape):
+        raise ValueError(f"dropout_mask: shape must be non-negative, got {shape}")
+    p = float(p)
+    if not 0.0 <= p < 1.0:  # also rejects NaN
+        raise ValueError(f"dropout_mask: p must be in [0, 1), got {p}")
+    for name, v, bits in (("seed", seed, DROPOUT_KEY_BITS), ("counter", counter, DROPOUT_COUNTER_BITS)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"dropout_mask: {name} must be an int, got {type(v).__name__}")
+        if not 0 <= int(v) < 2**bits:
+            raise ValueError(f"dropout_mask: {name} must be in [0, 2**{bits}), got {v}")
+    return shape, p, int(seed), int(counter)

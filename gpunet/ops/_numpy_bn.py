@@ -1,0 +1,163 @@
+"""Batch normalisation on NumPy over (N, C) or (N, C, H, W), statistics per channel (PyTorch semantics).
+
+Inputs are viewed as (N, C, S), S = H*W (S = 1 for (N, C)). Per-channel sums are taken in two
+steps: a pairwise NumPy sum along S for each (n, c) row (in the data's dtype), then a float64 sum
+over N. All per-channel arithmetic (mean, variance, invstd, the affine coefficients) is float64;
+full-size arrays stay in the input's dtype.
+
+Stability (data far from zero, e.g. 1000 + noise in float32). Training uses a shifted two-pass
+scheme: pass 1 gives a pivot K = the channel mean rounded to the dtype; then d = x - K is formed once
+(exact by Sterbenz's lemma for data within a factor 2 of K) and the statistics come from d:
+mean = K + sum(d)/M, var = sum(d^2)/M - (sum(d)/M)^2 (the correction term is tiny because K is
+already the mean to working precision). The output is y = d*scale + shift with
+scale = gamma*invstd and shift = beta - (mean - K)*scale, so the large offset never enters a
+rounding. No sum of squares of x itself is ever formed. The backward forms x - mean once and
+corrects for the rounding of the (dtype) mean it is given in the same way: it also sums x - mean and
+subtracts that residual mean, so float32 gradients of far-from-zero data stay accurate.
+
+Running statistics are updated in place (any strided view works): running = (1 - momentum)*running
++ momentum*batch, with the unbiased variance var*M/(M - 1).
+
+Speed: every pass is memory-bound, so the batch is cut into blocks of about BLOCK_BYTES that stay in
+cache while all the passes of one stage run over them, and the blocks are shared between threads.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from gpunet.ops._numpy_util import parallel, same_dtype
+from gpunet.ops.geometry import batch_norm_geometry
+
+BLOCK_BYTES = 1 << 20
+
+
+def _blocks(n0: int, n1: int, per_image: int):
+    step = max(1, BLOCK_BYTES // max(1, per_image))
+    return [(a, min(a + step, n1)) for a in range(n0, n1, step)]
+
+
+def _rows_sum(a3, out) -> None:
+    """out[n, c] = sum over s of a3[n, c, s] (pairwise, in a3's dtype)."""
+    np.add.reduce(a3, axis=2, out=out)
+
+
+def _rows_dot(a3, b3, out) -> None:
+    """out[n, c] = sum over s of a3[n, c, s] * b3[n, c, s]."""
+    if a3.shape[2] == 1:
+        np.multiply(a3[:, :, 0], b3[:, :, 0], out=out)
+    else:
+        np.einsum("ncs,ncs->nc", a3, b3, out=out)
+
+
+def _col(v, dt) -> np.ndarray:
+    """A per-channel float64 vector as a (C, 1) column of dtype dt, for broadcasting over (N, C, S)."""
+    return np.asarray(v, dtype=dt).reshape(-1, 1)
+
+
+def _as3(a, n, c, s):
+    return a.reshape(n, c, s)  # a view when contiguous, else a copy
+
+
+def batch_norm_train(x, gamma, beta, running_mean, running_var, momentum, eps):
+    dt = same_dtype("batch_norm", x, gamma=gamma, beta=beta, running_mean=running_mean, running_var=running_var)
+    n, c, s = batch_norm_geometry("batch_norm", x.shape, training=True, gamma=gamma.shape, beta=beta.shape,
+                                  running_mean=running_mean.shape, running_var=running_var.shape)
+    m = n * s
+    momentum, eps = float(momentum), float(eps)
+    x3 = _as3(x, n, c, s)
+    per_image = c * s * dt.itemsize
+    rows = np.empty((3, n, c), dtype=dt)  # per (n, c): sum x, then sum d and sum d^2
+
+    def pivot_pass(n0, n1):
+        for a, b in _blocks(n0, n1, per_image):
+            _rows_sum(x3[a:b], rows[0, a:b])
+
+    parallel(pivot_pass, n, x.size)
+    pivot = (rows[0].sum(axis=0, dtype=np.float64) / m).astype(dt).reshape(c, 1)
+    y = np.empty((n, c, s), dtype=dt)
+
+    def shift_pass(n0, n1):  # d = x - K, and its sums
+        for a, b in _blocks(n0, n1, per_image):
+            d = y[a:b]
+            np.subtract(x3[a:b], pivot, out=d)
+            _rows_sum(d, rows[1, a:b])
+            _rows_dot(d, d, rows[2, a:b])
+
+    parallel(shift_pass, n, x.size)
+    dmean = rows[1].sum(axis=0, dtype=np.float64) / m
+    var = np.maximum(rows[2].sum(axis=0, dtype=np.float64) / m - dmean * dmean, 0.0)
+    invstd = 1.0 / np.sqrt(var + eps)
+    scale64 = gamma.astype(np.float64) * invstd
+    scale, shift = _col(scale64, dt), _col(beta.astype(np.float64) - dmean * scale64, dt)
+
+    def affine_pass(n0, n1):  # y = d*scale + shift
+        for a, b in _blocks(n0, n1, per_image):
+            np.multiply(y[a:b], scale, out=y[a:b])
+            np.add(y[a:b], shift, out=y[a:b])
+
+    parallel(affine_pass, n, x.size)
+    mean = pivot.reshape(c).astype(np.float64) + dmean
+    running_mean[...] = (1.0 - momentum) * running_mean.astype(np.float64) + momentum * mean
+    running_var[...] = (1.0 - momentum) * running_var.astype(np.float64) + momentum * var * (m / (m - 1))
+    return y.reshape(x.shape), mean.astype(dt), invstd.astype(dt)
+
+
+def batch_norm_eval(x, gamma, beta, running_mean, running_var, eps):
+    dt = same_dtype("batch_norm", x, gamma=gamma, beta=beta, running_mean=running_mean, running_var=running_var)
+    n, c, s = batch_norm_geometry("batch_norm", x.shape, gamma=gamma.shape, beta=beta.shape,
+                                  running_mean=running_mean.shape, running_var=running_var.shape)
+    scale = _col(gamma.astype(np.float64) / np.sqrt(running_var.astype(np.float64) + float(eps)), dt)
+    rm, bt = running_mean.reshape(c, 1), beta.reshape(c, 1)
+    x3 = _as3(x, n, c, s)
+    y = np.empty((n, c, s), dtype=dt)
+
+    def apply(n0, n1):  # (x - running_mean) * scale + beta: the offset is removed exactly first
+        for a, b in _blocks(n0, n1, c * s * dt.itemsize):
+            np.subtract(x3[a:b], rm, out=y[a:b])
+            np.multiply(y[a:b], scale, out=y[a:b])
+            np.add(y[a:b], bt, out=y[a:b])
+
+    parallel(apply, n, x.size)
+    return y.reshape(x.shape)
+
+
+def batch_norm_backward(dy, x, gamma, mean, invstd):
+    dt = same_dtype("batch_norm backward", x, dy=dy, gamma=gamma, mean=mean, invstd=invstd)
+    n, c, s = batch_norm_geometry("batch_norm backward", x.shape, gamma=gamma.shape, mean=mean.shape,
+                                  invstd=invstd.shape)
+    if tuple(dy.shape) != tuple(x.shape):
+        raise ValueError(f"batch_norm backward: expected dy of shape {tuple(x.shape)}, got {tuple(dy.shape)}")
+    m = n * s
+    x3, dy3 = _as3(x, n, c, s), _as3(dy, n, c, s)
+    mu = mean.reshape(c, 1)
+    per_image = c * s * dt.itemsize
+    xc = np.empty((n, c, s), dtype=dt)      # x - mean; becomes dx
+    rows = np.empty((3, n, c), dtype=dt)    # per (n, c): sum dy, sum dy*xc, sum xc
+
+    def sums_pass(n0, n1):
+        for a, b in _blocks(n0, n1, per_image):
+            np.subtract(x3[a:b], mu, out=xc[a:b])
+            _rows_sum(dy3[a:b], rows[0, a:b])
+            _rows_dot(dy3[a:b], xc[a:b], rows[1, a:b])
+            _rows_sum(xc[a:b], rows[2, a:b])
+
+    parallel(sums_pass, n, x.size)
+    dbeta = rows[0].sum(axis=0, dtype=np.float64)
+    resid = rows[2].sum(axis=0, dtype=np.float64) / m          # mean of (x - mean): its rounding error
+    dxc = rows[1].sum(axis=0, dtype=np.float64) - resid * dbeta  # sum dy*(x - true mean)
+    inv = invstd.astype(np.float64)
+    a_ = gamma.astype(np.float64) * inv
+    # dx = gamma*invstd*(dy - dbeta/M - xhat*dgamma/M) = a*dy + b*(x - mean) + c
+    b_ = -a_ * inv * inv * dxc / m
+    c_ = -a_ * dbeta / m - b_ * resid
+    a, b, cc = _col(a_, dt), _col(b_, dt), _col(c_, dt)
+
+    def dx_pass(n0, n1):
+        for lo, hi in _blocks(n0, n1, per_image):
+            d = xc[lo:hi]
+            np.multiply(d, b, out=d)
+            np.add(d, cc, out=d)
+            np.add(d, np.multiply(dy3[lo:hi], a), out=d)
+
+    parallel(dx_pass, n, x.size)
+    return xc.reshape(x.shape), (dxc * inv).astype(dt), dbeta.astype(dt)

@@ -1,0 +1,175 @@
+"""Helpers shared by the NumPy ops: dtype checks, window-tap ranges, per-thread scratch buffers."""
+from __future__ import annotations
+
+import contextvars
+import functools
+import os
+import threading
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def float_array(op: str, what: str, a) -> np.dtype:
+    """The dtype of `a`, which must be a float32/float64 array."""
+    if a is None or not hasattr(a, "dtype") or not hasattr(a, "shape"):
+        raise TypeError(f"{op}: expected {what} as an array, got {type(a).__name__}")
+    if np.dtype(a.dtype) not in FLOATS:
+        raise TypeError(f"{op}: expected {what} of dtype float32 or float64, got {a.dtype}")
+    return np.dtype(a.dtype)
+
+
+def same_dtype(op: str, x, **others) -> np.dtype:
+    """x's dtype (float32/float64); every other array given (None is skipped) must have the same."""
+    dt = float_array(op, "input", x)
+    for name, a in others.items():
+        if a is None:
+            continue
+        float_array(op, name, a)
+        if np.dtype(a.dtype) != dt:
+            raise TypeError(f"{op}: {name} has dtype {a.dtype} but the input is {dt}; they must match "
+                            f"(cast one of them explicitly)")
+    return dt
+
+
+def tap_range(i: int, size_in: int, size_out: int, stride: int, pad: int) -> tuple[int, int, int]:
+    """For kernel offset i along one axis: (lo, hi, first) such that the outputs o in [lo, hi) read the
+    real input positions o*stride - pad + i, the first of which is `first`; hi <= lo when none do."""
+    lo = max(0, -((i - pad) // stride))                   # ceil((pad - i) / stride), clamped at 0
+    hi = min(size_out, (size_in - 1 + pad - i) // stride + 1)
+    return lo, hi, lo * stride - pad + i
+
+
+def tap_slices(i: int, j: int, win):
+    """(output slices, input slices) of kernel tap (i, j) over the outputs whose tap lies inside the
+    input (padding excluded), or None when the tap only ever sees padding."""
+    ohl, ohh, h0 = tap_range(i, win.h, win.oh, win.sh, win.ph)
+    owl, owh, w0 = tap_range(j, win.w, win.ow, win.sw, win.pw)
+    if ohh <= ohl or owh <= owl:
+        return None
+    out = (slice(None), slice(None), slice(ohl, ohh), slice(owl, owh))
+    inp = (slice(None), slice(None), slice(h0, h0 + (ohh - ohl - 1) * win.sh + 1, win.sh),
+           slice(w0, w0 + (owh - owl - 1) * win.sw + 1, win.sw))
+    return out, inp
+
+
+class Workspace:
+    """Reusable scratch buffers of one thread.
+
+    Large temporaries (im2col blocks, padded copies) are taken from here instead of np.empty: a fresh
+    multi-megabyte allocation is page-faulted in on every call, which can cost as much as the copy that
+    fills it. A buffer only grows; `clear_workspaces()` gives the memory back. Nothing returned to a
+    caller ever lives in a workspace buffer, and a buffer is only used between two of its owner's
+    calls to `get` with the same name.
+    """
+
+    def __init__(self):
+        self.buffers: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape, dtype) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        count = 1
+        for s in shape:
+            count *= int(s)
+        nbytes = count * dtype.itemsize
+        buf = self.buffers.get(name)
+        if buf is None or buf.nbytes < nbytes:
+            self.buffers.pop(name, None)  # free the old one before allocating the larger one
+            buf = np.empty(max(1, -(-nbytes // 64)) * 8, dtype=np.float64)  # 8-byte aligned, 64-byte granules
+            self.buffers[name] = buf
+        return buf.view(np.uint8)[:nbytes].view(dtype).reshape(shape)
+
+    def clear(self) -> None:
+        self.buffers.clear()
+
+
+_local = threading.local()
+_all_workspaces: "weakref.WeakSet[Workspace]" = weakref.WeakSet()
+
+
+def workspace() -> Workspace:
+    """The calling thread's workspace."""
+    ws = getattr(_local, "ws", None)
+    if ws is None:
+        ws = _local.ws = Workspace()
+        _all_workspaces.add(ws)
+    return ws
+
+
+def clear_workspaces() -> None:
+    """Free every thread's scratch buffers (they are re-created, at their next use, as needed)."""
+    for ws in list(_all_workspaces):
+        ws.clear()
+
+
+# --- threads for the memory-bound passes -----------------------------------------------------------
+# NumPy's element-wise loops run on one core; BLAS already uses all of them. Large memory-bound work
+# (pool taps, batch-norm passes) is split along the batch between this many threads (NumPy releases
+# the GIL inside its loops). GPUNET_NUM_THREADS overrides; otherwise OMP/OPENBLAS_NUM_THREADS, else
+# the CPUs this process may run on.
+PARALLEL_MIN_ELEMENTS = 1 << 17   # below this, one thread: a hand-off costs ~20 us
+
+
+def num_threads() -> int:
+    for var in ("GPUNET_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        v = os.environ.get(var, "").strip()
+        if v.isdigit() and int(v) > 0:
+            return int(v)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_pid = None
+_pool_lock = threading.Lock()
+
+
+def _executor(workers: int) -> ThreadPoolExecutor:
+    global _pool, _pool_pid
+    with _pool_lock:
+        if _pool is None or _pool_pid != os.getpid():  # a forked child needs its own threads
+            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpunet-numpy")
+            _pool_pid = os.getpid()
+        return _pool
+
+
+def _worker(fn, lo, hi):
+    _local.in_worker = True
+    try:
+        return fn(lo, hi)
+    finally:
+        _local.in_worker = False
+
+
+def parallel(fn, n: int, elements: int) -> None:
+    """Run fn(lo, hi) over [0, n) split into contiguous parts, one per thread, when `elements` (the
+    work's size) is large enough; the calling thread takes the first part. Exceptions propagate."""
+    k = min(num_threads(), n, max(1, elements // PARALLEL_MIN_ELEMENTS))
+    if k <= 1 or getattr(_local, "in_worker", False):
+        fn(0, n)
+        return
+    bounds = [round(i * n / k) for i in range(k + 1)]
+    pool = _executor(num_threads() - 1)
+    # each worker runs in a copy of the caller's context, so np.errstate (a context variable) carries over
+    futures = [pool.submit(contextvars.copy_context().run, _worker, fn, bounds[i], bounds[i + 1])
+               for i in range(1, k)]
+    try:
+        fn(bounds[0], bounds[1])
+    finally:
+        for f in futures:
+            f.result()
+
+
+def ieee(fn):
+    """Run an op under IEEE semantics without NumPy warnings: inf - inf = NaN, overflow to inf and
+    x/0 are results (as on a GPU and in PyTorch), not warnings."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            return fn(*args, **kwargs)
+    return wrapper

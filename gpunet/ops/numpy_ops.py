@@ -1,0 +1,108 @@
+"""NumpyOps: the Ops protocol (gpunet.ops.interface) on NumPy, the reference for every other backend.
+
+Vectorised, and fast enough to train on: convolution is im2col blocks + BLAS GEMMs
+(`_numpy_conv`), pooling is one whole-tensor operation per kernel tap (`_numpy_pool`, whose header
+states the exact max-pool tie/NaN rules a kernel must copy), batch norm is a shifted two-pass scheme
+stable far from zero (`_numpy_bn`). Shapes and arguments are validated by gpunet.ops.geometry, so
+every backend raises the same errors. float32 stays float32 (no full-size float64 temporaries);
+float64 works throughout for gradient checks. Inputs are never modified (except the running
+statistics, in place, as documented).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from gpunet.ops import _numpy_bn, _numpy_conv, _numpy_pool
+from gpunet.ops._numpy_util import FLOATS, clear_workspaces, ieee
+from gpunet.ops.geometry import dropout_args
+
+
+def dropout_mask(shape, p: float, seed: int, counter: int, dtype) -> np.ndarray:
+    """Inverted-dropout multiplier from NumPy's Philox4x64-10 stream (see NumpyOps.dropout_mask)."""
+    dt = np.dtype(dtype)
+    if dt not in FLOATS:
+        raise TypeError(f"dropout_mask: expected dtype float32 or float64, got {dt}")
+    shape, p, seed, counter = dropout_args(shape, p, seed, counter)
+    n = math.prod(shape)
+    if n == 0:
+        return np.zeros(shape, dtype=dt)
+    raw = np.random.Philox(key=seed, counter=counter).random_raw(n)
+    # u = (raw >> 11) * 2**-53 < p  <=>  (raw >> 11) < ceil(p * 2**53)  <=>  raw < ceil(p * 2**53) << 11.
+    # p * 2**53 is exact in double (a power-of-two scaling) and the bound is < 2**64: one integer
+    # compare, no float conversion, and exactly the float rule.
+    keep = raw >= np.uint64(math.ceil(p * 2.0**53) << 11)
+    scale = dt.type(1.0 / (1.0 - p))  # computed in double, rounded once to the dtype
+    return np.where(keep, scale, dt.type(0)).reshape(shape)
+
+
+class NumpyOps:
+    """The hot ops on NumPy arrays (see gpunet.ops.interface.Ops for the contract)."""
+
+    def __init__(self, backend=None):
+        self.backend = backend
+
+    @staticmethod
+    def release_memory() -> None:
+        """Free the scratch buffers the ops keep between calls (im2col blocks, padded copies)."""
+        clear_workspaces()
+
+    def __repr__(self) -> str:
+        return "NumpyOps()"
+
+    # --- convolution ------------------------------------------------------------------------------
+    @ieee
+    def conv2d_forward(self, x, w, b, stride, padding, relu: bool):
+        return _numpy_conv.conv2d_forward(x, w, b, stride, padding, bool(relu))
+
+    @ieee
+    def conv2d_backward(self, dy, ctx):
+        return _numpy_conv.conv2d_backward(dy, ctx)
+
+    # --- pooling ----------------------------------------------------------------------------------
+    @ieee
+    def max_pool2d_forward(self, x, kernel, stride, padding):
+        return _numpy_pool.max_pool2d_forward(x, kernel, stride, padding)
+
+    @ieee
+    def max_pool2d_backward(self, dy, argmax, x_shape, kernel, stride, padding):
+        return _numpy_pool.max_pool2d_backward(dy, argmax, x_shape, kernel, stride, padding)
+
+    @ieee
+    def avg_pool2d_forward(self, x, kernel, stride, padding):
+        return _numpy_pool.avg_pool2d_forward(x, kernel, stride, padding)
+
+    @ieee
+    def avg_pool2d_backward(self, dy, x_shape, kernel, stride, padding):
+        return _numpy_pool.avg_pool2d_backward(dy, x_shape, kernel, stride, padding)
+
+    # --- batch norm -------------------------------------------------------------------------------
+    @ieee
+    def batch_norm_train(self, x, gamma, beta, running_mean, running_var, momentum, eps):
+        return _numpy_bn.batch_norm_train(x, gamma, beta, running_mean, running_var, momentum, eps)
+
+    @ieee
+    def batch_norm_eval(self, x, gamma, beta, running_mean, running_var, eps):
+        return _numpy_bn.batch_norm_eval(x, gamma, beta, running_mean, running_var, eps)
+
+    @ieee
+    def batch_norm_backward(self, dy, x, gamma, mean, invstd):
+        return _numpy_bn.batch_norm_backward(dy, x, gamma, mean, invstd)
+
+    # --- dropout ----------------------------------------------------------------------------------
+    def dropout_mask(self, shape, p: float, seed: int, counter: int, dtype):
+        """Inverted-dropout mask, bit for bit `np.random.Philox(key=seed, counter=counter).random_raw(n)`.
+
+        Passing the state: `key=seed` (an int in [0, 2**128)) becomes the 128-bit key words
+        (seed mod 2**64, seed >> 64); `counter` (an int in [0, 2**256)) becomes four little-endian
+        64-bit words c0..c3 (c0 least significant). Word order, derived from NumPy's philox.h: the
+        generator holds a buffer of 4 words that starts empty, and each refill FIRST increments the
+        256-bit counter by one (carry c0 -> c1 -> c2 -> c3, wrapping at 2**256), THEN emits the four
+        output words v0, v1, v2, v3 of Philox4x64-10(counter, key) in that order. Hence raw word k is
+        output word k % 4 of the block at counter + 1 + k // 4, and a CUDA thread owning block b
+        computes Philox4x64-10(counter + 1 + b, key) and writes elements 4b .. 4b+3.
+        Element k (C order over `shape`) is 0 when u_k = (word_k >> 11) * 2**-53 < p, else
+        1/(1 - p) computed in double and rounded once to `dtype`. p must be in [0, 1).
+        """
+        return dropout_mask(shape, p, seed, counter, dtype)
