@@ -7,10 +7,12 @@
 """
 from gpunet.nn.activations import ELU, PReLU, LeakyReLU, ReLU, Sigmoid, Tanh
 from gpunet.nn.containers import Concat, Residual, Sequential
+from gpunet.nn.embedding import Embedding
 from gpunet.nn.layers import (AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, GlobalAvgPool2d,
                               Identity, Linear, MaxPool2d)
 from gpunet.nn.losses import BCEWithLogits, MSELoss, SoftmaxCrossEntropy
 from gpunet.nn.module import IncompatibleKeys, Module, Parameter
+from gpunet.nn.recurrent import GRU, LSTM, RNN, LastStep, RowsAsSequence
 
 __all__ = [
     "Module", "Parameter", "IncompatibleKeys",
