@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from gpunet import io, nn, optim
-from gpunet.backend import get_backend
 
 try:
     import torch
@@ -12,17 +11,6 @@ except ImportError:  # optional cross-check
     torch = None
 
 needs_torch = pytest.mark.skipif(torch is None, reason="torch not installed")
-
-
-@pytest.fixture
-def ops():
-    """Skip while the NumPy ops (conv, batch norm, pooling) have not landed in this checkout."""
-    try:
-        get_backend("numpy").ops
-    except ModuleNotFoundError as e:
-        if (e.name or "").startswith("gpunet."):
-            pytest.skip(f"numpy ops are not available yet ({e})")
-        raise
 
 
 def ours_net():
@@ -94,7 +82,7 @@ def _train_ours(model, rng, steps=3):
 
 @needs_torch
 @pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
-def test_trained_here_loads_into_torch_with_identical_outputs(ops, rng, tmp_path, suffix):
+def test_trained_here_loads_into_torch_with_identical_outputs(rng, tmp_path, suffix):
     from safetensors.torch import load_file
     ours = ours_net()
     _train_ours(ours, rng)
@@ -113,7 +101,7 @@ def test_trained_here_loads_into_torch_with_identical_outputs(ops, rng, tmp_path
 
 @needs_torch
 @pytest.mark.parametrize("suffix", [".safetensors", ".npz", ".pt"])
-def test_trained_in_torch_loads_here_with_identical_outputs(ops, rng, tmp_path, suffix):
+def test_trained_in_torch_loads_here_with_identical_outputs(rng, tmp_path, suffix):
     from safetensors.torch import save_file
     torch.manual_seed(0)
     tnet = torch_net()

@@ -9,17 +9,6 @@ from gpunet.data import DataLoader, load_digits
 from gpunet.training import Trainer, evaluate
 
 
-@pytest.fixture
-def ops():
-    """Skip while the NumPy ops (conv, batch norm, pooling) have not landed in this checkout."""
-    try:
-        get_backend("numpy").ops
-    except ModuleNotFoundError as e:
-        if (e.name or "").startswith("gpunet."):
-            pytest.skip(f"numpy ops are not available yet ({e})")
-        raise
-
-
 def mlp(seed: int, classes: int = 5):
     get_backend("numpy").seed(seed)
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(),
@@ -173,7 +162,7 @@ def foldable_net():
         nn.Linear(16, 4))
 
 
-def test_fold_batchnorm_matches_unfolded_model_in_eval(ops, rng):
+def test_fold_batchnorm_matches_unfolded_model_in_eval(rng):
     model = foldable_net()
     x = rng.standard_normal((5, 3, 6, 6)).astype(np.float32)
     model(x)  # one training step's worth of statistics, then far-from-default values
@@ -192,7 +181,7 @@ def test_fold_batchnorm_matches_unfolded_model_in_eval(ops, rng):
         transfer.fold_batchnorm(model)
 
 
-def test_fold_batchnorm_in_float64_is_exact_to_rounding(ops, rng):
+def test_fold_batchnorm_in_float64_is_exact_to_rounding(rng):
     model = nn.Sequential(nn.Conv2d(2, 3, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(3),
                           nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)).to(dtype=np.float64).eval()
     _randomise_bn(model, rng)
