@@ -26,14 +26,14 @@ STREAMS = [
     (2**128 - 1, 2**255 + 11),  # largest key
 ]
 SHAPES = [(1,), (3,), (4,), (13,), (2, 3, 5), (4, 1, 7, 3)]
-PROBS = [0.0, 0.1, 0.5, 0.9, 1.0]
+PROBS = [0.0, 0.1, 0.5, 0.9, 0.999]
 
 
 def numpy_mask(shape, p, seed, counter, dtype):
     n = int(np.prod(shape))
     words = np.random.Philox(key=seed, counter=counter).random_raw(n)
     u = (words >> np.uint64(11)).astype(np.float64) * 2.0**-53
-    keep = np.asarray(1.0 / (1.0 - p) if p < 1.0 else 0.0).astype(dtype)
+    keep = np.asarray(1.0 / (1.0 - p)).astype(dtype)
     return np.where(u < p, dtype(0), keep).astype(dtype).reshape(shape)
 
 
@@ -50,6 +50,20 @@ def test_mask_is_numpys_philox_stream(device_backend, seed, counter, dtype):
         want = numpy_mask(shape, p, seed, counter, dtype)
         assert got.dtype == dtype and got.shape == shape
         np.testing.assert_array_equal(_bits(got), _bits(want), err_msg=f"shape {shape} p {p}")
+
+
+def test_raw_words_match_pure_python_philox(device_backend):
+    """A third opinion, independent of NumPy: tests/reference.py's Philox in Python integers. With
+    p = 2**-k the drop decision reads bit pattern (word >> 11) < 2**(53-k): the top k bits of every
+    word are checked, across all four output words of each block."""
+    import reference as loop
+    be = device_backend
+    for seed, counter in STREAMS[::2]:
+        words = np.array(loop.philox_raw(seed, counter, 24), dtype=np.uint64)
+        for k in (1, 2, 3, 8):
+            got = be.asnumpy(be.ops.dropout_mask((24,), 2.0**-k, seed, counter, np.float64))
+            dropped = (words >> np.uint64(64 - k)) == 0
+            np.testing.assert_array_equal(got == 0, dropped, err_msg=f"seed {seed} counter {counter} k {k}")
 
 
 def test_matches_numpy_ops(device_backend):
@@ -100,8 +114,9 @@ def test_deterministic_across_schedules(device_backend):
 def test_empty_and_errors(device_backend):
     be = device_backend
     assert be.asnumpy(be.ops.dropout_mask((0, 3), 0.5, 1, 0, np.float32)).shape == (0, 3)
-    with pytest.raises(ValueError, match="p must be"):
-        be.ops.dropout_mask((3,), 1.5, 1, 0, np.float32)
+    for p in (1.0, 1.5, -0.1, float("nan")):   # p = 1 is functional.dropout's all-zero case, not a mask
+        with pytest.raises(ValueError, match="p must be"):
+            be.ops.dropout_mask((3,), p, 1, 0, np.float32)
     with pytest.raises(ValueError, match="seed"):
         be.ops.dropout_mask((3,), 0.5, -1, 0, np.float32)
     with pytest.raises(ValueError, match="seed"):

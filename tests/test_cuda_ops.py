@@ -135,3 +135,58 @@ def test_float32_chain_keeps_dtype(device_backend):
     for a in (y, mean, invstd, ym, ya, be.ops.dropout_mask((3,), 0.5, 1, 2, np.float32)):
         assert a.dtype == np.float32
     assert am.dtype == np.int32
+
+
+def _bad_calls(dev):
+    """(description, callable(ops)) pairs that must fail identically on every backend."""
+    f32 = np.zeros((2, 3, 6, 6), np.float32)
+    w = np.zeros((4, 3, 3, 3), np.float32)
+    y = np.zeros((2, 3, 3, 3), np.float32)
+    am = np.zeros((2, 3, 3, 3), np.int32)
+    v3 = np.ones(3, np.float32)
+    d = {k: dev(a) for k, a in dict(x=f32, w=w, y=y, am=am, v3=v3, v2=v3[:2], w64=w.astype(np.float64),
+                                    x16=f32.astype(np.float16), xi=f32.astype(np.int32), b2=np.zeros(2, np.float32),
+                                    one=np.zeros((1, 3, 1, 1), np.float32), am64=am.astype(np.int64),
+                                    y5=np.zeros((2, 3, 5, 5), np.float32), x3=f32[0],
+                                    x2x2=np.zeros((2, 3, 2, 2), np.float32)).items()}
+    return [
+        ("conv weight dtype", lambda o: o.conv2d_forward(d["x"], d["w64"], None, 1, 0, False)),
+        ("conv int input", lambda o: o.conv2d_forward(d["xi"], d["w"], None, 1, 0, False)),
+        ("conv channels", lambda o: o.conv2d_forward(d["x"], d["w"][:, :2], None, 1, 0, False)),
+        ("conv bias shape", lambda o: o.conv2d_forward(d["x"], d["w"], d["b2"], 1, 0, False)),
+        ("conv kernel too big", lambda o: o.conv2d_forward(d["x2x2"], d["w"], None, 1, 0, False)),
+        ("maxpool kernel too big", lambda o: o.max_pool2d_forward(d["x"], 7, 1, 0)),
+        ("maxpool padding", lambda o: o.max_pool2d_forward(d["x"], 2, 2, 2)),
+        ("maxpool float16", lambda o: o.max_pool2d_forward(d["x16"], 2, 2, 0)),
+        ("maxpool 3-D", lambda o: o.max_pool2d_forward(d["x3"], 2, 2, 0)),
+        ("maxpool bwd dy shape", lambda o: o.max_pool2d_backward(d["y5"], d["am"], (2, 3, 6, 6), 2, 2, 0)),
+        ("maxpool bwd argmax dtype", lambda o: o.max_pool2d_backward(d["y"], d["am64"], (2, 3, 6, 6), 2, 2, 0)),
+        ("maxpool bwd int dy", lambda o: o.max_pool2d_backward(d["am"], d["am"], (2, 3, 6, 6), 2, 2, 0)),
+        ("avgpool bwd dy shape", lambda o: o.avg_pool2d_backward(d["y5"], (2, 3, 6, 6), 2, 2, 0)),
+        ("avgpool stride 0", lambda o: o.avg_pool2d_forward(d["x"], 2, 0, 0)),
+        ("bn gamma shape", lambda o: o.batch_norm_train(d["x"], d["v2"], d["v3"], d["v3"], d["v3"], 0.1, 1e-5)),
+        ("bn gamma dtype", lambda o: o.batch_norm_eval(d["x"], d["w64"][0, 0, 0], d["v3"], d["v3"], d["v3"], 1e-5)),
+        ("bn one value", lambda o: o.batch_norm_train(d["one"], d["v3"], d["v3"], d["v3"], d["v3"], 0.1, 1e-5)),
+        ("bn 3-D", lambda o: o.batch_norm_eval(d["x3"], d["v3"], d["v3"], d["v3"], d["v3"], 1e-5)),
+        ("bn float16", lambda o: o.batch_norm_eval(d["x16"], d["v3"], d["v3"], d["v3"], d["v3"], 1e-5)),
+        ("bn bwd dy shape", lambda o: o.batch_norm_backward(d["y"], d["x"], d["v3"], d["v3"], d["v3"])),
+        ("dropout p=1", lambda o: o.dropout_mask((3,), 1.0, 1, 0, np.float32)),
+        ("dropout seed<0", lambda o: o.dropout_mask((3,), 0.5, -1, 0, np.float32)),
+        ("dropout counter", lambda o: o.dropout_mask((3,), 0.5, 1, 2**256, np.float32)),
+        ("dropout float seed", lambda o: o.dropout_mask((3,), 0.5, 1.0, 0, np.float32)),
+        ("dropout int dtype", lambda o: o.dropout_mask((3,), 0.5, 1, 0, np.int32)),
+    ]
+
+
+def test_errors_identical_to_numpy(device_backend):
+    """Every backend rejects the same calls with the same exception and message."""
+    be = device_backend
+    ours = _bad_calls(be.asarray)
+    theirs = dict(_bad_calls(np.asarray))
+    for what, call in ours:
+        with pytest.raises(Exception) as mine:
+            call(be.ops)
+        with pytest.raises(Exception) as ref:
+            theirs[what](_ref())
+        assert type(mine.value) is type(ref.value), f"{what}: {mine.value!r} vs NumpyOps {ref.value!r}"
+        assert str(mine.value) == str(ref.value), what

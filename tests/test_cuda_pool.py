@@ -96,6 +96,22 @@ def test_max_pool_nan_inf_ties(device_backend, case):
         _bitwise(f"{case} dx", dx, rdx)
 
 
+def test_max_pool_matches_loop_reference(device_backend):
+    """A second oracle: tests/reference.py spells the rules out as loops (ties, NaN, +-inf, padding)."""
+    import reference as loop
+    be = device_backend
+    for case in ("3x3-s2-p1-overlap", "odd-3x2-s2x1-p1x0", "1x1-input-k2-p1"):
+        shape, k, s, p = CASES[case]
+        x = _data(shape, np.float64, "special", seed=7)
+        y, am = be.ops.max_pool2d_forward(be.asarray(x), k, s, p)
+        ry, ram = loop.max_pool2d(x, k, s, p)
+        _bitwise(f"{case} y", be.asnumpy(y), ry)
+        _bitwise(f"{case} argmax", be.asnumpy(am), ram)
+        dy = np.random.default_rng(2).standard_normal(ry.shape)
+        dx = be.ops.max_pool2d_backward(be.asarray(dy), am, x.shape, k, s, p)
+        _bitwise(f"{case} dx", be.asnumpy(dx), loop.max_pool2d_backward(dy, ram, x.shape))
+
+
 def test_max_pool_rules_by_hand(device_backend):
     """The documented rules on one plane: first maximum, first NaN, padding never wins."""
     be = device_backend

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from gpunet.cuda.loader import ceil_div, dtype_suffix, fscalar, grid_1d, i32
+from gpunet.ops.geometry import batch_norm_geometry
 
 SOURCE = "batchnorm.cu"
 BN_THREADS = 256          # mirrors BN_THREADS in batchnorm.cu (threads per reduction block)
@@ -32,41 +33,27 @@ def split(c: int, m: int) -> tuple[int, int]:
     return ceil_div(m, chunk), chunk
 
 
-def _layout(op, x):
-    """(N, C, S) of an (N, C) or (N, C, H, W) input."""
-    if x.ndim not in (2, 4):
-        raise ValueError(f"{op}: expected input of shape (N, C) or (N, C, H, W), got {tuple(x.shape)}")
-    if min(x.shape) < 1:
-        raise ValueError(f"{op}: input has an empty dimension: {tuple(x.shape)}")
-    n, c = int(x.shape[0]), int(x.shape[1])
-    s = int(x.shape[2]) * int(x.shape[3]) if x.ndim == 4 else 1
+def _geometry(op, x, training=False, **vectors):
+    """(N, C, S, suffix): shapes by gpunet.ops.geometry.batch_norm_geometry (the (C,) vectors, more than
+    one value per channel when training), dtypes float32/float64 shared by every array, and the
+    kernels' 32-bit indexing."""
+    n, c, s = batch_norm_geometry(op, x.shape, training, **{k: v.shape for k, v in vectors.items()})
     if n * c * s > _INT32_MAX:
         raise ValueError(f"{op}: {n * c * s} elements exceed the kernels' 32-bit indexing (at most {_INT32_MAX})")
-    return n, c, s
-
-
-def _check_float(op, x, **vectors):
     try:
         suf = dtype_suffix(x.dtype)
     except TypeError:
         raise TypeError(f"{op}: expected input of dtype float32 or float64, got {x.dtype}") from None
-    c = int(x.shape[1])
     for name, v in vectors.items():
-        if tuple(v.shape) != (c,):
-            raise ValueError(f"{op}: expected {name} of shape ({c},), got {tuple(v.shape)}")
         if np.dtype(v.dtype) != np.dtype(x.dtype):
             raise TypeError(f"{op}: {name} has dtype {v.dtype} but the input is {x.dtype}; they must match")
-    return suf
+    return n, c, s, suf
 
 
 def batch_norm_train(ctx, x, gamma, beta, running_mean, running_var, momentum, eps):
-    op = "batch_norm"
-    n, c, s = _layout(op, x)
-    suf = _check_float(op, x, gamma=gamma, beta=beta, running_mean=running_mean, running_var=running_var)
+    n, c, s, suf = _geometry("batch_norm", x, True, gamma=gamma, beta=beta, running_mean=running_mean,
+                             running_var=running_var)
     m = n * s
-    if m < 2:
-        raise ValueError(f"{op}: expected more than 1 value per channel when training, got input of shape "
-                         f"{tuple(x.shape)}")
     xp = ctx.xp
     x, gamma, beta = (xp.ascontiguousarray(a) for a in (x, gamma, beta))
     # The finalize kernel updates the running statistics in place; a non-contiguous buffer is updated
@@ -95,9 +82,8 @@ def batch_norm_train(ctx, x, gamma, beta, running_mean, running_var, momentum, e
 
 
 def batch_norm_eval(ctx, x, gamma, beta, running_mean, running_var, eps):
-    op = "batch_norm"
-    n, c, s = _layout(op, x)
-    suf = _check_float(op, x, gamma=gamma, beta=beta, running_mean=running_mean, running_var=running_var)
+    n, c, s, suf = _geometry("batch_norm", x, gamma=gamma, beta=beta, running_mean=running_mean,
+                             running_var=running_var)
     xp = ctx.xp
     x, gamma, beta, rm, rv = (xp.ascontiguousarray(a) for a in (x, gamma, beta, running_mean, running_var))
     y = xp.empty(x.shape, dtype=x.dtype)
@@ -109,8 +95,7 @@ def batch_norm_eval(ctx, x, gamma, beta, running_mean, running_var, eps):
 
 def batch_norm_backward(ctx, dy, x, gamma, mean, invstd):
     op = "batch_norm backward"
-    n, c, s = _layout(op, x)
-    suf = _check_float(op, x, gamma=gamma, mean=mean, invstd=invstd)
+    n, c, s, suf = _geometry(op, x, gamma=gamma, mean=mean, invstd=invstd)
     if tuple(dy.shape) != tuple(x.shape):
         raise ValueError(f"{op}: expected dy of shape {tuple(x.shape)}, got {tuple(dy.shape)}")
     if np.dtype(dy.dtype) != np.dtype(x.dtype):

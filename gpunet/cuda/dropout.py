@@ -11,11 +11,10 @@ import math
 
 import numpy as np
 
-from gpunet.cuda.loader import dtype_suffix, fscalar, grid_1d, i64, u64
+from gpunet.cuda.loader import ceil_div, dtype_suffix, fscalar, grid_1d, i64, u64
+from gpunet.ops.geometry import dropout_args
 
 SOURCE = "dropout.cu"
-KEY_BITS = 128          # Philox4x64 key: two 64-bit words
-COUNTER_BITS = 256      # Philox4x64 counter: four 64-bit words
 _WORD = 2**64 - 1
 
 
@@ -24,24 +23,10 @@ def _words(v: int, nwords: int) -> list[int]:
     return [(v >> (64 * i)) & _WORD for i in range(nwords)]
 
 
-def check_args(shape, p, seed, counter) -> tuple[tuple[int, ...], float, int, int]:
-    """Validated (shape, p, seed, counter); the same rules as NumPy's Philox(key=, counter=)."""
-    shape = tuple(int(s) for s in (shape if isinstance(shape, (tuple, list)) else (shape,)))
-    if any(s < 0 for s in shape):
-        raise ValueError(f"dropout_mask: shape must be non-negative, got {shape}")
-    p = float(p)
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"dropout_mask: p must be in [0, 1], got {p}")
-    for name, v, bits in (("seed", seed, KEY_BITS), ("counter", counter, COUNTER_BITS)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise TypeError(f"dropout_mask: {name} must be an int, got {type(v).__name__}")
-        if not 0 <= int(v) < 2**bits:
-            raise ValueError(f"dropout_mask: {name} must be in [0, 2**{bits}), got {v}")
-    return shape, p, int(seed), int(counter)
-
-
 def dropout_mask(ctx, shape, p: float, seed: int, counter: int, dtype):
-    shape, p, seed, counter = check_args(shape, p, seed, counter)
+    """The mask, (shape) of `dtype`; arguments validated by gpunet.ops.geometry.dropout_args (p in
+    [0, 1): p = 1 is the caller's all-zero case, seed < 2**128, counter < 2**256)."""
+    shape, p, seed, counter = dropout_args(shape, p, seed, counter)
     suf = dtype_suffix(dtype)
     mask = ctx.xp.empty(shape, dtype=np.dtype(dtype))
     n = math.prod(shape)
@@ -49,9 +34,8 @@ def dropout_mask(ctx, shape, p: float, seed: int, counter: int, dtype):
         return mask
     k0, k1 = _words(seed, 2)
     c = _words(counter, 4)
-    # 1/(1-p) in double, rounded once to the dtype (like astype); p == 1 drops every element (u < 1).
-    scale = fscalar(dtype, 1.0 / (1.0 - p) if p < 1.0 else 0.0)
-    grid, block = grid_1d(-(-n // 4))            # one thread per counter block of four words
+    scale = fscalar(dtype, 1.0 / (1.0 - p))      # in double, rounded once to the dtype (like astype)
+    grid, block = grid_1d(ceil_div(n, 4))        # one thread per counter block of four words
     ctx.kernel(SOURCE, f"dropout_mask_{suf}")(
         grid, block, (mask, i64(n), u64(k0), u64(k1), *(u64(w) for w in c), np.float64(p), scale))
     return mask

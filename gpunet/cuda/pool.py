@@ -41,16 +41,20 @@ def _float(op, a, what):
         raise TypeError(f"{op}: expected {what} of dtype float32 or float64, got {a.dtype}") from None
 
 
-def _check_dy(op, dy, g: Window2d):
+def _check_backward(op, dy, x_shape, kernel, stride, padding):
+    """(suffix, window) of a backward; the checks and messages of NumpyOps, in its order."""
+    suf = _float(f"{op} backward", dy, "dy")
+    g = _geometry(op, tuple(x_shape), kernel, stride, padding)
     want = (g.n, g.c, g.oh, g.ow)
     if tuple(dy.shape) != want:
-        raise ValueError(f"{op}: expected dy of shape {want}, got {tuple(dy.shape)}")
+        raise ValueError(f"{op} backward: expected dy of shape {want}, got {tuple(dy.shape)}")
+    return suf, g
 
 
 def max_pool2d_forward(ctx, x, kernel, stride, padding):
     op = "max_pool2d"
-    g = _geometry(op, x.shape, kernel, stride, padding)
     suf = _float(op, x, "input")
+    g = _geometry(op, x.shape, kernel, stride, padding)
     xp = ctx.xp
     x = xp.ascontiguousarray(x)
     y = xp.empty((g.n, g.c, g.oh, g.ow), dtype=x.dtype)
@@ -61,13 +65,11 @@ def max_pool2d_forward(ctx, x, kernel, stride, padding):
 
 
 def max_pool2d_backward(ctx, dy, argmax, x_shape, kernel, stride, padding):
-    op = "max_pool2d backward"
-    g = _geometry(op, x_shape, kernel, stride, padding)
-    suf = _float(op, dy, "dy")
-    _check_dy(op, dy, g)
-    if tuple(argmax.shape) != tuple(dy.shape) or np.dtype(argmax.dtype) != np.int32:
-        raise ValueError(f"{op}: expected an int32 argmax of shape {tuple(dy.shape)}, "
-                         f"got {argmax.dtype} {tuple(argmax.shape)}")
+    suf, g = _check_backward("max_pool2d", dy, x_shape, kernel, stride, padding)
+    if not hasattr(argmax, "dtype") or np.dtype(argmax.dtype) != np.int32 or tuple(argmax.shape) != tuple(dy.shape):
+        raise ValueError(f"max_pool2d backward: expected an int32 argmax of shape {tuple(dy.shape)}, got "
+                         f"{getattr(argmax, 'dtype', type(argmax).__name__)} of shape "
+                         f"{tuple(getattr(argmax, 'shape', ()))}")
     xp = ctx.xp
     dy = xp.ascontiguousarray(dy)
     argmax = xp.ascontiguousarray(argmax)
@@ -79,8 +81,8 @@ def max_pool2d_backward(ctx, dy, argmax, x_shape, kernel, stride, padding):
 
 def avg_pool2d_forward(ctx, x, kernel, stride, padding):
     op = "avg_pool2d"
-    g = _geometry(op, x.shape, kernel, stride, padding)
     suf = _float(op, x, "input")
+    g = _geometry(op, x.shape, kernel, stride, padding)
     xp = ctx.xp
     x = xp.ascontiguousarray(x)
     y = xp.empty((g.n, g.c, g.oh, g.ow), dtype=x.dtype)
@@ -90,10 +92,7 @@ def avg_pool2d_forward(ctx, x, kernel, stride, padding):
 
 
 def avg_pool2d_backward(ctx, dy, x_shape, kernel, stride, padding):
-    op = "avg_pool2d backward"
-    g = _geometry(op, x_shape, kernel, stride, padding)
-    suf = _float(op, dy, "dy")
-    _check_dy(op, dy, g)
+    suf, g = _check_backward("avg_pool2d", dy, x_shape, kernel, stride, padding)
     xp = ctx.xp
     dy = xp.ascontiguousarray(dy)
     dx = xp.empty(g.in_shape, dtype=dy.dtype)

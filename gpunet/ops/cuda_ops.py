@@ -16,9 +16,10 @@ from gpunet.cuda import conv2d as _conv
 from gpunet.cuda import dropout as _dropout
 from gpunet.cuda import pool as _pool
 from gpunet.cuda.loader import KernelContext
-from gpunet.ops.geometry import conv2d_geometry, pool2d_geometry
-
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+# The dtype rules and their error messages are NumpyOps' own (device-agnostic helpers), so both
+# backends reject the same arguments with the same words.
+from gpunet.ops._numpy_util import FLOATS, float_array, same_dtype
+from gpunet.ops.geometry import batch_norm_geometry, conv2d_geometry, dropout_args, pool2d_geometry
 
 
 class CudaOps:
@@ -33,23 +34,22 @@ class CudaOps:
         return f"CudaOps({self.backend.name!r})"
 
     # ------------------------------------------------------------------ validation
+    def _on_device(self, op: str, **arrays):
+        """Refuse arrays of the other device (no silent host <-> device copies)."""
+        for name, a in arrays.items():
+            if a is not None and hasattr(a, "dtype"):
+                self.backend.check(a, f"{op} {name}")
+
     def _array(self, a, op: str, what: str):
         """`a` on this device with a float32/float64 dtype."""
-        if a is None or not hasattr(a, "dtype") or not hasattr(a, "shape"):
-            raise TypeError(f"{op}: expected {what} as an array, got {type(a).__name__}")
-        self.backend.check(a, f"{op} {what}")
-        if np.dtype(a.dtype) not in _FLOATS:
-            raise TypeError(f"{op}: expected {what} of dtype float32 or float64, got {a.dtype}")
+        float_array(op, what, a)
+        self._on_device(op, **{what: a})
         return a
 
     def _same_dtype(self, op: str, x, **others):
-        self._array(x, op, "input")
-        for name, a in others.items():
-            if a is None:
-                continue
-            self._array(a, op, name)
-            if np.dtype(a.dtype) != np.dtype(x.dtype):
-                raise TypeError(f"{op}: {name} has dtype {a.dtype} but the input is {x.dtype}; they must match")
+        """x and every other array (None skipped) on this device, float32/float64, one dtype."""
+        self._on_device(op, input=x, **others)
+        same_dtype(op, x, **others)
 
     # ------------------------------------------------------------------ convolution
     def conv2d_forward(self, x, w, b, stride, padding, relu: bool):
@@ -88,20 +88,27 @@ class CudaOps:
     def batch_norm_train(self, x, gamma, beta, running_mean, running_var, momentum, eps):
         self._same_dtype("batch_norm", x, gamma=gamma, beta=beta, running_mean=running_mean,
                          running_var=running_var)
+        batch_norm_geometry("batch_norm", x.shape, training=True, gamma=gamma.shape, beta=beta.shape,
+                            running_mean=running_mean.shape, running_var=running_var.shape)
         return _bn.batch_norm_train(self.ctx, x, gamma, beta, running_mean, running_var, float(momentum),
                                     float(eps))
 
     def batch_norm_eval(self, x, gamma, beta, running_mean, running_var, eps):
         self._same_dtype("batch_norm", x, gamma=gamma, beta=beta, running_mean=running_mean,
                          running_var=running_var)
+        batch_norm_geometry("batch_norm", x.shape, gamma=gamma.shape, beta=beta.shape,
+                            running_mean=running_mean.shape, running_var=running_var.shape)
         return _bn.batch_norm_eval(self.ctx, x, gamma, beta, running_mean, running_var, float(eps))
 
     def batch_norm_backward(self, dy, x, gamma, mean, invstd):
         self._same_dtype("batch_norm backward", x, dy=dy, gamma=gamma, mean=mean, invstd=invstd)
+        batch_norm_geometry("batch_norm backward", x.shape, gamma=gamma.shape, mean=mean.shape,
+                            invstd=invstd.shape)
         return _bn.batch_norm_backward(self.ctx, dy, x, gamma, mean, invstd)
 
     # ------------------------------------------------------------------ dropout
     def dropout_mask(self, shape, p: float, seed: int, counter: int, dtype):
-        if np.dtype(dtype) not in _FLOATS:
+        if np.dtype(dtype) not in FLOATS:
             raise TypeError(f"dropout_mask: expected dtype float32 or float64, got {np.dtype(dtype)}")
+        dropout_args(shape, p, seed, counter)
         return _dropout.dropout_mask(self.ctx, shape, p, seed, counter, dtype)
