@@ -100,7 +100,10 @@ class ParityReport:
     optimizer: str
     lr: float
     data: str
+    lockstep: bool = False
     rows: list = field(default_factory=list)
+    history: list = field(default_factory=list)     # per step: {"step": k, kind: largest max_rel, ...}
+    kink_flips: dict = field(default_factory=dict)  # {step: {"layer Module": n}}: n outputs 0 on one side only
     seconds: dict = field(default_factory=dict)   # {"reference": s, "device": s, "total": s}
     losses: dict = field(default_factory=dict)    # {"reference": [...], "device": [...]} per step
 
@@ -127,7 +130,8 @@ class ParityReport:
 
     def summary(self) -> str:
         what = (f"{self.model}, {self.device} vs {self.reference}, {self.dtype}, {self.steps} step(s) of "
-                f"{self.optimizer} (lr {self.lr:g}), batch {self.batch_size}, seed {self.seed}, {self.data} data")
+                f"{self.optimizer} (lr {self.lr:g}{', lockstep' if self.lockstep else ''}), batch {self.batch_size}, "
+                f"seed {self.seed}, {self.data} data")
         secs = self.seconds
         timing = (f"{secs.get('total', 0):.1f}s ({self.reference} {secs.get('reference', 0):.1f}s, "
                   f"{self.device} {secs.get('device', 0):.1f}s)")
@@ -136,7 +140,22 @@ class ParityReport:
         first = min(self.failures, key=lambda r: r.step)
         return (f"FAIL: {len(self.failures)} of {len(self.rows)} rows out of tolerance ({what}); first at step "
                 f"{first.step}: {first.label} {first.quantity} max_rel {first.max_rel:.3g} > tol {first.tol:.3g}; "
-                f"in {timing}")
+                f"in {timing}" + self._kink_hint(first.step))
+
+    def _kink_hint(self, step: int) -> str:
+        """Explain a failure that starts where an activation crossed zero on one device only."""
+        flips = {s: f for s, f in self.kink_flips.items() if s <= step}
+        forward_failed = any(not r.passed and r.kind == "activation" and r.step < step for r in self.rows)
+        if not flips or forward_failed:
+            return ""
+        s = min(flips)
+        where = ", ".join(f"{k}: {n}" for k, n in list(flips[s].items())[:3])
+        advice = ("try another --seed" if self.lockstep else
+                  "--lockstep compares every step from identical weights")
+        return (f"\nnote: at step {s} some activations were exactly 0 on one device only ({where}): rounding carried "
+                f"a pre-activation across a ReLU's kink, which switches that element's gradient on or off. While the "
+                f"forward rows agree this is expected float behaviour after several free-running steps, not a kernel "
+                f"bug; {advice}")
 
     def table(self, only_failures: bool = False) -> str:
         rows = self.failures if only_failures else self.rows
@@ -153,6 +172,8 @@ class ParityReport:
         d["rows"] = [{**{k: _json_num(v) for k, v in asdict(r).items()}, "ratio": _json_num(r.ratio)}
                      for r in self.rows]
         d["losses"] = {k: [_json_num(x) for x in v] for k, v in self.losses.items()}
+        d["history"] = [{k: _json_num(v) for k, v in h.items()} for h in self.history]
+        d["kink_flips"] = {str(k): v for k, v in self.kink_flips.items()}
         d["passed"] = self.passed
         d["tolerances"] = {"relative_at_step_1": TOLERANCES[self.dtype], "atol": ATOL[self.dtype],
                            "growth": "tolerance at step k = k * relative_at_step_1"}
@@ -212,16 +233,20 @@ class _Tracker:
     """Keeps, per row key, the worst step seen so far. `param_atol_per_step`: the extra absolute allowance
     of parameter rows per step (Adam's, see ADAM_PARAM_ATOL)."""
 
-    def __init__(self, tolerances: dict, atol: float, param_atol_per_step: float = 0.0):
+    def __init__(self, tolerances: dict, atol: float, param_atol_per_step: float = 0.0, growth: bool = True):
         self.tolerances, self.atol, self.param_atol_per_step = tolerances, atol, param_atol_per_step
+        self.growth = growth  # tolerances grow k-fold by step k (free-running), or stay (lockstep)
         self.rows: dict[tuple, ParityRow] = {}
+        self.step_max: dict[str, float] = {}  # this step's largest max_rel per kind
 
     def add(self, step: int, layer: str, module: str, quantity: str, kind: str, ref, got, exact=False):
         max_abs, max_rel, scale = diff(ref, got)
-        tol = 0.0 if exact else self.tolerances[kind] * step
-        atol = 0.0 if exact else max(self.atol, self.param_atol_per_step * step if kind == "param" else 0.0)
+        k = step if self.growth else 1
+        tol = 0.0 if exact else self.tolerances[kind] * k
+        atol = 0.0 if exact else max(self.atol, self.param_atol_per_step * k if kind == "param" else 0.0)
         ok = math.isfinite(max_abs) and (max_rel <= tol or max_abs <= atol)
         row = ParityRow(layer, module, quantity, kind, max_abs, max_rel, tol, atol, ok, step, scale)
+        self.step_max[kind] = _nanmax(self.step_max.get(kind, 0.0), max_rel)
         key = (layer, quantity)
         old = self.rows.get(key)
         if old is None or (old.passed and not ok) or (old.passed == ok and ok and _ratio(row) > _ratio(old)):
@@ -341,7 +366,7 @@ def resolve_device(device) -> Backend:
 def run_parity(model="cnn", device="auto", steps: int = 3, *, batch_size: int = 16, seed: int = 0,
                dtype="float32", optimizer: str = "momentum", lr: float | None = None, data: str | None = None,
                in_shape=None, num_classes=None, batches=None, tolerances: dict | None = None,
-               tol_scale: float = 1.0, reference="numpy", log=None) -> ParityReport:
+               tol_scale: float = 1.0, lockstep: bool = False, reference="numpy", log=None) -> ParityReport:
     """Train `model` on `reference` (NumPy) and on `device` for `steps` identical steps; compare everything.
 
     model: a name of `gpunet.models` (cnn, lenet, resnet-small, mlp) or a factory
@@ -353,6 +378,9 @@ def run_parity(model="cnn", device="auto", steps: int = 3, *, batch_size: int = 
         factories). `batches`, a list of host (x, y) pairs, overrides both.
     optimizer: "momentum" (SGD, momentum 0.9; default), "sgd" or "adam"; lr defaults per optimizer.
     tolerances: {kind: relative tolerance at step 1} overriding TOLERANCES[dtype]; tol_scale multiplies all.
+    lockstep: before every step, give the device the reference's weights, buffers and optimizer state, so
+        each step is compared from identical state (differences cannot accumulate; tolerances do not grow).
+        For long runs: free-running float32 training diverges sooner or later (see `kink_flips`).
     log: a callable receiving one progress line per step (e.g. print), or None.
     """
     from gpunet.nn import SoftmaxCrossEntropy
@@ -402,17 +430,21 @@ def run_parity(model="cnn", device="auto", steps: int = 3, *, batch_size: int = 
     finally:
         host.rng = saved_rng
     report = ParityReport(model_name, dev_be.name, ref_be.name, dname, steps, batch_size, int(seed), optimizer,
-                          lr, data_desc)
+                          lr, data_desc, bool(lockstep))
     opts = {"reference": _optimizer(optimizer, list(ref.parameters()), lr),
             "device": _optimizer(optimizer, list(dev.parameters()), lr)}
     sides = {"reference": (ref, ref_be), "device": (dev, dev_be)}
-    tracker = _Tracker(tols, ATOL[dname], ADAM_PARAM_ATOL * lr if optimizer == "adam" else 0.0)
+    tracker = _Tracker(tols, ATOL[dname], ADAM_PARAM_ATOL * lr if optimizer == "adam" else 0.0,
+                       growth=not lockstep)
     seconds = {"reference": 0.0, "device": 0.0}
     losses = {"reference": [], "device": []}
     layout = _layout(ref)
 
     for step, (xb, yb) in enumerate(batches, start=1):
         xb = xb.astype(dt, copy=False)
+        if lockstep and step > 1:
+            dev.load_state_dict(ref.state_dict())
+            opts["device"].load_state_dict(opts["reference"].state_dict())
         results = {}
         for side, (m, be) in sides.items():
             store = {}
@@ -431,7 +463,12 @@ def run_parity(model="cnn", device="auto", steps: int = 3, *, batch_size: int = 
             seconds[side] += time.perf_counter() - t0
             losses[side].append(store["loss"])
             results[side] = store
+        tracker.step_max = {}
         _compare_step(tracker, step, layout, results["reference"], results["device"])
+        report.history.append({"step": step, **tracker.step_max})
+        flips = _kink_flips(layout, results["reference"], results["device"])
+        if flips:
+            report.kink_flips[step] = flips
         if log is not None:
             bad = sum(1 for r in tracker.rows.values() if not r.passed)
             log(f"step {step}/{steps}: loss {losses['reference'][-1]:.6f} ({ref_be.name}) "
@@ -471,3 +508,18 @@ def _compare_step(tracker: _Tracker, step: int, layout: list, r: dict, d: dict) 
                 tracker.add(step, label, mod, name, "param", ref_v, dev_v)
             else:  # buffers; integer ones (num_batches_tracked) are counts and must match exactly
                 tracker.add(step, label, mod, name, "buffer", ref_v, dev_v, exact=np.asarray(ref_v).dtype.kind in "iub")
+
+
+def _kink_flips(layout: list, r: dict, d: dict) -> dict:
+    """{module: n} of module outputs with n elements exactly 0 on one side and not on the other: a ReLU
+    (or fused conv+ReLU, or residual ReLU) whose input rounding carried across 0. Forward values then differ
+    by a rounding error only, but that element's gradient is switched on one side and off on the other."""
+    out = {}
+    for label, module, _ in layout:
+        a, b = r.get((label, "output")), d.get((label, "output"))
+        if a is None or b is None or np.shape(a) != np.shape(b) or np.asarray(a).dtype.kind != "f":
+            continue
+        n = int(np.count_nonzero((np.asarray(a) == 0) != (np.asarray(b) == 0)))
+        if n:
+            out[f"{label} {module}"] = n
+    return out

@@ -97,6 +97,18 @@ class DropoutIgnoresCounter(NumpyOps):
         return super().dropout_mask(shape, p, seed, 0, dtype)
 
 
+class OneReluKink(NumpyOps):
+    """Not a bug but what rounding does now and then: the smallest positive output of each fused conv+ReLU
+    comes out as exactly 0 (its pre-activation rounded to the other side of the kink)."""
+
+    def conv2d_forward(self, x, w, b, stride, padding, relu):
+        y, ctx = super().conv2d_forward(x, w, b, stride, padding, relu)
+        if relu:
+            pos = np.flatnonzero(y > 0)
+            y.reshape(-1)[pos[np.argmin(y.reshape(-1)[pos])]] = 0
+        return y, ctx
+
+
 def fake_backend(ops_class, name=None) -> Backend:
     """A NumPy-array backend whose hot ops are `ops_class` (what the emulator is, with our kernels)."""
     return Backend(name or ops_class.__name__, np, ops_class)
@@ -228,6 +240,32 @@ def test_tol_scale_and_tolerance_overrides():
         run_parity("cnn", "numpy", steps=1, tolerances={"weights": 1.0})
 
 
+def test_kink_flips_are_detected_and_explained():
+    report = run_parity("cnn", fake_backend(OneReluKink), steps=1)
+    assert report.kink_flips == {1: {"0 Conv2d": 1, "3.body.0 Conv2d": 1}}  # the two fused conv+ReLU
+    # a failure that starts where only a kink flipped gets the note; one with a forward failure first does not
+    hinted = ParityReport("cnn", "dev", "numpy", "float32", 5, 16, 0, "momentum", 0.01, "digits",
+                          kink_flips={4: {"3 Residual": 2}},
+                          rows=[ParityRow("0", "Conv2d", "output", "activation", 0, 0, 1e-4, 1e-8, True, 1, 1.0),
+                                ParityRow("0", "Conv2d", "weight.grad", "grad", 1, 0.1, 5e-4, 1e-8, False, 5, 1.0)])
+    assert "note: at step 4" in hinted.summary() and "3 Residual: 2" in hinted.summary()
+    assert "--lockstep" in hinted.summary()
+    hinted.rows[0] = ParityRow("0", "Conv2d", "output", "activation", 1, 0.1, 1e-4, 1e-8, False, 2, 1.0)
+    assert "note:" not in hinted.summary()
+
+
+def test_lockstep_restarts_every_step_from_the_reference_state():
+    free = run_parity("cnn", fake_backend(DwSkipsLastSample), steps=4)
+    lock = run_parity("cnn", fake_backend(DwSkipsLastSample), steps=4, lockstep=True)
+    assert lock.lockstep and "lockstep" in lock.summary()
+    assert all(r.tol == TOLERANCES["float32"][r.kind] for r in lock.rows if r.tol)  # no growth
+    assert [h["step"] for h in lock.history] == [1, 2, 3, 4]
+    # free-running, the wrong weight updates pile up (with momentum); in lockstep each step starts over
+    assert free.history[-1]["param"] > 3 * free.history[0]["param"]
+    assert lock.history[-1]["param"] < 2 * lock.history[0]["param"]
+    assert run_parity("resnet-small", fake_backend(ReorderedOps), steps=4, lockstep=True).passed
+
+
 # --- the report -----------------------------------------------------------------------------------
 
 def test_report_rows_table_and_json(tmp_path):
@@ -319,6 +357,13 @@ def test_device_trains_like_numpy_float64(device_backend, model):
     report = run_parity(model, device_backend, steps=2, dtype="float64")
     assert report.passed, report.table(only_failures=True)
     assert max(r.max_rel for r in report.rows) < 1e-12
+
+
+def test_device_long_run_in_lockstep(device_backend):
+    # free-running, float32 training drifts apart (after ~17 steps a ReLU input crosses 0 on one side);
+    # lockstep checks every step of a long run from identical state
+    report = run_parity("resnet-small", device_backend, steps=12, lockstep=True)
+    assert report.passed, report.table(only_failures=True) + "\n" + report.summary()
 
 
 def test_device_with_adam(device_backend):

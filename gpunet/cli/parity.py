@@ -7,6 +7,10 @@ its input, of its parameters' gradients and values and of its buffers (batch-nor
 each at its worst step, with the tolerance used and PASS/FAIL. Exit status 0 when every row passes,
 1 when one fails (or the run could not start).
 
+Free-running (the default), the two models drift apart step by step and tolerances grow with the step;
+after many steps a ReLU input rounded across 0 on one device only flips that element's gradient (the
+summary notes it). --lockstep restarts every step from NumPy's state, for long runs.
+
 relative difference = max|ref - dev| / (max|ref| + tiny), over the whole tensor. A row passes when it is
 <= tol or when max|ref - dev| <= atol. Tolerances at step 1 (step k allows k times as much):
 {tols}
@@ -54,6 +58,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--lr", type=float, default=None, help="learning rate (default per optimizer)")
     p.add_argument("--tol-scale", type=float, default=1.0, metavar="F",
                    help="multiply every relative tolerance by F (default: %(default)s)")
+    p.add_argument("--lockstep", action="store_true",
+                   help="give the device NumPy's weights, buffers and optimizer state before every step: each step "
+                        "is compared from identical state and tolerances do not grow (for long runs: free-running "
+                        "float32 training drifts apart, see docs/parity.md)")
     p.add_argument("--json", metavar="PATH", default=None, help="also write the report as JSON")
     p.add_argument("--failures-only", action="store_true", help="print only the failing rows and the summary")
     p.add_argument("--quiet", action="store_true", help="no per-step progress lines")
@@ -66,7 +74,8 @@ def run(args) -> int:
     device = {"cpu": "numpy"}.get(args.device, args.device)
     log = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     report = run_parity(args.model, device, args.steps, batch_size=args.batch_size, seed=args.seed,
-                        dtype=args.dtype, optimizer=args.optimizer, lr=args.lr, tol_scale=args.tol_scale, log=log)
+                        dtype=args.dtype, optimizer=args.optimizer, lr=args.lr, tol_scale=args.tol_scale,
+                        lockstep=args.lockstep, log=log)
     if not (args.failures_only and report.passed):
         print(report.table(only_failures=args.failures_only))
     print(report.summary())
