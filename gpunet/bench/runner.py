@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import math
 import os
 import sys
 import time
@@ -28,7 +29,7 @@ from gpunet.bench.timing import measure
 SCHEMA = 1
 SGEMM_N = 2048
 NOISY = 0.25          # IQR / median above which a side's timing is marked noisy
-CHECK_TOL = 1e-3       # a row whose sides differ more than this (relative to the output's max) is flagged
+CHECK_TOL = 1e-2       # a row whose outputs differ more than this (l2_rel, see output_diffs) is flagged
 DEVICES = {"cpu": "numpy", "numpy": "numpy", "cuda": "cupy", "cupy": "cupy", "gpu": "cupy",
            "emulator": "emulator", "auto": "auto"}
 
@@ -197,24 +198,33 @@ def _flatten(out):
     return [] if out is None else [out]
 
 
-def output_diffs(g_out, t_out) -> list[float]:
-    """Per output: max |gpunet - torch| / max |torch| (inf for a count or shape mismatch)."""
+def output_diffs(g_out, t_out) -> dict:
+    """Per output, two relative differences against the PyTorch side t:
+    max_rel = max|g - t| / max|t| and l2_rel = ||g - t||_2 / ||t||_2 (inf for a count or shape mismatch).
+
+    The check judges l2_rel: two sides computing different things (a wrong layout, padding or stride)
+    differ by O(1), while float32 rounding can legitimately move a few elements a lot. A conv
+    pre-activation within rounding of 0 (1.6e-7 in one measured row) is ReLU'd to 0 on one side only;
+    that one masked pixel shifts dx by ~5% of its max, dw by ~0.7%, yet l2_rel stays ~1e-3."""
     g_list, t_list = _flatten(g_out), _flatten(t_out)
     if len(g_list) != len(t_list):
-        return [float("inf")]
-    diffs = []
+        return {"max_rel": [math.inf], "l2_rel": [math.inf]}
+    out = {"max_rel": [], "l2_rel": []}
     for g, t in zip(g_list, t_list):
-        g, t = _host(g).astype(np.float64), _host(t).astype(np.float64)
+        g, t = _host(g).astype(np.float64).ravel(), _host(t).astype(np.float64).ravel()
         if g.shape != t.shape:
-            diffs.append(float("inf"))
+            out["max_rel"].append(math.inf)
+            out["l2_rel"].append(math.inf)
         elif g.size:
-            diffs.append(float(np.max(np.abs(g - t))) / (float(np.max(np.abs(t))) + 1e-30))
-    return diffs
+            d = g - t
+            out["max_rel"].append(float(np.max(np.abs(d))) / (float(np.max(np.abs(t))) + 1e-30))
+            out["l2_rel"].append(float(np.linalg.norm(d)) / (float(np.linalg.norm(t)) + 1e-30))
+    return out
 
 
 def check_outputs(g_out, t_out) -> float:
-    """The largest of output_diffs: 0 when both sides agree exactly."""
-    return max(output_diffs(g_out, t_out), default=0.0)
+    """The largest l2_rel of output_diffs: 0 when both sides agree exactly."""
+    return max(output_diffs(g_out, t_out)["l2_rel"], default=0.0)
 
 
 def _err(e: BaseException) -> str:
@@ -246,8 +256,8 @@ def run_row(row, env, reps: int, warmup: int) -> dict:
             res["errors"][side] = _err(e)
             del sides[side]
     if "gpunet" in first and "torch" in first and row.unit != "MiB":  # memory rows reuse a trained pair
-        res["check_rel_diffs"] = output_diffs(first["gpunet"], first["torch"])
-        res["check_max_rel_diff"] = max(res["check_rel_diffs"], default=0.0)
+        res["check"] = output_diffs(first["gpunet"], first["torch"])
+        res["check_l2_rel_diff"] = max(res["check"]["l2_rel"], default=0.0)
     first.clear()
     if not sides:
         return res
@@ -291,9 +301,9 @@ def derive(res: dict, row, sgemm_gflops: float | None, judge: bool = True) -> di
         misses.append(f"{pct:.0f}% of sgemm < {target['min_pct_sgemm']:g}%")
     if res["errors"]:
         misses.append("error")
-    check = res.get("check_max_rel_diff")
+    check = res.get("check_l2_rel_diff")
     if check is not None and not check <= CHECK_TOL:
-        misses.append(f"outputs differ (max rel {check:.1e})")
+        misses.append(f"outputs differ (l2 rel {check:.1e})")
     judged = target and (res["ratio"] is not None or pct is not None)
     res["misses"] = misses
     res["meets"] = (not misses) if (judged or misses) else None
