@@ -99,11 +99,12 @@ def test_failing_row_is_recorded_and_run_continues():
     assert res["errors"] == {"setup": "RuntimeError: boom"} and res["gpunet"] is None
 
 
-def test_measure_interleaves_and_counts_calls():
+def test_measure_alternates_blocks_and_counts_calls():
     calls = []
-    stats = measure({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, reps=3, warmup=1)
-    assert calls == ["a", "b"] * 4
-    assert stats["a"].reps == 3 and stats["a"].q1 <= stats["a"].median <= stats["a"].q3
+    stats = measure({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, reps=5, warmup=1)
+    # warm-up each, then two rounds of blocks, each block = 1 untimed call + its share of the 5 reps
+    assert "".join(calls) == "a" + "b" + "aaaa" + "bbbb" + "aaa" + "bbb"
+    assert stats["a"].reps == 5 and stats["a"].q1 <= stats["a"].median <= stats["a"].q3
 
 
 def test_check_outputs_tolerates_an_isolated_outlier_but_not_a_different_computation():

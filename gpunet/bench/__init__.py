@@ -5,7 +5,7 @@
     print(format_table(results)); write_outputs(results, "bench-out")
 
 Modules: workloads (the rows and what each side runs), runner (checking, timing, memory, sgemm),
-timing (interleaved medians), torch_twin (a gpunet model as torch.nn with the same weights),
+timing (medians over alternating blocks), torch_twin (a gpunet model as torch.nn with the same weights),
 machine (facts recorded with the numbers), report (table, JSON, Markdown, chart).
 PyTorch is optional (`pip install gpunet[bench]`); without it the gpunet rows run alone.
 How to run it and what every row means: benchmarks/README.md.

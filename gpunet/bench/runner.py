@@ -4,7 +4,7 @@
     print(format_table(results))
 
 Per row: set up the inputs, call each side once and compare the outputs (`check`), warm up, then time
-`reps` calls of each side interleaved (gpunet, torch, gpunet, ...), synchronising the device around
+`reps` calls of each side in alternating blocks (see timing.measure), synchronising the device around
 every call. A row that raises records its error and the run goes on. The same run also times a
 2048x2048 float32 matmul (sgemm) with NumPy, with the device's array module and with PyTorch, the
 yardstick for the conv rows' GFLOP/s.
@@ -368,8 +368,10 @@ def run_bench(device: str = "cpu", quick: bool = False, reps: int | None = None,
         "quick": bool(quick),
         "reps": reps,
         "warmup": warmup + 1,
-        "timing": "median over reps of one call each; gpunet and torch calls interleaved; device synchronised "
-                  "around every call; the first call of each side is untimed and checks the outputs",
+        "only": only,
+        "timing": "median over reps of one call each, in 2 alternating blocks per side (gpunet, torch, gpunet, "
+                  "torch), each block opened by an untimed call; device synchronised around every call; the "
+                  "first call of each side is untimed and checks the outputs",
         "ratio": "gpunet / PyTorch (median time, or peak memory); < 1 means gpunet is faster/smaller",
         "machine": machine,
         "sgemm": gemm,

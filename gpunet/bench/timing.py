@@ -1,11 +1,15 @@
-"""Wall-clock timing of several contenders, interleaved rep by rep, with device synchronisation.
+"""Wall-clock timing of several contenders in alternating blocks, with device synchronisation.
 
-    stats = measure({"gpunet": f, "torch": g}, reps=10, warmup=2, sync={"gpunet": be.synchronize, ...})
+    stats = measure({"gpunet": f, "torch": g}, reps=10, warmup=1, sync={"gpunet": be.synchronize, ...})
 
-Each rep times one call of every contender in turn (gpunet, torch, gpunet, torch, ...), so a slow
-drift of the machine (another tenant, clock changes) lands on both sides instead of on one. Every
-call is bracketed by the contender's `sync` (a no-op on the CPU; cudaDeviceSynchronize on a GPU), so
-a time includes the kernels it launched and not the ones before it.
+The reps are split into `rounds` blocks per contender, run in turn (gpunet block, torch block, gpunet
+block, ...), so a slow drift of the machine (another tenant, clock changes) lands on both sides. Each
+block opens with one untimed call: the two libraries run different thread pools (OpenBLAS pthreads,
+PyTorch's OpenMP), and the threads of the pool used last keep spinning for a while after their work;
+on a 2-core machine a call made right after the other library's ran up to twice as slow (measured), so
+calls are never timed straight after a switch. Every call is bracketed by the contender's `sync` (a
+no-op on the CPU; a device synchronisation on a GPU), so a time includes the kernels it launched and
+not the ones before it.
 """
 from __future__ import annotations
 
@@ -44,24 +48,29 @@ def _noop():
     return None
 
 
-def measure(fns: dict, reps: int, warmup: int, sync: dict | None = None) -> dict:
-    """{name: Stats} for each zero-argument callable in `fns` (warm-up calls are not timed)."""
+def measure(fns: dict, reps: int, warmup: int, sync: dict | None = None, rounds: int = 2) -> dict:
+    """{name: Stats} for each zero-argument callable in `fns`: `warmup` untimed calls each, then `reps`
+    timed calls each, in `rounds` alternating blocks that each start with one untimed call."""
     if reps < 1:
         raise ValueError(f"measure: reps must be >= 1, got {reps}")
     sync = sync or {}
     syncs = {k: sync.get(k) or _noop for k in fns}
-    for _ in range(max(0, warmup)):
-        for k, f in fns.items():
+    rounds = max(1, min(rounds, reps))
+    blocks = [reps // rounds + (1 if i < reps % rounds else 0) for i in range(rounds)]
+    for k, f in fns.items():
+        for _ in range(max(0, warmup)):
             f()
             syncs[k]()
     times: dict = {k: [] for k in fns}
     clock = time.perf_counter
-    for _ in range(reps):
+    for block in blocks:
         for k, f in fns.items():
             s = syncs[k]
+            f()  # untimed: the other library's threads settle, this one's warm up
             s()
-            t0 = clock()
-            f()
-            s()
-            times[k].append(clock() - t0)
+            for _ in range(block):
+                t0 = clock()
+                f()
+                s()
+                times[k].append(clock() - t0)
     return {k: Stats.of(v) for k, v in times.items()}
