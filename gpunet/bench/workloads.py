@@ -30,11 +30,13 @@ BIG_3X3_PCT_SGEMM = 70.0
 
 @dataclass
 class Env:
-    """What setups need: the gpunet backend, torch (or None) and its device, a seeded generator."""
+    """What setups need: the gpunet backend, torch (or None) and its device, a seeded generator; and the
+    pause before each timed block (timing.measure's settle)."""
     backend: object
     torch: object | None
     torch_device: str
     rng: np.random.Generator
+    settle: float = 0.0
     _models: dict = field(default_factory=dict)
 
     def randn(self, *shape, scale: float = 1.0):
