@@ -74,7 +74,8 @@ def _headline(results: dict) -> list[str]:
         lines.append(f"load average (1/5/15 min) at start {m['loadavg']}, at end {results.get('loadavg_at_end')}: "
                      f"other processes on the {m['cores']} cores slow both sides")
     env = m.get("env") or {}
-    lines.append("env: " + (", ".join(f"{k}={v}" for k, v in env.items()) if env else "(no BLAS/thread variables set)"))
+    lines.append("env: " + (", ".join(f"{k}={v}" for k, v in env.items()) if env else
+                            "none of OPENBLAS_CORETYPE, OPENBLAS_L2_SIZE or the thread-count variables set"))
     lines.append(f"{'quick, ' if results['quick'] else ''}{results['reps']} timed reps per side after "
                  f"{results['warmup']} warm-up call(s); times are median (IQR) in ms; ratio = gpunet / PyTorch")
     lines.append(_sgemm_line(results))
