@@ -44,6 +44,8 @@ DEFAULTS = {
                     augment=True),
 }
 
+CUSTOM = "custom"  # the name of a Dataset passed to run(data=...) that is none of the above: MNIST's defaults
+
 # The augmentation each dataset gets when `augment` is on: shifts for digits (no flips: a mirrored 2 is
 # no digit), shifts and flips for clothes and CIFAR's objects.
 AUGMENTATIONS = {"digits": dict(padding=1, flip=False), "mnist": dict(padding=2, flip=False),
@@ -73,10 +75,10 @@ class TrainConfig:
 
     def resolved(self) -> "TrainConfig":
         """A copy with every None option filled from the dataset's and optimizer's defaults, validated."""
-        if self.dataset not in DEFAULTS:
+        if self.dataset not in DEFAULTS and self.dataset != CUSTOM:
             raise ValueError(f"unknown dataset {self.dataset!r}; expected one of {', '.join(DEFAULTS)}")
         c = dataclasses.replace(self)
-        for key, value in DEFAULTS[c.dataset].items():
+        for key, value in DEFAULTS.get(c.dataset, DEFAULTS["mnist"]).items():
             if getattr(c, key) is None:
                 setattr(c, key, value)
         if c.optimizer not in OPTIMIZERS:
@@ -172,12 +174,16 @@ def _write_json(path: Path, obj) -> None:
 
 
 def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: str = "auto", log=print,
-        explicit: set | None = None) -> RunResult:
+        explicit: set | None = None, data=None) -> RunResult:
     """Train (or resume) per `config`; write artifacts to `out_dir` (None: write nothing). `explicit` names
-    the options the user set by hand (for resume checks; default: those differing from TrainConfig())."""
+    the options the user set by hand (for resume checks; default: those differing from TrainConfig()).
+    `data`: a Dataset (gpunet.data.from_arrays) to train on instead of loading `config.dataset`; its name
+    picks the defaults ("custom" when it is none of the known datasets)."""
     t_start = time.perf_counter()
     log = log or (lambda *a, **k: None)
     cfg = config or TrainConfig()
+    if data is not None:
+        cfg = dataclasses.replace(cfg, dataset=data.name if data.name in DEFAULTS else CUSTOM)
     if explicit is None:
         default = TrainConfig()
         explicit = {f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(default, f.name)}
@@ -192,12 +198,14 @@ def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: 
     device, why = resolve_name(cfg.device)
     be = get_backend(device)
     stats = (np.asarray(ckpt.extra["mean"]), np.asarray(ckpt.extra["std"])) if ckpt is not None else None
-    data = load_dataset(cfg.dataset, cfg.data_dir, stats=stats).limit_train(cfg.limit_train, cfg.seed)
+    if data is None:
+        data = load_dataset(cfg.dataset, cfg.data_dir, stats=stats)
+    data = data.limit_train(cfg.limit_train, cfg.seed)
     if cfg.val_fraction > 0:
         tr, va = stratified_split(data.y_train, cfg.val_fraction, cfg.seed)
     else:
         tr, va = np.arange(len(data.y_train)), None
-    augment = RandomCropFlip(**AUGMENTATIONS[cfg.dataset]) if cfg.augment else None
+    augment = RandomCropFlip(**AUGMENTATIONS.get(cfg.dataset, AUGMENTATIONS["mnist"])) if cfg.augment else None
     train_loader = DataLoader(data.x_train[tr], data.y_train[tr], cfg.batch_size, shuffle=True, seed=cfg.seed,
                               backend=be, augment=augment)
     val_loader = None if va is None else DataLoader(data.x_train[va], data.y_train[va], 256, shuffle=False,
@@ -255,9 +263,12 @@ def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: 
     return RunResult(out_dir, metrics, history, model, trainer)
 
 
-def fit(dataset: str = "digits", out_dir=None, progress: str = "auto", log=print, **options) -> RunResult:
-    """Python shortcut for `gpunet train`: `fit("digits", epochs=5, device="cpu")`. Options are TrainConfig's."""
-    return run(TrainConfig(dataset=dataset, **options), out_dir=out_dir, progress=progress, log=log)
+def fit(dataset="digits", out_dir=None, progress: str = "auto", log=print, **options) -> RunResult:
+    """Python shortcut for `gpunet train`: `fit("digits", epochs=5, device="cpu")`. `dataset` is a name or
+    a Dataset (e.g. from gpunet.data.from_arrays); options are TrainConfig's."""
+    if isinstance(dataset, str):
+        return run(TrainConfig(dataset=dataset, **options), out_dir=out_dir, progress=progress, log=log)
+    return run(TrainConfig(**options), out_dir=out_dir, progress=progress, log=log, data=dataset)
 
 
 __all__ = ["TrainConfig", "RunResult", "run", "fit", "build_optimizer", "build_scheduler", "default_out_dir",
