@@ -117,3 +117,28 @@ def test_module_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "gpunet.cli.main", "--version"], capture_output=True, text=True,
                          check=True).stdout
     assert out.startswith("gpunet ")
+
+
+def test_train_with_no_arguments_reaches_97_percent(tmp_path, capsys, monkeypatch):
+    """The README's first command: offline, default everything, into runs/<timestamp> of the working folder."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["train"]) == 0
+    out = capsys.readouterr().out
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["dataset"] == "digits" and m["model"] == "cnn" and m["epochs"] == 15 and m["seed"] == 0
+    assert m["test_accuracy"] >= 0.97, m
+    assert len([l for l in out.splitlines() if l.startswith("epoch ")]) == 15  # captured stdout is no TTY
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.npz", "curves.png", "history.json",
+                                                         "metrics.json"]
+
+
+@pytest.mark.slow
+def test_default_train_is_identical_run_to_run(tmp_path):
+    for name in ("a", "b"):
+        assert main(["train", "--quiet", "--out", str(tmp_path / name)]) == 0
+    a, b = load_checkpoint(tmp_path / "a" / "checkpoint.npz"), load_checkpoint(tmp_path / "b" / "checkpoint.npz")
+    for k in a.model:
+        np.testing.assert_array_equal(a.model[k], b.model[k], err_msg=k)
+    ma, mb = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in "ab")
+    assert (ma["test_accuracy"], ma["test_loss"]) == (mb["test_accuracy"], mb["test_loss"])

@@ -40,7 +40,6 @@ def evaluate(model, loader, loss_fn=None) -> dict:
             loss_sum = loss if loss_sum is None else loss_sum + loss
             correct = hits if correct is None else correct + hits
             n += len(yb)
-            loss_fn._cache = None  # evaluation never calls backward
     finally:
         model.train(was_training)
     if n == 0:
