@@ -1,8 +1,12 @@
-"""`gpunet` entry point: argparse with one sub-command per module of `gpunet.cli`."""
+"""`gpunet` entry point: argparse with one sub-command per module of `gpunet.cli`.
+
+Expected failures (missing data, bad checkpoint, divergence, unusable device) print one line naming the
+problem and exit with status 1; set GPUNET_DEBUG=1 to see the traceback instead."""
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 
@@ -44,6 +48,8 @@ def main(argv=None) -> int:
         return int(args.func(args) or 0)
     except (DeviceError, CheckpointError, DataUnavailableError, IDXError, CIFARError, TrainingError, ValueError,
             ImportError) as e:
+        if os.environ.get("GPUNET_DEBUG"):  # developers: the full traceback
+            raise
         print(f"gpunet {args.command}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
