@@ -63,6 +63,16 @@ def to_torch_state_dict(state) -> dict:
     return OrderedDict((k, torch.from_numpy(v.copy())) for k, v in to_numpy_state_dict(state).items())
 
 
+def _safetensors_numpy(path):
+    """The safetensors package's NumPy API, or an error saying how to get it."""
+    try:
+        import safetensors.numpy
+    except ImportError as e:
+        raise ImportError(f"{path}: .safetensors files need the 'safetensors' package "
+                          f"(pip install 'gpunet[io]' or pip install safetensors); .npz needs nothing") from e
+    return safetensors.numpy
+
+
 def save(obj, path, metadata: dict | None = None) -> Path:
     """Write the state dict of `obj` (a Module or a dict of arrays) to `path` (.safetensors or .npz).
     `metadata` (str -> str) goes into the safetensors header next to {"format": "pt"}."""
@@ -77,7 +87,7 @@ def save(obj, path, metadata: dict | None = None) -> Path:
     os.close(fd)
     try:
         if fmt == ".safetensors":
-            from safetensors.numpy import save_file
+            save_file = _safetensors_numpy(path).save_file
             meta = {"format": "pt"}
             meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
             save_file(dict(sd), tmp, metadata=meta)
@@ -98,7 +108,7 @@ def load(path) -> "OrderedDict[str, np.ndarray]":
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such weights file")
     if fmt == ".safetensors":
-        from safetensors.numpy import load_file
+        load_file = _safetensors_numpy(path).load_file
         try:
             return OrderedDict(load_file(str(path)))
         except Exception as e:  # truncated header, bf16 (NumPy has no bfloat16), ...

@@ -143,3 +143,13 @@ def test_recurrent_weights_cross_over(rng, tmp_path):
         ref = t_lstm(t_emb(torch.from_numpy(ids)))[0].numpy()
     np.testing.assert_allclose(ours(ids), ref, rtol=1e-5, atol=1e-6)
     assert list(io.to_numpy_state_dict(t_lstm)) == [k[2:] for k in ours.state_dict() if k.startswith("1.")]
+
+
+def test_missing_safetensors_package_says_how_to_get_it(tmp_path, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "safetensors", None)  # import fails as if not installed
+    monkeypatch.setitem(sys.modules, "safetensors.numpy", None)
+    with pytest.raises(ImportError, match=r"w\.safetensors: .*pip install safetensors"):
+        io.save({"w": np.ones(2)}, tmp_path / "w.safetensors")
+    assert not list(tmp_path.iterdir())  # nothing half-written
+    io.save({"w": np.ones(2)}, tmp_path / "w.npz")  # .npz needs no extra package

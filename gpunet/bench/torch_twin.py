@@ -7,10 +7,18 @@ same attribute name, so `state_dict()` keys and shapes agree and `twin.load_stat
 copies every weight and running statistic. Following the tree (rather than writing the models again)
 keeps the twin right when gpunet.models changes; a layer without a translation raises TypeError.
 `torch` is passed in because it is an optional dependency imported by the caller.
+
+Dropout layers replay gpunet's own masks (same Philox seed and counter stream, see gpunet.nn.Dropout),
+so a twin in training mode computes exactly what the gpunet model computes. The masks are drawn on the
+host; `use_torch_dropout(twin)` switches to PyTorch's native dropout, which a benchmark times once
+the outputs have been compared.
 """
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
+
+import numpy as np
 
 
 def _classes(torch):
@@ -48,13 +56,34 @@ def _classes(torch):
         def forward(self, x):
             return x.mean(dim=(2, 3))
 
-    return Conv2dReLU, Residual, Concat, GlobalAvgPool2d
+    class Dropout(nn.Module):
+        """gpunet's inverted dropout with gpunet's masks (or torch's own once `same_masks` is False)."""
+
+        def __init__(self, p, seed, counter):
+            super().__init__()
+            self.p, self.seed, self.counter = p, seed, counter
+            self.same_masks = True
+
+        def forward(self, x):
+            if not self.training or self.p == 0.0:
+                return x
+            if not self.same_masks:
+                return nn.functional.dropout(x, self.p, training=True)
+            from gpunet.ops.numpy_ops import dropout_mask
+            mask = dropout_mask(tuple(x.shape), self.p, self.seed, self.counter, np.float32)
+            self.counter += math.ceil(x.numel() / 4)  # gpunet.nn.Dropout's counter rule
+            return x * torch.from_numpy(mask).to(device=x.device, dtype=x.dtype)
+
+        def extra_repr(self):
+            return f"p={self.p}, same_masks={self.same_masks}"
+
+    return Conv2dReLU, Residual, Concat, GlobalAvgPool2d, Dropout
 
 
 def _translate(m, torch, cls):
     from gpunet import nn as g
     tnn = torch.nn
-    Conv2dReLU, Residual, Concat, GlobalAvgPool2d = cls
+    Conv2dReLU, Residual, Concat, GlobalAvgPool2d, Dropout = cls
     kind = type(m)
     if kind is g.Sequential:
         return tnn.Sequential(OrderedDict((name, _translate(c, torch, cls)) for name, c in m._modules.items()))
@@ -82,7 +111,7 @@ def _translate(m, torch, cls):
     if kind is g.Flatten:
         return tnn.Flatten()
     if kind is g.Dropout:
-        return tnn.Dropout(m.p)
+        return Dropout(m.p, m.seed, m.counter)
     simple = {g.ReLU: tnn.ReLU, g.Sigmoid: tnn.Sigmoid, g.Tanh: tnn.Tanh, g.Identity: tnn.Identity}
     if kind in simple:
         return simple[kind]()
@@ -102,3 +131,10 @@ def torch_twin(model, torch, device="cpu"):
     state = {k: torch.from_numpy(v.copy()) for k, v in model.state_dict().items()}
     twin.load_state_dict(state, strict=True)
     return twin.to(device=device, dtype=torch.float32).train(model.training)
+
+
+def use_torch_dropout(twin) -> None:
+    """Let the twin's dropout layers draw PyTorch's own masks (no host round trip) from now on."""
+    for m in twin.modules():
+        if hasattr(m, "same_masks"):
+            m.same_masks = False

@@ -245,7 +245,7 @@ def _train_steps(env, model_name, in_shape, batch):
     model = build_model(model_name, in_shape, NUM_CLASSES, seed=0)
     twin = None
     if env.torch is not None:
-        from gpunet.bench.torch_twin import torch_twin
+        from gpunet.bench.torch_twin import torch_twin, use_torch_dropout
         twin = torch_twin(model.train(), env.torch, env.torch_device)
     model.to(env.backend).train()
     opt = optim.SGD(list(model.parameters()), lr=LR, momentum=MOMENTUM)
@@ -272,6 +272,7 @@ def _train_steps(env, model_name, in_shape, batch):
         loss = torch.nn.functional.cross_entropy(logits, tlabels)
         loss.backward()
         topt.step()
+        use_torch_dropout(twin)  # the first call (compared) used gpunet's masks; time torch's own
         return logits.detach(), loss.detach()
     return g, t
 
