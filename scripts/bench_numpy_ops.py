@@ -7,7 +7,10 @@
 
 Each row runs NumPy and torch alternately (one NumPy repetition, one torch repetition, ...) after two
 warm-ups each, so both see the same machine load; the table shows the best and the median time of
-each and their ratio (best/best is the least noise-sensitive estimate on a shared machine).
+each, the ratio of the bests, and the median of the per-pair ratios (a NumPy run over the torch run
+next to it in time). On a shared machine check the sgemm rate printed at the start and the end: if
+it is far below the machine's usual figure, other processes were competing and the ratios are noise
+(multithreaded BLAS suffers most: every GEMM call waits for a thread the scheduler may have parked).
 For convolution rows it also shows the effective GFLOP/s (3 GEMM-equivalents: forward, dx, dW) and
 that as a share of a square 2048^3 sgemm (np.matmul, float32) measured in the same run, and of an
 sgemm of the row's own im2col shape (N*OH*OW x C*kh*kw) @ (C*kh*kw x C_out).
@@ -181,7 +184,7 @@ def main(argv=None) -> int:
     print(f"numpy {np.__version__} (BLAS threads {blas_threads()}), torch {torch.__version__} "
           f"(threads {torch.get_num_threads()}), OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '-')}")
     print(f"sgemm 2048^3 float32: {square:.0f} GFLOP/s\n")
-    head = f"{'row':34s} {'numpy ms':>17s} {'torch ms':>17s} {'ratio':>6s} {'target':>6s}  notes"
+    head = f"{'row':34s} {'numpy ms':>17s} {'torch ms':>17s} {'ratio':>6s} {'paired':>6s} {'target':>6s}  notes"
     print(head)
     print(f"{'':34s} {'best / median':>17s} {'best / median':>17s}")
     print("-" * len(head))
@@ -192,6 +195,7 @@ def main(argv=None) -> int:
         np_fn, torch_fn, flops, gemm = make_row(kind, params, ops, torch)
         a, b = race(np_fn, torch_fn, args.reps)
         ratio = min(a) / min(b)
+        paired = statistics.median(x / y for x, y in zip(a, b))
         notes = ""
         ok = target is None or ratio <= target
         if flops:
@@ -204,7 +208,7 @@ def main(argv=None) -> int:
                 ok = False
         failures += not ok
         print(f"{name:34s} {1e3 * min(a):7.1f} / {1e3 * statistics.median(a):7.1f} "
-              f"{1e3 * min(b):7.1f} / {1e3 * statistics.median(b):7.1f} {ratio:6.2f} "
+              f"{1e3 * min(b):7.1f} / {1e3 * statistics.median(b):7.1f} {ratio:6.2f} {paired:6.2f} "
               f"{'' if target is None else f'{target:.1f}':>6s}  {'' if ok else 'MISS '}{notes}")
         sys.stdout.flush()
     square_end = sgemm_gflops(2048, 2048, 2048)

@@ -57,7 +57,10 @@ CONV_CASES = {
     "1x1-s2": ((2, 5, 8, 7), 9, 1, 2, 0),
     "pointwise": ((2, 6, 5, 3), 4, 1, 1, 0),
     "cout-much-larger": ((2, 2, 6, 5), 9, 3, 1, 1),      # dx by scatter at stride 1
+    "scatter-s2": ((2, 2, 9, 8), 7, 3, 2, 1),            # dx by scatter at stride 2
     "pad-larger-than-kernel": ((1, 2, 4, 3), 3, 2, 1, 2),
+    "pad-larger-than-kernel-s2": ((1, 3, 5, 4), 2, 2, 2, 2),
+    "s3-k5-phases": ((2, 3, 11, 10), 4, 5, 3, 2),         # dx phases with 1 and 2 taps per axis
 }
 
 
@@ -126,14 +129,17 @@ def test_conv2d_float32_stays_float32_and_agrees_with_float64():
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_conv2d_multiple_blocks_and_noncontiguous(monkeypatch):
-    """Tiny block budget (one image per block) and strided inputs give the same result."""
+@pytest.mark.parametrize("block", [1, 3000], ids=["one-image-blocks", "two-image-blocks"])
+@pytest.mark.parametrize("case", ["3x3-s1-p1", "k5-s2-p2-overlap", "scatter-s2", "pointwise"])
+def test_conv2d_multiple_blocks_and_noncontiguous(monkeypatch, case, block):
+    """Small block budgets (several blocks, the last one ragged) and strided inputs: same result."""
     from gpunet.ops import _numpy_conv
-    x, w, b, s, p = _conv_inputs("3x3-s1-p1")
+    x, w, b, s, p = _conv_inputs(case)
+    x = np.concatenate([x, x[:1] * 0.5])                 # an odd batch: ragged blocks
     y0, c0 = OPS.conv2d_forward(x, w, b, s, p, True)
     dy = np.random.default_rng(5).standard_normal(y0.shape)
     g0 = OPS.conv2d_backward(dy, c0)
-    monkeypatch.setattr(_numpy_conv, "BLOCK_BYTES", 1)
+    monkeypatch.setattr(_numpy_conv, "BLOCK_BYTES", block)
     xs = np.ascontiguousarray(x.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
     y1, c1 = OPS.conv2d_forward(xs, w, b, s, p, True)
     g1 = OPS.conv2d_backward(np.asfortranarray(dy), c1)

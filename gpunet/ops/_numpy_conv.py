@@ -1,18 +1,26 @@
 """conv2d (+ bias, + fused ReLU) forward and backward on NumPy: im2col blocks and BLAS GEMMs.
 
-Layouts. The API is NCHW, weight (C_out, C_in, kh, kw). Inside, an image block's im2col matrix is
-built channel-major, `cols[k, n, p]` with k = (ci*kh + i)*kw + j the weight's own flattening and
-p = oh*OW + ow, by ONE strided copy out of a zero-padded block of x (no per-pixel Python):
+Layouts. The API is NCHW, weight (C_out, C_in, kh, kw). The batch is cut into blocks of nb images
+whose im2col matrix fits in cache (`BLOCK_BYTES`). A block's im2col matrix is built channel-major,
+cols[k, n*P + p] with k = (ci*kh + i)*kw + j (the weight's own flattening) and p = oh*OW + ow, by
+ONE strided copy out of a zero-padded copy of the block (no per-pixel Python). Per block, one GEMM
+each:
 
-    forward  y[n]   = W (C_out, K) @ cols[:, n, :]                      batched GEMM, lands in NCHW
-    dW             += g (C_out, nb*P) @ cols(K, nb*P)^T                 one GEMM per block
-    dx (gather)     dx[n] = Wflip (C_in, C_out*kh*kw) @ gcols[:, n, :]  stride 1: im2col of padded g
-    dx (scatter)    dcols = W^T @ g, then dx += dcols tap by tap        stride > 1, or C_out >> C_in
+    forward   Y (C_out, nb*P)  = W (C_out, K) @ cols (K, nb*P)            then + b, ReLU, -> NCHW
+    dW       += g (C_out, nb*P) @ cols^T (nb*P, K)
+    dx        per stride phase (a, b), the pixels h = a + sh*u, w = b + sw*v:
+              dx_ab (C_in, nb*U*V) = Wflip_ab (C_in, C_out*mh*mw) @ gcols_ab   (a gather, no atomics)
+              where gcols_ab is the im2col of the padded g over the mh*mw taps that reach the phase;
+              stride 1 is the single phase, the classic "convolution with the flipped kernel".
+              When C_in is much smaller than C_out that GEMM would be very thin: then dcols = W^T @ g
+              and its taps are added back onto dx one kernel tap at a time (a scatter).
 
-with g the ReLU-masked dy (g = dy where y > 0 else 0, so a NaN in dy never leaks through the mask)
-held channel-major (C_out, N, P). Blocks of images bound the scratch memory (`BLOCK_BYTES`); the
-loops run over blocks and kernel taps only, never over pixels, and every loop body is a BLAS call or
-a whole-block NumPy copy.
+with g the ReLU-masked dy (g = dy where y > 0 else 0: a NaN in dy never leaks through the mask)
+held channel-major (C_out, nb*P). Loops run over blocks, stride phases and kernel taps only; every
+loop body is a BLAS call or a whole-block NumPy copy. One GEMM per block (not one per image) keeps
+the BLAS thread hand-offs few, which matters on a loaded machine; the copies stay on the calling
+thread (they are memory-bound: a second thread did not make them faster, and it competes with the
+BLAS threads).
 
 Summation order is BLAS's, so float32 results differ from other backends in the last bits; the
 float64 path is the same code and serves as the oracle for the CUDA kernels.
@@ -25,12 +33,15 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from gpunet.ops._numpy_util import Workspace, same_dtype, tap_range, workspace
+from gpunet.ops._numpy_util import same_dtype, tap_range, workspace
 from gpunet.ops.geometry import Window2d, conv2d_geometry
 
-# Target size of one im2col block: big enough that each GEMM is large, small enough to stay cache-
-# and memory-friendly. A single image larger than this is processed alone.
-BLOCK_BYTES = 32 << 20
+# Target size of one im2col block. Smaller blocks stay in the last-level cache between the copy that
+# builds them and the GEMM that reads them (4 MB ran 10-15% faster than 32 MB on an idle machine),
+# but every GEMM call is a hand-off to the BLAS threads, which costs a scheduler time slice when the
+# machine is busy (there 4 MB ran 2x slower than 32 MB). 16 MB keeps both costs small. A single
+# image larger than this is processed alone.
+BLOCK_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -69,33 +80,36 @@ def _pad_into(dst, src, top: int, left: int) -> None:
     dst[..., r1:, :] = 0
     dst[..., r0:r1, :c0] = 0
     dst[..., r0:r1, c1:] = 0
-    dst[..., r0:r1, c0:c1] = src[..., r0 - top:r1 - top, c0 - left:c1 - left]
+    np.copyto(dst[..., r0:r1, c0:c1], src[..., r0 - top:r1 - top, c0 - left:c1 - left])
 
 
-def _im2col(src, out, kh, kw, sh, sw, oh, ow) -> None:
-    """out[c, i, j, n, a, b] = src[n, c, a*sh + i, b*sw + j] (src (nb, C, H', W'), any strides)."""
-    s_n, s_c, s_h, s_w = src.strides
-    view = as_strided(src, (src.shape[1], kh, kw, src.shape[0], oh, ow),
-                      (s_c, s_h, s_w, s_n, s_h * sh, s_w * sw), writeable=False)
-    np.copyto(out, view)
-
-
-def _cols(x, win: Window2d, n0: int, n1: int, ws: Workspace, dtype):
-    """im2col of images n0:n1 as (K, nb, P), from a workspace buffer."""
+def _cols(x, win: Window2d, n0: int, n1: int):
+    """im2col of images n0:n1 as (K, nb*P): one strided copy into a workspace buffer (a view of x
+    itself for a single image under a 1x1, stride-1, unpadded kernel)."""
     nb = n1 - n0
+    k, p = win.c * win.kh * win.kw, win.oh * win.ow
+    if nb == 1 and win.kh == win.kw == win.sh == win.sw == 1 and win.ph == win.pw == 0:
+        return x[n0].reshape(k, p)
+    ws = workspace()
     src = x[n0:n1]
     if win.ph or win.pw:
-        pad = ws.get("conv_pad", (nb, win.c, win.h + 2 * win.ph, win.w + 2 * win.pw), dtype)
+        pad = ws.get("conv_pad", (nb, win.c, win.h + 2 * win.ph, win.w + 2 * win.pw), x.dtype)
         _pad_into(pad, src, win.ph, win.pw)
         src = pad
-    cols = ws.get("conv_cols", (win.c, win.kh, win.kw, nb, win.oh, win.ow), dtype)
-    _im2col(src, cols, win.kh, win.kw, win.sh, win.sw, win.oh, win.ow)
-    return cols.reshape(win.c * win.kh * win.kw, nb, win.oh * win.ow)
+    cols = ws.get("conv_cols", (win.c, win.kh, win.kw, nb, win.oh, win.ow), x.dtype)
+    s_n, s_c, s_h, s_w = src.strides
+    np.copyto(cols, as_strided(src, cols.shape, (s_c, s_h, s_w, s_n, s_h * win.sh, s_w * win.sw),
+                                writeable=False))
+    return cols.reshape(k, nb * p)
 
 
-def _pointwise(win: Window2d) -> bool:
-    """1x1 kernel, stride 1, no padding: x itself is the im2col matrix."""
-    return win.kh == win.kw == win.sh == win.sw == 1 and win.ph == win.pw == 0
+def _to_nchw(src, out) -> None:
+    """out (nb, C, P) = src (C, nb*P) viewed (C, nb, P) and transposed."""
+    nb, c, p = out.shape
+    if nb == 1:
+        np.copyto(out[0], src)
+    else:
+        np.copyto(out, src.reshape(c, nb, p).transpose(1, 0, 2))
 
 
 def conv2d_forward(x, w, b, stride, padding, relu: bool):
@@ -104,23 +118,22 @@ def conv2d_forward(x, w, b, stride, padding, relu: bool):
     cout = int(w.shape[0])
     if b is not None and tuple(b.shape) != (cout,):
         raise ValueError(f"conv2d: expected bias of shape (C_out,)=({cout},), got {tuple(b.shape)}")
-    ws = workspace()
-    k = win.c * win.kh * win.kw
-    p = win.oh * win.ow
+    k, p = win.c * win.kh * win.kw, win.oh * win.ow
     wm = np.ascontiguousarray(w).reshape(cout, k)
     bias = None if b is None else b.reshape(cout, 1)
     y = np.empty((win.n, cout, win.oh, win.ow), dtype=dt)
     y3 = y.reshape(win.n, cout, p)
-    pointwise = _pointwise(win)
-    for n0, n1 in _blocks(win.n, (win.c if pointwise else k) * p * dt.itemsize):
-        src = x[n0:n1].reshape(n1 - n0, win.c, p) if pointwise else _cols(x, win, n0, n1, ws, dt).transpose(1, 0, 2)
-        yb = y3[n0:n1]
-        np.matmul(wm, src, out=yb)
-        # epilogue while the block is in cache
-        if bias is not None:
+    for n0, n1 in _blocks(win.n, k * p * dt.itemsize):
+        nb = n1 - n0
+        cols = _cols(x, win, n0, n1)
+        yb = y3[n0] if nb == 1 else workspace().get("conv_y", (cout, nb * p), dt)
+        np.matmul(wm, cols, out=yb)
+        if bias is not None:  # epilogue while the block is in cache
             np.add(yb, bias, out=yb)
         if relu:
             np.maximum(yb, 0, out=yb)  # NaN stays NaN, like PyTorch's relu
+        if nb > 1:
+            _to_nchw(yb, y3[n0:n1])
     return y, ConvCtx(x, w, y if relu else None, b is not None, win)
 
 
@@ -145,63 +158,111 @@ def conv2d_backward(dy, ctx: ConvCtx):
     want = (win.n, cout, win.oh, win.ow)
     if tuple(dy.shape) != want:
         raise ValueError(f"conv2d backward: expected dy of shape {want}, got {tuple(dy.shape)}")
-    ws = workspace()
-    k = win.c * win.kh * win.kw
-    p = win.oh * win.ow
+    k, p = win.c * win.kh * win.kw, win.oh * win.ow
     dy3 = dy.reshape(win.n, cout, p)
     y3 = None if ctx.y is None else ctx.y.reshape(win.n, cout, p)
     wm = np.ascontiguousarray(w).reshape(cout, k)
 
-    gather = win.sh == win.sw == 1 and cout <= 2 * win.c
-    if gather:  # flipped, channel-swapped weight: wf[ci, (co, i, j)] = w[co, ci, kh-1-i, kw-1-j]
-        wf = np.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)).reshape(win.c, cout * win.kh * win.kw)
+    gather = cout <= 2 * win.c  # else the gather's GEMM would be thin and its im2col huge
+    if gather:
+        phases = _dx_phases(w, win)
         dx = np.empty(x.shape, dtype=dt)
-        per_image = max(k * p, cout * win.kh * win.kw * win.h * win.w)
+        per_image = max(k * p, cout * win.kh * win.kw * -(-win.h // win.sh) * -(-win.w // win.sw))
     else:
         dx = np.zeros(x.shape, dtype=dt)
         per_image = 2 * k * p
-    dx3 = dx.reshape(win.n, win.c, win.h * win.w)
     dw = np.empty((cout, k), dtype=dt)
     tmp = np.empty((cout, k), dtype=dt)
     db = np.zeros(cout, dtype=np.float64) if ctx.has_bias else None
 
     for bi, (n0, n1) in enumerate(_blocks(win.n, per_image * dt.itemsize)):
         nb = n1 - n0
-        g = ws.get("conv_g", (cout, nb, p), dt)
+        g = workspace().get("conv_g", (cout, nb, p), dt)
         _masked_dy(dy3[n0:n1], None if y3 is None else y3[n0:n1], g)
         g2 = g.reshape(cout, nb * p)
         if db is not None:
             db += g2.sum(axis=1)
-        cols = _cols(x, win, n0, n1, ws, dt).reshape(k, nb * p)
-        np.matmul(g2, cols.T, out=dw if bi == 0 else tmp)
+        np.matmul(g2, _cols(x, win, n0, n1).T, out=dw if bi == 0 else tmp)
         if bi:
             dw += tmp
         if gather:
-            _dx_gather(g.reshape(cout, nb, win.oh, win.ow), wf, dx3[n0:n1], win, ws, dt)
+            _dx_gather(g.reshape(cout, nb, win.oh, win.ow), phases, dx[n0:n1], win)
         else:
-            _dx_scatter(g2, wm, dx[n0:n1], win, ws, dt)
+            _dx_scatter(g2, wm, dx[n0:n1], win)
     return dx, dw.reshape(w.shape), (None if db is None else db.astype(dt))
 
 
-def _dx_gather(gblk, wf, out, win: Window2d, ws: Workspace, dt) -> None:
-    """Stride 1: dx[n] = wf @ im2col(g padded by k-1-p), i.e. a convolution with the flipped kernel."""
+@dataclass(frozen=True)
+class _Phase:
+    """dx pixels h = a + sh*u, w = b + sw*v (u < hn, v < wn) and the taps that reach them: rows
+    i = r + sh*m (m < mh), columns j = q + sw*l (l < mw). dx[u, v] = sum_{m, l} w[.., i, j] *
+    g[u + eh - m, v + ew - l], computed as a correlation of g (padded by mh - 1 - eh on top,
+    mw - 1 - ew on the left) with the flipped tap weights `wf` (C_in, C_out*mh*mw)."""
+    a: int
+    b: int
+    hn: int
+    wn: int
+    mh: int
+    mw: int
+    top: int
+    left: int
+    wf: Any
+
+
+def _dx_phases(w, win: Window2d):
+    phases = []
+    for a in range(min(win.sh, win.h)):
+        r, eh = (a + win.ph) % win.sh, (a + win.ph) // win.sh
+        rows = list(range(r, win.kh, win.sh))
+        for b in range(min(win.sw, win.w)):
+            q, ew = (b + win.pw) % win.sw, (b + win.pw) // win.sw
+            cols = list(range(q, win.kw, win.sw))
+            wf = None
+            if rows and cols:  # flipped taps: wf[ci, (co, m', l')] = w[co, ci, rows[-1-m'], cols[-1-l']]
+                sub = w[:, :, rows[::-1]][:, :, :, cols[::-1]]
+                wf = np.ascontiguousarray(sub.transpose(1, 0, 2, 3)).reshape(win.c, -1)
+            phases.append(_Phase(a, b, len(range(a, win.h, win.sh)), len(range(b, win.w, win.sw)),
+                                 len(rows), len(cols), len(rows) - 1 - eh, len(cols) - 1 - ew, wf))
+    return phases
+
+
+def _dx_gather(gblk, phases, out, win: Window2d) -> None:
+    """dx of one image block, phase by phase: pad g once (enough for every phase), then for each
+    phase one strided im2col copy and one GEMM, stored into the phase's pixels."""
+    ws = workspace()
     cout, nb = gblk.shape[:2]
-    hg, wg = win.h + win.kh - 1, win.w + win.kw - 1
+    dt = gblk.dtype
+    top = max([0] + [ph.top for ph in phases])
+    left = max([0] + [ph.left for ph in phases])
+    hg = max([top + win.oh] + [top - ph.top + ph.hn + ph.mh - 1 for ph in phases])
+    wg = max([left + win.ow] + [left - ph.left + ph.wn + ph.mw - 1 for ph in phases])
     gp = ws.get("conv_gpad", (cout, nb, hg, wg), dt)
-    _pad_into(gp, gblk, win.kh - 1 - win.ph, win.kw - 1 - win.pw)
-    gcols = ws.get("conv_cols", (cout, win.kh, win.kw, nb, win.h, win.w), dt)
+    _pad_into(gp, gblk, top, left)
     s_c, s_n, s_h, s_w = gp.strides
-    view = as_strided(gp, gcols.shape, (s_c, s_h, s_w, s_n, s_h, s_w), writeable=False)
-    np.copyto(gcols, view)
-    np.matmul(wf, gcols.reshape(cout * win.kh * win.kw, nb, win.h * win.w).transpose(1, 0, 2), out=out)
+    whole = len(phases) == 1
+    for ph in phases:
+        dst = out if whole else out[:, :, ph.a::win.sh, ph.b::win.sw]
+        if ph.wf is None:  # no tap reaches these pixels
+            dst[...] = 0
+            continue
+        gcols = ws.get("conv_cols", (cout, ph.mh, ph.mw, nb, ph.hn, ph.wn), dt)
+        base = gp[:, :, top - ph.top:, left - ph.left:]
+        np.copyto(gcols, as_strided(base, gcols.shape, (s_c, s_h, s_w, s_n, s_h, s_w), writeable=False))
+        src = gcols.reshape(cout * ph.mh * ph.mw, nb * ph.hn * ph.wn)
+        if whole and nb == 1:
+            np.matmul(ph.wf, src, out=out[0].reshape(win.c, ph.hn * ph.wn))
+            continue
+        res = ws.get("conv_dxphase", (win.c, nb * ph.hn * ph.wn), dt)
+        np.matmul(ph.wf, src, out=res)
+        np.copyto(dst, res.reshape(win.c, nb, ph.hn, ph.wn).transpose(1, 0, 2, 3))
 
 
-def _dx_scatter(gb, wm, out, win: Window2d, ws: Workspace, dt) -> None:
+def _dx_scatter(gb, wm, out, win: Window2d) -> None:
     """dcols = W^T @ g, then each kernel tap's slice of dcols is added onto the pixels it came from
     (out must be zero on entry). Taps that only see padding are skipped."""
     nb = out.shape[0]
     k = wm.shape[1]
-    dcols = ws.get("conv_dcols", (k, nb * win.oh * win.ow), dt)
+    dcols = workspace().get("conv_dcols", (k, nb * win.oh * win.ow), gb.dtype)
     np.matmul(wm.T, gb, out=dcols)
     d6 = dcols.reshape(win.c, win.kh, win.kw, nb, win.oh, win.ow)
     for i in range(win.kh):
