@@ -536,3 +536,19 @@ def test_batch_norm_matches_torch(shape):
     bn.eval()
     np.testing.assert_allclose(OPS.batch_norm_eval(x, gamma, beta, drm, drv, 1e-5), bn(_t(x)).detach().numpy(),
                                rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("k,s,p", [(3, 2, 1), (5, 1, 2), ((3, 2), (1, 2), (1, 0)), (4, 2, 2)])
+def test_max_pool_backward_adds_in_row_major_window_order_bitwise(k, s, p):
+    """Inputs shared by many windows, dy of mixed magnitudes (float32 sums then depend on the order):
+    the scatter must add each pixel's windows in row-major output order, like the loop reference."""
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 2, (2, 3, 11, 9)).astype(np.float32)  # many ties: argmax at first maxima
+    y, am = OPS.max_pool2d_forward(x, k, s, p)
+    dy = (rng.standard_normal(y.shape) * 10.0 ** rng.integers(-4, 8, y.shape)).astype(np.float32)
+    dx = OPS.max_pool2d_backward(dy, am, x.shape, k, s, p)
+    want = ref.max_pool2d_backward(dy, am, x.shape)
+    np.testing.assert_array_equal(dx.view(np.uint32), want.view(np.uint32))
+    dy[0, 0, 0, 0], dy[1, 2, -1, -1] = np.inf, np.nan                        # non-finite dy too
+    dx = OPS.max_pool2d_backward(dy, am, x.shape, k, s, p)
+    np.testing.assert_array_equal(dx, ref.max_pool2d_backward(dy, am, x.shape))

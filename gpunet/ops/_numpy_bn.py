@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gpunet.ops._numpy_util import parallel, same_dtype
+from gpunet.ops._numpy_util import parallel, same_dtype, workspace
 from gpunet.ops.geometry import batch_norm_geometry
 
 BLOCK_BYTES = 1 << 20
@@ -49,9 +49,13 @@ def _rows_dot(a3, b3, out) -> None:
         np.einsum("ncs,ncs->nc", a3, b3, out=out)
 
 
-def _col(v, dt) -> np.ndarray:
-    """A per-channel float64 vector as a (C, 1) column of dtype dt, for broadcasting over (N, C, S)."""
-    return np.asarray(v, dtype=dt).reshape(-1, 1)
+def _row(v, dt, s: int) -> np.ndarray:
+    """A per-channel vector as a contiguous (C, S) array of dtype dt (each value repeated S times), for
+    broadcasting over (nb, C, S). A (C, 1) column would broadcast too, but NumPy then runs its inner
+    loop per (n, c) row of S elements, at about half the speed of one contiguous C*S-long loop per
+    image (measured: 1.55 vs 0.86 ms for a multiply of a (64, 64, 1024) float32 array). The row costs
+    one image's worth of memory."""
+    return np.repeat(np.asarray(v, dtype=dt).reshape(-1), s).reshape(-1, s)
 
 
 def _as3(a, n, c, s):
@@ -73,7 +77,8 @@ def batch_norm_train(x, gamma, beta, running_mean, running_var, momentum, eps):
             _rows_sum(x3[a:b], rows[0, a:b])
 
     parallel(pivot_pass, n, x.size)
-    pivot = (rows[0].sum(axis=0, dtype=np.float64) / m).astype(dt).reshape(c, 1)
+    pivot_c = (rows[0].sum(axis=0, dtype=np.float64) / m).astype(dt)
+    pivot = _row(pivot_c, dt, s)
     y = np.empty((n, c, s), dtype=dt)
 
     def shift_pass(n0, n1):  # d = x - K, and its sums
@@ -88,7 +93,7 @@ def batch_norm_train(x, gamma, beta, running_mean, running_var, momentum, eps):
     var = np.maximum(rows[2].sum(axis=0, dtype=np.float64) / m - dmean * dmean, 0.0)
     invstd = 1.0 / np.sqrt(var + eps)
     scale64 = gamma.astype(np.float64) * invstd
-    scale, shift = _col(scale64, dt), _col(beta.astype(np.float64) - dmean * scale64, dt)
+    scale, shift = _row(scale64, dt, s), _row(beta.astype(np.float64) - dmean * scale64, dt, s)
 
     def affine_pass(n0, n1):  # y = d*scale + shift
         for a, b in _blocks(n0, n1, per_image):
@@ -96,7 +101,7 @@ def batch_norm_train(x, gamma, beta, running_mean, running_var, momentum, eps):
             np.add(y[a:b], shift, out=y[a:b])
 
     parallel(affine_pass, n, x.size)
-    mean = pivot.reshape(c).astype(np.float64) + dmean
+    mean = pivot_c.astype(np.float64) + dmean
     running_mean[...] = (1.0 - momentum) * running_mean.astype(np.float64) + momentum * mean
     running_var[...] = (1.0 - momentum) * running_var.astype(np.float64) + momentum * var * (m / (m - 1))
     return y.reshape(x.shape), mean.astype(dt), invstd.astype(dt)
@@ -106,8 +111,8 @@ def batch_norm_eval(x, gamma, beta, running_mean, running_var, eps):
     dt = same_dtype("batch_norm", x, gamma=gamma, beta=beta, running_mean=running_mean, running_var=running_var)
     n, c, s = batch_norm_geometry("batch_norm", x.shape, gamma=gamma.shape, beta=beta.shape,
                                   running_mean=running_mean.shape, running_var=running_var.shape)
-    scale = _col(gamma.astype(np.float64) / np.sqrt(running_var.astype(np.float64) + float(eps)), dt)
-    rm, bt = running_mean.reshape(c, 1), beta.reshape(c, 1)
+    scale = _row(gamma.astype(np.float64) / np.sqrt(running_var.astype(np.float64) + float(eps)), dt, s)
+    rm, bt = _row(running_mean, dt, s), _row(beta, dt, s)
     x3 = _as3(x, n, c, s)
     y = np.empty((n, c, s), dtype=dt)
 
@@ -129,7 +134,7 @@ def batch_norm_backward(dy, x, gamma, mean, invstd):
         raise ValueError(f"batch_norm backward: expected dy of shape {tuple(x.shape)}, got {tuple(dy.shape)}")
     m = n * s
     x3, dy3 = _as3(x, n, c, s), _as3(dy, n, c, s)
-    mu = mean.reshape(c, 1)
+    mu = _row(mean, dt, s)
     per_image = c * s * dt.itemsize
     xc = np.empty((n, c, s), dtype=dt)      # x - mean; becomes dx
     rows = np.empty((3, n, c), dtype=dt)    # per (n, c): sum dy, sum dy*xc, sum xc
@@ -150,14 +155,16 @@ def batch_norm_backward(dy, x, gamma, mean, invstd):
     # dx = gamma*invstd*(dy - dbeta/M - xhat*dgamma/M) = a*dy + b*(x - mean) + c
     b_ = -a_ * inv * inv * dxc / m
     c_ = -a_ * dbeta / m - b_ * resid
-    a, b, cc = _col(a_, dt), _col(b_, dt), _col(c_, dt)
+    a, b, cc = _row(a_, dt, s), _row(b_, dt, s), _row(c_, dt, s)
 
     def dx_pass(n0, n1):
         for lo, hi in _blocks(n0, n1, per_image):
             d = xc[lo:hi]
             np.multiply(d, b, out=d)
             np.add(d, cc, out=d)
-            np.add(d, np.multiply(dy3[lo:hi], a), out=d)
+            t = workspace().get("bn_dx_tmp", d.shape, dt)
+            np.multiply(dy3[lo:hi], a, out=t)
+            np.add(d, t, out=d)
 
     parallel(dx_pass, n, x.size)
     return xc.reshape(x.shape), (dxc * inv).astype(dt), dbeta.astype(dt)
