@@ -11,7 +11,8 @@ from gpunet.backend import Backend, DeviceError, get_backend
 __version__ = "0.1.0"
 __all__ = ["Backend", "DeviceError", "get_backend", "__version__"]
 
-_SUBMODULES = {"nn", "optim", "init", "data", "training", "gradcheck", "parity", "models", "functional"}
+_SUBMODULES = {"nn", "optim", "init", "data", "training", "gradcheck", "parity", "models", "functional", "sanity",
+               "io", "transfer", "diagnostics", "checkpoint"}
 
 
 def __getattr__(name):

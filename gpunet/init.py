@@ -12,6 +12,8 @@ fan_in = in * receptive, fan_out = out * receptive.
     xavier_normal    N(0, std^2),    std   = gain * sqrt(2 / (fan_in + fan_out)), gain = 1      (Glorot)
     xavier_uniform   U(-b, b),       b     = gain * sqrt(6 / (fan_in + fan_out)), gain = 1
     lecun_normal     N(0, std^2),    std   = 1 / sqrt(fan_in)                   (plain, not truncated, normal)
+    head_normal      N(0, std^2),    std   = gain / sqrt(fan_in),              gain = 0.3  (a classifier's last
+                     layer: small logits at first, so the initial loss is ~log(classes), as the recipe asks)
     zeros            0
 
 Use a name (`Conv2d(..., init="xavier_uniform")`) or any callable with the same signature.
@@ -63,12 +65,21 @@ def lecun_normal(shape, rng=None):
     return _rng(rng).standard_normal(shape) / math.sqrt(fan_in)
 
 
+def head_normal(shape, rng=None, gain: float = 0.3):
+    """LeCun normal scaled down: the features a network feeds its classifier are not unit-variance
+    (ReLU, residual sums), so He/LeCun heads start with confident logits and a loss of 3-6 instead of
+    log(10) = 2.3 (measured on the built-in cnn, seeds 0-4, on digits). Gain 0.3 gives 2.40-2.58 there
+    (0.1 gives 2.30 +- 0.01 but trained the default run 0.3 points worse)."""
+    fan_in, _ = fans(shape)
+    return _rng(rng).standard_normal(shape) * (gain / math.sqrt(fan_in))
+
+
 def zeros(shape, rng=None):
     return np.zeros(shape)
 
 
 INITIALIZERS = {f.__name__: f for f in
-                (kaiming_normal, kaiming_uniform, xavier_normal, xavier_uniform, lecun_normal, zeros)}
+                (kaiming_normal, kaiming_uniform, xavier_normal, xavier_uniform, lecun_normal, head_normal, zeros)}
 
 
 def get(init):

@@ -15,7 +15,7 @@
 #   pytest-emulator    the CUDA-kernel tests on the emulator too (a kernel's two executions must agree)
 #   parity-cnn         gpunet parity --device cuda (default CNN)
 #   parity-resnet      gpunet parity --device cuda --model resnet-small
-#   bench              gpunet bench --device cuda --out OUTDIR/bench, when that command exists
+#   bench              gpunet bench --device cuda --out OUTDIR/bench
 # Exit status: 0 when every step that ran passed, 1 otherwise (the logs say which).
 set -u
 
@@ -86,10 +86,6 @@ except Exception as e:
 EOF
 }
 
-has_command() {   # has_command NAME: does `gpunet NAME --help` work?
-    "${GPUNET[@]}" "$1" --help > /dev/null 2>&1
-}
-
 echo "gpu_check: $(date -u) in $ROOT -> $OUT"
 git -C "$ROOT" log -1 --format='commit %H %s' > "$OUT/commit.txt" 2>&1 || true
 git -C "$ROOT" status --short >> "$OUT/commit.txt" 2>&1 || true
@@ -111,12 +107,7 @@ step pytest env GPUNET_TEST_BACKENDS=numpy,cupy "$PY" -m pytest -m "not slow" -q
 step pytest-emulator env GPUNET_TEST_BACKENDS=emulator "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda_*.py
 step parity-cnn "${GPUNET[@]}" parity --device cuda --json "$OUT/parity-cnn.json"
 step parity-resnet "${GPUNET[@]}" parity --device cuda --model resnet-small --json "$OUT/parity-resnet.json"
-if has_command bench; then
-    step bench "${GPUNET[@]}" bench --device cuda --out "$OUT/bench"
-else
-    echo "== bench: no 'gpunet bench' command in this checkout; skipped"
-    printf 'bench\tskipped\t0s\tno gpunet bench command\n' >> "$OUT/exit_codes.tsv"
-fi
+step bench "${GPUNET[@]}" bench --device cuda --out "$OUT/bench"
 
 {
     echo "gpu_check $(date -u) commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)"

@@ -16,9 +16,17 @@ REPO = Path(__file__).resolve().parents[1]
 _ALL = ("numpy", "emulator", "cupy")
 
 
+_ALIASES = {"cpu": "numpy", "cuda": "cupy", "gpu": "cupy"}  # get_backend's aliases
+
+
 def _selected():
     names = os.environ.get("GPUNET_TEST_BACKENDS", ",".join(_ALL))
-    return [n.strip() for n in names.split(",") if n.strip()]
+    picked = []
+    for n in (n.strip().lower() for n in names.split(",")):
+        n = _ALIASES.get(n, n)
+        if n and n not in picked:
+            picked.append(n)
+    return picked
 
 
 def backend_unavailable(name: str):

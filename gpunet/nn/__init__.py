@@ -21,4 +21,5 @@ __all__ = [
     "ReLU", "LeakyReLU", "PReLU", "ELU", "Sigmoid", "Tanh",
     "Sequential", "Residual", "Concat",
     "SoftmaxCrossEntropy", "BCEWithLogits", "MSELoss",
+    "Embedding", "RNN", "GRU", "LSTM", "LastStep", "RowsAsSequence",
 ]
