@@ -14,6 +14,7 @@ from gpunet import init, nn
     ("xavier_normal", (300, 200), math.sqrt(2 / 500)),
     ("xavier_uniform", (300, 200), math.sqrt(2 / 500)),
     ("lecun_normal", (100, 50, 2, 2), math.sqrt(1 / 200)),
+    ("head_normal", (100, 400), 0.3 / math.sqrt(400)),
 ])
 def test_scale_follows_the_formula(name, shape, std):
     w = init.get(name)(shape, np.random.default_rng(0))
@@ -46,5 +47,5 @@ def test_per_layer_selection_and_errors(numpy_backend):
     assert not layer.bias.data.any()
     custom = nn.Linear(3, 2, init=lambda shape, rng: np.full(shape, 0.5))
     assert (custom.weight.data == 0.5).all()
-    with pytest.raises(ValueError, match=r"unknown init 'he'; expected one of \['kaiming_normal'"):
+    with pytest.raises(ValueError, match=r"unknown init 'he'; expected one of \['head_normal', 'kaiming_normal'"):
         nn.Linear(2, 2, init="he")
