@@ -39,7 +39,12 @@ def backend_unavailable(name: str):
     return None
 
 
-@pytest.fixture(params=_selected())
+def _params(names):
+    """Fixture params; the cupy ones carry the `gpu` marker, so `pytest -m gpu` runs just the GPU tests."""
+    return [pytest.param(n, marks=pytest.mark.gpu) if n == "cupy" else n for n in names]
+
+
+@pytest.fixture(params=_params(_selected()))
 def backend(request):
     """Every backend under test, NumPy included."""
     why = backend_unavailable(request.param)
@@ -48,7 +53,7 @@ def backend(request):
     return get_backend(request.param)
 
 
-@pytest.fixture(params=[n for n in _selected() if n != "numpy"])
+@pytest.fixture(params=_params([n for n in _selected() if n != "numpy"]))
 def device_backend(request):
     """The backends that run our CUDA kernels (emulator always, cupy with a GPU); compared to NumPy."""
     why = backend_unavailable(request.param)
