@@ -313,6 +313,11 @@ def test_pool_argument_errors():
         OPS.max_pool2d_backward(np.zeros((1, 2, 3, 3), np.float32), am, x.shape, 2, 2, 0)
     with pytest.raises(ValueError, match="int32 argmax"):
         OPS.max_pool2d_backward(y, am.astype(np.int64), x.shape, 2, 2, 0)
+    for bad in (-1, 16):  # outside the 4x4 plane: would land in another plane or past the end
+        am_bad = am.copy()
+        am_bad[0, 1, 1, 0] = bad
+        with pytest.raises(ValueError, match=r"argmax holds flat indices outside the 4x4 input plane"):
+            OPS.max_pool2d_backward(y, am_bad, x.shape, 2, 2, 0)
     with pytest.raises(ValueError, match=r"expected dy of shape"):
         OPS.avg_pool2d_backward(y[:, :1], x.shape, 2, 2, 0)
 

@@ -201,6 +201,10 @@ def max_pool2d_backward(dy, argmax, x_shape, kernel, stride, padding):
         raise ValueError(f"max_pool2d backward: expected an int32 argmax of shape {tuple(dy.shape)}, got "
                          f"{getattr(argmax, 'dtype', type(argmax).__name__)} of shape "
                          f"{tuple(getattr(argmax, 'shape', ()))}")
+    if argmax.size and (int(argmax.min()) < 0 or int(argmax.max()) >= win.h * win.w):
+        raise ValueError(f"max_pool2d backward: argmax holds flat indices outside the {win.h}x{win.w} input "
+                         f"plane (range {int(argmax.min())}..{int(argmax.max())}); it must come from "
+                         f"max_pool2d_forward on the same input shape")
     dx = np.empty(win.in_shape, dtype=dt)
     if win.kh <= win.sh and win.kw <= win.sw:
         parallel(lambda n0, n1: _max_bwd_scatter(win, dy[n0:n1], argmax[n0:n1], dx[n0:n1]), win.n, dx.size)
