@@ -181,3 +181,17 @@ def test_dropout_function(numpy_backend):
     assert not y3.any()
     with pytest.raises(ValueError, match=r"dropout: p must be in \[0, 1\], got -0.1"):
         F.dropout(x, -0.1, 0, 0, numpy_backend)
+
+
+def test_relu_backward_masks_exactly_and_never_leaks_non_finite_dy(rng):
+    y = np.maximum(rng.standard_normal((4, 3, 5, 5)), 0).astype(np.float32)
+    y[0, 0, 0, :2] = 0.0                                        # the kink: gradient 0
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = F.relu_backward(dy, y)
+    assert dx.dtype == np.float32
+    np.testing.assert_array_equal(dx, np.where(y > 0, dy, 0))  # the fast path is exact
+    dy[y <= 0] = np.inf                                          # non-finite where the mask is off
+    dy[0, 1][y[0, 1] <= 0] = np.nan
+    dx = F.relu_backward(dy, y)
+    assert (dx[y <= 0] == 0).all() and np.isfinite(dx).all()
+    np.testing.assert_array_equal(dx[y > 0], dy[y > 0])

@@ -172,7 +172,11 @@ def conv2d_backward(dy, ctx: ConvCtx):
         dx = np.zeros(x.shape, dtype=dt)
         per_image = 2 * k * p
     dw = np.empty((cout, k), dtype=dt)
-    tmp = np.empty((cout, k), dtype=dt)
+    # dW as (C_out, nb*P) @ (nb*P, K) or, transposed, (K, nb*P) @ (nb*P, C_out): OpenBLAS ran the second
+    # 3-22% faster whenever K >= C_out (e.g. 2.07 vs 2.65 ms for K=288, C_out=32, 12544 pixels) and 1.8x
+    # slower for K=9, C_out=32.
+    wgrad_transposed = k >= cout
+    tmp = np.empty((k, cout) if wgrad_transposed else (cout, k), dtype=dt)
     db = np.zeros(cout, dtype=np.float64) if ctx.has_bias else None
 
     for bi, (n0, n1) in enumerate(_blocks(win.n, per_image * dt.itemsize)):
@@ -182,9 +186,17 @@ def conv2d_backward(dy, ctx: ConvCtx):
         g2 = g.reshape(cout, nb * p)
         if db is not None:
             db += g2.sum(axis=1)
-        np.matmul(g2, _cols(x, win, n0, n1).T, out=dw if bi == 0 else tmp)
-        if bi:
-            dw += tmp
+        cols = _cols(x, win, n0, n1)
+        if wgrad_transposed:  # dW^T = cols @ g^T: the faster orientation when K >= C_out (measured)
+            np.matmul(cols, g2.T, out=tmp)
+            if bi:
+                dw += tmp.T
+            else:
+                np.copyto(dw, tmp.T)
+        else:
+            np.matmul(g2, cols.T, out=dw if bi == 0 else tmp)
+            if bi:
+                dw += tmp
         if gather:
             _dx_gather(g.reshape(cout, nb, win.oh, win.ow), phases, dx[n0:n1], win)
         else:

@@ -34,7 +34,7 @@ def dropout_mask(shape, p: float, seed: int, counter: int, dtype) -> np.ndarray:
     # compare, no float conversion, and exactly the float rule.
     keep = raw >= np.uint64(math.ceil(p * 2.0**53) << 11)
     scale = dt.type(1.0 / (1.0 - p))  # computed in double, rounded once to the dtype
-    return np.where(keep, scale, dt.type(0)).reshape(shape)
+    return np.multiply(keep, scale, dtype=dt).reshape(shape)  # exact (1*scale, 0*scale); np.where branches
 
 
 class NumpyOps:
