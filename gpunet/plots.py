@@ -34,3 +34,36 @@ def plot_history(history: list[dict], path, title: str | None = None) -> Path:
     path = Path(path)
     fig.savefig(path, dpi=100)
     return path
+
+
+def plot_health(history: list[dict], path, title: str | None = None) -> Path:
+    """Write the training monitor's per-layer curves (gpunet.diagnostics.TrainingMonitor, `--monitor`):
+    update/parameter norm ratio per weight (log scale, the healthy ~1e-3 marked) and the dead-ReLU share
+    per ReLU layer, against the epoch. Epochs without monitor data (e.g. before a resume) are skipped."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = [h for h in history if "update_ratio" in h]
+    fig = Figure(figsize=(10, 4))
+    FigureCanvasAgg(fig)
+    ax_up, ax_dead = fig.subplots(1, 2)
+    for key, ax in (("update_ratio", ax_up), ("dead_relu", ax_dead)):
+        names = sorted({n for h in rows for n in h.get(key, {})})
+        for name in names:
+            pts = [(h["epoch"], h[key][name]) for h in rows if name in h.get(key, {})]
+            ax.plot(*zip(*pts), "o-", label=name, markersize=3)
+        ax.set_xlabel("epoch")
+        ax.grid(True, alpha=0.3)
+        if names:
+            ax.legend(fontsize=7)
+    ax_up.set_yscale("log")
+    ax_up.axhline(1e-3, color="grey", linestyle="--", linewidth=1)
+    ax_up.set_ylabel("||update|| / ||weight||")
+    ax_dead.set_ylabel("dead ReLU units (share)")
+    ax_dead.set_ylim(-0.02, 1.02)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    return path

@@ -142,3 +142,14 @@ def test_default_train_is_identical_run_to_run(tmp_path):
         np.testing.assert_array_equal(a.model[k], b.model[k], err_msg=k)
     ma, mb = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in "ab")
     assert (ma["test_accuracy"], ma["test_loss"]) == (mb["test_accuracy"], mb["test_loss"])
+
+
+def test_train_monitor_flag(tmp_path, capsys):
+    assert train(tmp_path, "--monitor", name="m") == 0                 # bare flag: every 10 steps
+    assert "health.png" in capsys.readouterr().out
+    hist = json.loads((tmp_path / "m" / "history.json").read_text())
+    assert hist[0]["update_ratio"] and "dead_relu" in hist[0]
+    assert load_checkpoint(tmp_path / "m" / "checkpoint.npz").config["monitor"] == 10
+    assert train(tmp_path, "--monitor", "3", name="m3") == 0
+    assert load_checkpoint(tmp_path / "m3" / "checkpoint.npz").config["monitor"] == 3
+    assert (tmp_path / "m3" / "health.png").is_file()

@@ -195,3 +195,61 @@ def test_progress_lines_and_bar():
     trainer.fit(loader, epochs=3)
     assert "batch/s" in tty.getvalue() and "epoch 3/3  train loss" in tty.getvalue()
     assert Progress("auto", io.StringIO()).mode == "lines"
+
+
+class _Recorder:
+    """A callback that logs its hooks, and adds a key to each epoch's history entry."""
+
+    def __init__(self):
+        self.calls = []
+
+    def on_train_begin(self, trainer):
+        self.calls.append("begin")
+
+    def on_before_step(self, trainer):
+        self.calls.append("before")
+        self.grad_seen = all(p.grad is not None for p in trainer.optimizer.params)
+
+    def on_after_step(self, trainer):
+        self.calls.append("after")
+
+    def on_epoch_end(self, trainer, stats):
+        self.calls.append("epoch")
+        stats["recorded_at_epoch"] = stats["epoch"]
+
+    def on_train_end(self, trainer):
+        self.calls.append("end")
+
+
+def test_trainer_callbacks_run_in_order_and_extend_the_checkpointed_history(tmp_path, rng):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(8, 3))
+    x, y = rng.standard_normal((12, 1, 2, 4)).astype(np.float32), rng.integers(0, 3, 12)
+    loader = DataLoader(x, y, batch_size=4, shuffle=False)
+    rec, partial = _Recorder(), type("OnlyEpochs", (), {"on_epoch_end": lambda self, t, s: s.update(x=1)})()
+    trainer = Trainer(model, optim.SGD(model.parameters(), lr=0.1), callbacks=[rec, partial], progress="none",
+                      checkpoint_path=tmp_path / "c.npz")
+    history = trainer.fit(loader, epochs=2)
+    assert rec.calls == ["begin"] + (["before", "after"] * 3 + ["epoch"]) * 2 + ["end"] and rec.grad_seen
+    assert [h["recorded_at_epoch"] for h in history] == [1, 2] and all(h["x"] == 1 for h in history)
+    assert load_checkpoint(tmp_path / "c.npz").history[-1]["recorded_at_epoch"] == 2
+
+
+def test_monitor_option_logs_health_without_changing_training(tmp_path):
+    plain = run(quick(), out_dir=tmp_path / "plain", progress="none", log=None)
+    mon = run(quick(monitor=3), out_dir=tmp_path / "mon", progress="none", log=None)
+    assert_same_weights(weights(plain.model), weights(mon.model))  # observing does not perturb
+    hist = json.loads((tmp_path / "mon" / "history.json").read_text())
+    for h in hist:
+        assert set(h["update_ratio"]) == {"0.weight", "3.body.0.weight", "3.body.2.weight", "6.weight"}
+        assert all(1e-7 < v < 1 for v in h["update_ratio"].values()), h["update_ratio"]
+        assert set(h["dead_relu"]) == {"0", "3.body.0", "3"} and all(0 <= v <= 1 for v in h["dead_relu"].values())
+    assert (tmp_path / "mon" / "health.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "plain" / "health.png").exists()
+    assert "update_ratio" not in json.loads((tmp_path / "plain" / "history.json").read_text())[0]
+    with pytest.raises(ValueError, match="monitor must be >= 1"):
+        quick(monitor=0).resolved()
+    # a resumed run may switch the monitor on (it does not change the training)
+    more = run(quick(epochs=3, monitor=2), out_dir=tmp_path / "plain", resume=tmp_path / "plain" / "checkpoint.npz",
+               progress="none", log=None, explicit={"epochs", "monitor"})
+    hist = json.loads((tmp_path / "plain" / "history.json").read_text())
+    assert "update_ratio" not in hist[1] and "update_ratio" in hist[2] and more.trainer.epoch == 3

@@ -1,7 +1,8 @@
 """`gpunet train`: train a model, print per-epoch progress and the held-out test accuracy.
 
 With no options: the default CNN on scikit-learn's embedded 8x8 digits, offline, on `--device auto`.
-Artifacts go to --out (default runs/<timestamp>): checkpoint.npz, history.json, metrics.json, curves.png.
+Artifacts go to --out (default runs/<timestamp>): checkpoint.npz, history.json, metrics.json, curves.png
+(and health.png with --monitor).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ HELP = "train a model (default: a small CNN on the embedded digits dataset, offl
 
 # TrainConfig fields set from same-named options (None = the dataset's default)
 _CONFIG_OPTIONS = ("dataset", "data_dir", "model", "epochs", "batch_size", "lr", "optimizer", "weight_decay",
-                   "schedule", "clip_grad_norm", "seed", "limit_train")
+                   "schedule", "clip_grad_norm", "seed", "limit_train", "monitor")
 
 
 def add_parser(subparsers) -> None:
@@ -36,6 +37,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed for weights, split and shuffling (default 0)")
     p.add_argument("--limit-train", type=int, default=None, metavar="N",
                    help="train on a stratified subset of N training images (quick runs)")
+    p.add_argument("--monitor", type=int, nargs="?", const=10, default=None, metavar="EVERY",
+                   help="log training health into history.json and health.png: each weight's update/parameter "
+                        "norm ratio (healthy ~1e-3), measured every EVERY steps (default 10), and the share of "
+                        "dead ReLU units per layer")
     p.add_argument("--out", metavar="DIR", default=None,
                    help="run folder (default: runs/<timestamp>, or the checkpoint's folder with --resume)")
     p.add_argument("--resume", metavar="CHECKPOINT", default=None,
@@ -68,6 +73,7 @@ def run(args) -> int:
     print(f"test accuracy {100 * m['test_accuracy']:.2f}%  test loss {m['test_loss']:.4f}  "
           f"({m['test_samples']} {m['dataset']} test images, {m['epochs']} epochs, {m['device']}, "
           f"{m['seconds']:.1f}s)")
-    print(f"run folder: {out}  (checkpoint.npz, history.json, metrics.json, curves.png)")
+    files = "checkpoint.npz, history.json, metrics.json, curves.png" + (", health.png" if config.monitor else "")
+    print(f"run folder: {out}  ({files})")
     sys.stdout.flush()
     return 0

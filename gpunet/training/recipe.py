@@ -52,7 +52,7 @@ AUGMENTATIONS = {"digits": dict(padding=1, flip=False), "mnist": dict(padding=2,
                  "fashion-mnist": dict(padding=2, flip=True), "cifar10": dict(padding=4, flip=True)}
 
 # What a resumed run may change; everything else must match the checkpoint's config.
-RESUMABLE_OVERRIDES = ("epochs", "device", "data_dir")
+RESUMABLE_OVERRIDES = ("epochs", "device", "data_dir", "monitor")
 
 
 @dataclass
@@ -72,6 +72,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     limit_train: int | None = None
     augment: bool | None = None
+    monitor: int | None = None  # every N steps: update/parameter norm ratios and dead ReLUs into the history
 
     def resolved(self) -> "TrainConfig":
         """A copy with every None option filled from the dataset's and optimizer's defaults, validated."""
@@ -89,7 +90,7 @@ class TrainConfig:
             c.lr = DEFAULT_LR[c.optimizer]
         if c.optimizer == "adamw" and self.weight_decay is None:
             c.weight_decay = 1e-2
-        for key, lo in (("epochs", 1), ("batch_size", 1), ("limit_train", 2)):
+        for key, lo in (("epochs", 1), ("batch_size", 1), ("limit_train", 2), ("monitor", 1)):
             v = getattr(c, key)
             if v is not None and int(v) < lo:
                 raise ValueError(f"{key.replace('_', '-')} must be >= {lo}, got {v}")
@@ -218,10 +219,15 @@ def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: 
     scheduler = build_scheduler(cfg, optimizer, len(train_loader))
     out_dir = Path(out_dir) if out_dir is not None else None
     # labels were range-checked by the dataset readers: skip the per-step check (a device sync on CuPy)
+    callbacks = []
+    if cfg.monitor:
+        from gpunet.diagnostics import TrainingMonitor
+        callbacks.append(TrainingMonitor(model, every=cfg.monitor))
     trainer = Trainer(model, optimizer, SoftmaxCrossEntropy(check_range=False), scheduler, cfg.clip_grad_norm,
                       checkpoint_path=out_dir / "checkpoint.npz" if out_dir else None, config=cfg.to_dict(),
                       progress=progress, extra={"mean": data.mean, "std": data.std,
-                                                "in_shape": list(data.in_shape), "num_classes": data.num_classes})
+                                                "in_shape": list(data.in_shape), "num_classes": data.num_classes},
+                      callbacks=callbacks)
     replan = ckpt is not None and cfg.epochs != ckpt.config.get("epochs")
     if ckpt is not None:
         if replan:  # the schedule is planned for the new length and fast-forwarded past the epochs done
@@ -256,8 +262,11 @@ def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: 
         _write_json(out_dir / "history.json", history)
         _write_json(out_dir / "metrics.json", metrics)
         try:
-            from gpunet.plots import plot_history
-            plot_history(history, out_dir / "curves.png", f"{cfg.model} on {cfg.dataset} ({be.name})")
+            from gpunet.plots import plot_health, plot_history
+            title = f"{cfg.model} on {cfg.dataset} ({be.name})"
+            plot_history(history, out_dir / "curves.png", title)
+            if any("update_ratio" in h for h in history):
+                plot_health(history, out_dir / "health.png", title)
         except ImportError as e:
             log(f"gpunet: curves.png skipped (matplotlib missing: {e}); pip install 'gpunet[train]'")
     return RunResult(out_dir, metrics, history, model, trainer)

@@ -8,6 +8,11 @@ checkpoint (written at the end of every epoch when `checkpoint_path` is set) is 
 
 `fit` trains until `epochs` epochs have run in total, so a trainer restored with `resume()` continues
 where the checkpoint left off, and N epochs + resume to N+M equals N+M straight, bit for bit.
+
+Callbacks (`callbacks=[...]`) are objects with any of `on_train_begin(trainer)`,
+`on_before_step(trainer)` (after backward and clipping, before `optimizer.step()`),
+`on_after_step(trainer)`, `on_epoch_end(trainer, stats)` (may add keys to the epoch's history entry,
+before it is checkpointed) and `on_train_end(trainer)`; gpunet.diagnostics.TrainingMonitor is one.
 """
 from __future__ import annotations
 
@@ -54,7 +59,7 @@ class Trainer:
 
     def __init__(self, model, optimizer, loss_fn=None, scheduler=None, clip_grad_norm: float | None = None,
                  checkpoint_path=None, config: dict | None = None, progress: str = "auto", sync_every: int = 10,
-                 extra: dict | None = None):
+                 extra: dict | None = None, callbacks=()):
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.loss_fn = loss_fn if loss_fn is not None else SoftmaxCrossEntropy()
         self.clip_grad_norm = clip_grad_norm
@@ -66,6 +71,13 @@ class Trainer:
         self.epoch = 0
         self.history: list[dict] = []
         self._loader = None  # the training loader, whose (seed, epoch) goes into checkpoints
+        self.callbacks = list(callbacks)
+
+    def _call(self, hook: str, *args) -> None:
+        for cb in self.callbacks:
+            fn = getattr(cb, hook, None)
+            if fn is not None:
+                fn(self, *args)
 
     @property
     def backend(self):
@@ -107,7 +119,9 @@ class Trainer:
                 except FloatingPointError as e:
                     raise TrainingError(self._diverged(f"the gradient norm became non-finite ({e})", epoch,
                                                        step)) from None
+            self._call("on_before_step")
             opt.step()
+            self._call("on_after_step")
             if self.scheduler is not None:
                 self.scheduler.step()
             losses.append(loss * len(yb))
@@ -130,6 +144,7 @@ class Trainer:
         """Train until `epochs` epochs have run in total; return the history (one dict per epoch:
         epoch, train_loss, train_acc, val_loss, val_acc, lr, seconds, images_per_s)."""
         self._loader = train_loader
+        self._call("on_train_begin")
         try:
             while self.epoch < epochs:
                 epoch = self.epoch + 1
@@ -142,6 +157,7 @@ class Trainer:
                     stats["seconds"] += time.perf_counter() - t
                 else:
                     stats.update(val_loss=None, val_acc=None)
+                self._call("on_epoch_end", stats)
                 self.epoch = epoch
                 self.history.append(stats)
                 if self.checkpoint_path is not None:
@@ -149,6 +165,7 @@ class Trainer:
                 self.progress.end_epoch(stats, epochs)
         finally:
             self.progress.close()
+            self._call("on_train_end")
         return self.history
 
     # --- checkpoints -------------------------------------------------------------------------------------
