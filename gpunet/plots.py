@@ -9,15 +9,29 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def plot_history(history: list[dict], path, title: str | None = None) -> Path:
-    """Write a two-panel figure (loss | accuracy, train and val) of `history` to `path`."""
+def _two_panels():
+    """A 10x4 inch figure with two side-by-side axes, on its own Agg canvas."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    epochs = [h["epoch"] for h in history]
     fig = Figure(figsize=(10, 4))
     FigureCanvasAgg(fig)
-    ax_loss, ax_acc = fig.subplots(1, 2)
+    return fig, fig.subplots(1, 2)
+
+
+def _save(fig, path, title: str | None) -> Path:
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def plot_history(history: list[dict], path, title: str | None = None) -> Path:
+    """Write a two-panel figure (loss | accuracy, train and val) of `history` to `path`."""
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = _two_panels()
     for ax, key, label in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy (%)")):
         scale = 100.0 if key == "acc" else 1.0
         ax.plot(epochs, [scale * h[f"train_{key}"] for h in history], "o-", label="train")
@@ -28,25 +42,15 @@ def plot_history(history: list[dict], path, title: str | None = None) -> Path:
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
         ax.legend()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    return path
+    return _save(fig, path, title)
 
 
 def plot_health(history: list[dict], path, title: str | None = None) -> Path:
     """Write the training monitor's per-layer curves (gpunet.diagnostics.TrainingMonitor, `--monitor`):
     update/parameter norm ratio per weight (log scale, the healthy ~1e-3 marked) and the dead-ReLU share
     per ReLU layer, against the epoch. Epochs without monitor data (e.g. before a resume) are skipped."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     rows = [h for h in history if "update_ratio" in h]
-    fig = Figure(figsize=(10, 4))
-    FigureCanvasAgg(fig)
-    ax_up, ax_dead = fig.subplots(1, 2)
+    fig, (ax_up, ax_dead) = _two_panels()
     for key, ax in (("update_ratio", ax_up), ("dead_relu", ax_dead)):
         names = sorted({n for h in rows for n in h.get(key, {})})
         for name in names:
@@ -61,9 +65,4 @@ def plot_health(history: list[dict], path, title: str | None = None) -> Path:
     ax_up.set_ylabel("||update|| / ||weight||")
     ax_dead.set_ylabel("dead ReLU units (share)")
     ax_dead.set_ylim(-0.02, 1.02)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    return path
+    return _save(fig, path, title)
