@@ -10,20 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpunet.backend import cuda_status, get_backend
+from gpunet.backend import _ALIASES, cuda_status, get_backend
 
 REPO = Path(__file__).resolve().parents[1]
 _ALL = ("numpy", "emulator", "cupy")
-
-
-_ALIASES = {"cpu": "numpy", "cuda": "cupy", "gpu": "cupy"}  # get_backend's aliases
 
 
 def _selected():
     names = os.environ.get("GPUNET_TEST_BACKENDS", ",".join(_ALL))
     picked = []
     for n in (n.strip().lower() for n in names.split(",")):
-        n = _ALIASES.get(n, n)
+        n = _ALIASES.get(n, n)  # get_backend's aliases: cpu, cuda, gpu, ...
         if n and n not in picked:
             picked.append(n)
     return picked

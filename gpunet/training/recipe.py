@@ -218,11 +218,11 @@ def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: 
     optimizer = build_optimizer(cfg, model.parameters())
     scheduler = build_scheduler(cfg, optimizer, len(train_loader))
     out_dir = Path(out_dir) if out_dir is not None else None
-    # labels were range-checked by the dataset readers: skip the per-step check (a device sync on CuPy)
     callbacks = []
     if cfg.monitor:
         from gpunet.diagnostics import TrainingMonitor
         callbacks.append(TrainingMonitor(model, every=cfg.monitor))
+    # labels were range-checked by the dataset readers: skip the per-step check (a device sync on CuPy)
     trainer = Trainer(model, optimizer, SoftmaxCrossEntropy(check_range=False), scheduler, cfg.clip_grad_norm,
                       checkpoint_path=out_dir / "checkpoint.npz" if out_dir else None, config=cfg.to_dict(),
                       progress=progress, extra={"mean": data.mean, "std": data.std,
