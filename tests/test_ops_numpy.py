@@ -148,6 +148,117 @@ def test_conv2d_multiple_blocks_and_noncontiguous(monkeypatch, case, block):
         np.testing.assert_allclose(a1, a0, rtol=1e-13, atol=1e-13)
 
 
+# The tap path (gpunet/ops/_numpy_conv_taps.py): stride-1 "same" convolutions as one GEMM per kernel
+# row over a padded block, images side by side. Forced on small shapes with TAP_MIN_CHANNELS = 1.
+TAP_CASES = {
+    "3x3": ((2, 3, 7, 6), 5, 3, 1),
+    "batch1-5x5": ((1, 2, 6, 9), 3, 5, 2),
+    "nonsquare-3x5": ((3, 4, 5, 8), 6, (3, 5), (1, 2)),
+    "1x3-row-kernel": ((2, 3, 4, 5), 2, (1, 3), (0, 1)),
+    "5x1-column-kernel": ((2, 2, 6, 3), 3, (5, 1), (2, 0)),
+    "1x1-spatial": ((3, 2, 1, 1), 4, 3, 1),
+    "one-row-image": ((2, 3, 1, 7), 2, 3, 1),
+    "7x7-on-4x4": ((2, 2, 4, 4), 3, 7, 3),
+}
+
+
+@pytest.fixture
+def force_taps(monkeypatch):
+    from gpunet.ops import _numpy_conv_taps as taps
+    monkeypatch.setattr(taps, "TAP_MIN_CHANNELS", 1)
+    calls = []
+    for name in ("forward", "backward"):
+        fn = getattr(taps, name)
+        monkeypatch.setattr(taps, name, lambda *a, _fn=fn, _name=name, **k: (calls.append(_name), _fn(*a, **k))[1])
+    return calls
+
+
+def _tap_inputs(case, dtype=np.float64, seed=0):
+    xs, co, k, p = TAP_CASES[case]
+    kh, kw = (k, k) if isinstance(k, int) else k
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(xs).astype(dtype), rng.standard_normal((co, xs[1], kh, kw)).astype(dtype),
+            rng.standard_normal(co).astype(dtype), p)
+
+
+@pytest.mark.parametrize("relu", [False, True], ids=["linear", "relu"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("case", TAP_CASES)
+def test_conv2d_tap_path_matches_reference(force_taps, case, bias, relu):
+    x, w, b, p = _tap_inputs(case)
+    b = b if bias else None
+    y, ctx = OPS.conv2d_forward(x, w, b, 1, p, relu)
+    np.testing.assert_allclose(y, ref.conv2d(x, w, b, 1, p, relu), rtol=1e-12, atol=1e-12)
+    dy = np.random.default_rng(1).standard_normal(y.shape)
+    dx, dw, db = OPS.conv2d_backward(dy, ctx)
+    assert force_taps == ["forward", "backward"]
+    rdx, rdw, rdb = ref.conv2d_backward(dy, x, w, b, 1, p, relu)
+    np.testing.assert_allclose(dx, rdx, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dw, rdw, rtol=1e-12, atol=1e-12)
+    assert (db is None) == (b is None)
+    if b is not None:
+        np.testing.assert_allclose(db, rdb, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("block", [1, 2500], ids=["one-image-blocks", "ragged-blocks"])
+def test_conv2d_tap_path_blocks_strided_input_and_stale_workspace(force_taps, monkeypatch, block):
+    """Several blocks (the last one ragged), a non-contiguous x and dy, and workspace buffers left
+    full of NaN by an earlier call: the zero margins and slack must be rewritten every block."""
+    from gpunet.ops import _numpy_conv_taps as taps
+    from gpunet.ops._numpy_util import workspace
+    x, w, b, p = _tap_inputs("nonsquare-3x5")
+    x = np.concatenate([x, x[:2] * 0.5])                   # 5 images
+    y0, c0 = OPS.conv2d_forward(x, w, b, 1, p, True)
+    dy = np.random.default_rng(5).standard_normal(y0.shape)
+    g0 = OPS.conv2d_backward(dy, c0)
+    monkeypatch.setattr(taps, "TAP_BLOCK_BYTES", block)
+    for buf in workspace().buffers.values():
+        buf[...] = np.nan
+    xs = np.ascontiguousarray(x.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
+    y1, c1 = OPS.conv2d_forward(xs, w, b, 1, p, True)
+    g1 = OPS.conv2d_backward(np.asfortranarray(dy), c1)
+    np.testing.assert_allclose(y1, y0, rtol=1e-13, atol=1e-13)
+    for a1, a0 in zip(g1, g0):
+        np.testing.assert_allclose(a1, a0, rtol=1e-13, atol=1e-13)
+
+
+def test_conv2d_tap_path_relu_mask_blocks_nan_and_inf_gradient(force_taps):
+    x, w, b, p = _tap_inputs("3x3")
+    y, ctx = OPS.conv2d_forward(x, w, b, 1, p, True)
+    assert (y == 0).any() and (y > 0).any()
+    dy = np.ones_like(y)
+    dy[y == 0] = np.nan
+    dy[(y == 0) & (np.arange(y.size).reshape(y.shape) % 2 == 0)] = np.inf
+    dx, dw, db = OPS.conv2d_backward(dy, ctx)
+    assert np.isfinite(dx).all() and np.isfinite(dw).all() and np.isfinite(db).all()
+    rdx, rdw, rdb = ref.conv2d_backward(np.where(y > 0, dy, 0), x, w, b, 1, p, True)
+    np.testing.assert_allclose(dx, rdx, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dw, rdw, rtol=1e-12, atol=1e-12)
+
+
+def test_conv2d_tap_path_float32_agrees_with_float64(force_taps):
+    x, w, b, p = _tap_inputs("nonsquare-3x5", np.float32)
+    y, ctx = OPS.conv2d_forward(x, w, b, 1, p, True)
+    dy = np.random.default_rng(2).standard_normal(y.shape).astype(np.float32)
+    grads = OPS.conv2d_backward(dy, ctx)
+    assert all(a.dtype == np.float32 for a in (y, *grads))
+    y64, c64 = OPS.conv2d_forward(*(a.astype(np.float64) for a in (x, w, b)), 1, p, True)
+    for got, want in zip((y, *grads), (y64, *OPS.conv2d_backward(dy.astype(np.float64), c64))):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_conv2d_tap_path_serves_wide_same_convolutions_only():
+    from gpunet.ops import _numpy_conv_taps as taps
+    from gpunet.ops.geometry import conv2d_geometry
+    wide = taps.TAP_MIN_CHANNELS
+    assert taps.tap_applies(conv2d_geometry((2, wide, 8, 8), (4, wide, 3, 3), 1, 1))
+    assert taps.tap_applies(conv2d_geometry((2, wide, 8, 8), (4, wide, 5, 5), 1, 2))
+    assert not taps.tap_applies(conv2d_geometry((2, wide - 1, 8, 8), (4, wide - 1, 3, 3), 1, 1))  # thin K
+    assert not taps.tap_applies(conv2d_geometry((2, wide, 8, 8), (4, wide, 3, 3), 2, 1))       # stride 2
+    assert not taps.tap_applies(conv2d_geometry((2, wide, 8, 8), (4, wide, 3, 3), 1, 0))       # "valid"
+    assert not taps.tap_applies(conv2d_geometry((2, wide, 8, 8), (4, wide, 1, 1), 1, 0))       # 1x1
+
+
 def test_conv2d_argument_errors():
     x, w, b, s, p = _conv_inputs("3x3-s1-p1", np.float32)
     with pytest.raises(TypeError, match="weight has dtype float64 but the input is float32"):

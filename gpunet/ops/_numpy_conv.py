@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from gpunet.ops import _numpy_conv_taps as taps
 from gpunet.ops._numpy_util import same_dtype, tap_range, workspace
 from gpunet.ops.geometry import Window2d, conv2d_geometry
 
@@ -122,6 +123,9 @@ def conv2d_forward(x, w, b, stride, padding, relu: bool):
     wm = np.ascontiguousarray(w).reshape(cout, k)
     bias = None if b is None else b.reshape(cout, 1)
     y = np.empty((win.n, cout, win.oh, win.ow), dtype=dt)
+    if taps.tap_applies(win):
+        taps.forward(x, w, b, win, relu, y)
+        return y, ConvCtx(x, w, y if relu else None, b is not None, win)
     y3 = y.reshape(win.n, cout, p)
     for n0, n1 in _blocks(win.n, k * p * dt.itemsize):
         nb = n1 - n0
@@ -138,15 +142,16 @@ def conv2d_forward(x, w, b, stride, padding, relu: bool):
 
 
 def _masked_dy(dy, y, out) -> None:
-    """out (C_out, nb, P) = dy (nb, C_out, P) transposed, zeroed where y <= 0 when y is given (ReLU)."""
-    dyt = dy.transpose(1, 0, 2)
+    """out (C_out, nb, ...) = dy (nb, C_out, ...) with its first two axes swapped, zeroed where y <= 0
+    when y is given (ReLU)."""
+    dyt = dy.swapaxes(0, 1)
     if y is None:
         np.copyto(out, dyt)
     elif np.isfinite(dy).all():  # dy * (y > 0): exact, since dy*1 = dy and dy*0 = +-0
-        np.multiply(dyt, np.greater(y, 0).transpose(1, 0, 2), out=out)
+        np.multiply(dyt, np.greater(y, 0).swapaxes(0, 1), out=out)
     else:                        # inf*0 = NaN must not leak through the mask
         out[...] = 0
-        np.copyto(out, dyt, where=np.greater(y, 0).transpose(1, 0, 2))
+        np.copyto(out, dyt, where=np.greater(y, 0).swapaxes(0, 1))
 
 
 def conv2d_backward(dy, ctx: ConvCtx):
@@ -162,6 +167,14 @@ def conv2d_backward(dy, ctx: ConvCtx):
     dy3 = dy.reshape(win.n, cout, p)
     y3 = None if ctx.y is None else ctx.y.reshape(win.n, cout, p)
     wm = np.ascontiguousarray(w).reshape(cout, k)
+    if taps.tap_applies(win):
+        dx = np.empty(x.shape, dtype=dt)
+        dw = np.empty(w.shape, dtype=dt)
+
+        def g_of(n0, n1, out):
+            _masked_dy(dy[n0:n1], None if ctx.y is None else ctx.y[n0:n1], out)
+        db = taps.backward(x, w, g_of, ctx.has_bias, win, dx, dw)
+        return dx, dw, (None if db is None else db.astype(dt))
 
     gather = cout <= 2 * win.c  # else the gather's GEMM would be thin and its im2col huge
     if gather:
