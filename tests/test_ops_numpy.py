@@ -668,3 +668,43 @@ def test_max_pool_backward_adds_in_row_major_window_order_bitwise(k, s, p):
     dy[0, 0, 0, 0], dy[1, 2, -1, -1] = np.inf, np.nan                        # non-finite dy too
     dx = OPS.max_pool2d_backward(dy, am, x.shape, k, s, p)
     np.testing.assert_array_equal(dx, ref.max_pool2d_backward(dy, am, x.shape))
+
+
+# --- the direct cblas binding (gpunet/ops/_blas.py) ---------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_direct_gemm_accumulates_with_views_and_transposes(dtype):
+    from gpunet.ops import _blas
+    if not _blas.available():
+        pytest.skip("NumPy's BLAS exposes no cblas gemm this process can bind (the fallback is tested below)")
+    rng = np.random.default_rng(0)
+    big = rng.standard_normal((40, 50)).astype(dtype)
+    a = big[3:10, 5:37]                       # a row-major view with lda 50
+    b = rng.standard_normal((11, 32)).astype(dtype).T   # column-major (K=32, N=11)
+    c0 = rng.standard_normal((7, 11)).astype(dtype)
+    c = c0.copy()
+    assert _blas.gemm(a, b, c, beta=1.0)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(c, a.astype(np.float64) @ b + c0, rtol=tol, atol=tol)
+    c[...] = np.nan                           # beta = 0 must not read C
+    assert _blas.gemm(a, b, c, beta=0.0)
+    np.testing.assert_allclose(c, a.astype(np.float64) @ b, rtol=tol, atol=tol)
+    # what BLAS cannot read in place is refused, C untouched
+    before = c.copy()
+    assert not _blas.gemm(big[::2, ::2][:7, :32], b, c, beta=1.0)
+    assert not _blas.gemm(a, b, c.T.copy().T, beta=1.0)            # C not row-major
+    assert not _blas.gemm(a.astype(np.float32 if dtype == np.float64 else np.float64), b, c, beta=1.0)
+    np.testing.assert_array_equal(c, before)
+
+
+def test_conv2d_tap_path_without_direct_blas_matches_reference(force_taps, monkeypatch):
+    """The fallback (np.matmul + add) serves wherever the binding is missing: same answers."""
+    from gpunet.ops import _blas
+    monkeypatch.setattr(_blas, "_gemm", {})
+    monkeypatch.setattr(_blas, "_loaded", True)
+    assert not _blas.available()
+    x, w, b, p = _tap_inputs("nonsquare-3x5")
+    y, ctx = OPS.conv2d_forward(x, w, b, 1, p, True)
+    np.testing.assert_allclose(y, ref.conv2d(x, w, b, 1, p, True), rtol=1e-12, atol=1e-12)
+    dy = np.random.default_rng(1).standard_normal(y.shape)
+    for got, want in zip(OPS.conv2d_backward(dy, ctx), ref.conv2d_backward(dy, x, w, b, 1, p, True)):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from gpunet.ops import _blas
 from gpunet.ops._numpy_util import workspace
 from gpunet.ops.geometry import Window2d
 
@@ -110,14 +111,9 @@ def _shifted(name: str, buf, plan: _Plan, nb: int):
 
 
 def _row_taps_gemm(weights, cat, offsets, m: int, acc, tmp) -> None:
-    """acc (rows, m) = sum_i weights[i] @ cat[:, off_i : off_i + m]."""
+    """acc (rows, m) = sum_i weights[i] @ cat[:, off_i : off_i + m], accumulated inside the GEMM."""
     for t, off in enumerate(offsets):
-        src = cat[:, off:off + m]
-        if t == 0:
-            np.matmul(weights[t], src, out=acc)
-        else:
-            np.matmul(weights[t], src, out=tmp)
-            np.add(acc, tmp, out=acc)
+        _blas.matmul_acc(weights[t], cat[:, off:off + m], acc, accumulate=t > 0, tmp=tmp)
 
 
 def forward(x, w, b, win: Window2d, relu: bool, y) -> None:
@@ -174,9 +170,7 @@ def backward(x, w, g_of, has_bias: bool, win: Window2d, dx, dw) -> np.ndarray | 
         xcat = _shifted("tap_xcat", xb, plan, nb)
         g_wide = gb[:, g_start:g_start + m]
         for i, off in enumerate(offsets):  # (C_out, m) @ (m, kw*C): measured the faster way
-            np.matmul(g_wide, xcat[:, off:off + m].T, out=dwr[i] if bi == 0 else dwtmp)
-            if bi:
-                np.add(dwr[i], dwtmp, out=dwr[i])
+            _blas.matmul_acc(g_wide, xcat[:, off:off + m].T, dwr[i], accumulate=bi > 0, tmp=dwtmp)
         gcat = _shifted("tap_xcat", gb, plan, nb)   # xcat is done with: reuse its buffer
         acc = acc_all[:, :m]
         _row_taps_gemm(flipped, gcat, offsets, m, acc, tmp_all[:, :m])
