@@ -46,9 +46,9 @@ def linear(x, weight, bias=None):
     return y
 
 
-def linear_backward(dy, x, weight, has_bias: bool = True):
-    """Return (dx, dweight, dbias); dbias is None without a bias."""
-    return dy @ weight, dy.T @ x, (dy.sum(axis=0) if has_bias else None)
+def linear_backward(dy, x, weight, has_bias: bool = True, input_grad: bool = True):
+    """Return (dx, dweight, dbias); dbias is None without a bias, dx None when not input_grad."""
+    return (dy @ weight if input_grad else None), dy.T @ x, (dy.sum(axis=0) if has_bias else None)
 
 
 # --- activations --------------------------------------------------------------------------------

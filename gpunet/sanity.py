@@ -68,7 +68,7 @@ def overfit_tiny_batch(model, X, y, steps: int = 200, lr: float = 1e-2, optimize
     for _ in range(int(steps)):
         opt.zero_grad()
         crit(model(X), y)
-        model.backward(crit.backward())
+        model.backward_params(crit.backward())
         opt.step()
     model.train(was_training)
     pred = be.asnumpy(_eval_logits(model, X).argmax(axis=1))

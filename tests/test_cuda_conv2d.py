@@ -306,3 +306,22 @@ def test_wgrad_reduce_sums_partials_in_order_with_any_grid():
         (part, dbpart, dw, db, i32(splits), i32(cout * kf), i32(cout), i32(1)))
     np.testing.assert_array_equal(dw, (part[0] + part[1]) + part[2])
     np.testing.assert_array_equal(db, (dbpart[0] + dbpart[1]) + dbpart[2])
+
+
+@pytest.mark.parametrize("case", ["cout70-tail", "1x1-kernel-stride2"])
+def test_backward_without_input_grad_launches_no_dgrad(device_backend, monkeypatch, case):
+    """input_grad=False (the layer that sees the data batch): dx None, no dgrad launch, same dW/db."""
+    be = device_backend
+    x, w, b, stride, padding = _inputs(case, np.float32, True)
+    ctx = _ctx(be)
+    y, cache = conv.conv2d_forward(ctx, be.asarray(x), be.asarray(w), be.asarray(b), stride, padding, True)
+    dy = be.asarray(np.random.default_rng(1).standard_normal(y.shape).astype(np.float32))
+    _, dw_full, db_full = conv.conv2d_backward(ctx, dy, cache)
+    launched = []
+    kernel = ctx.kernel
+    monkeypatch.setattr(ctx, "kernel", lambda src, name: (launched.append(name), kernel(src, name))[1])
+    dx, dw, db = conv.conv2d_backward(ctx, dy, cache, input_grad=False)
+    assert dx is None
+    assert not any("dgrad" in name for name in launched) and any("wgrad" in name for name in launched)
+    np.testing.assert_array_equal(be.asnumpy(dw), be.asnumpy(dw_full))
+    np.testing.assert_array_equal(be.asnumpy(db), be.asnumpy(db_full))

@@ -125,6 +125,37 @@ def test_train_eval_and_caches(rng):
         nn.Conv2d(1, 1, 1).backward(np.ones((1, 1, 1, 1), np.float32))
 
 
+@pytest.mark.parametrize("first", ["conv", "linear", "batchnorm"])
+def test_backward_params_matches_backward_and_skips_the_input_gradient(rng, monkeypatch, first):
+    """backward_params (what a training step calls): the same parameter gradients, bit for bit, with
+    the first layer's input gradient never computed when that layer can skip it."""
+    def build():
+        if first == "conv":  # small_cnn without its dropout (two instances draw different masks)
+            return nn.Sequential(*[m for m in small_cnn() if not isinstance(m, nn.Dropout)])
+        if first == "linear":
+            return nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+        return nn.Sequential(nn.BatchNorm1d(6), nn.Linear(6, 3))
+    x = rng.standard_normal((2, 1, 6, 6) if first == "conv" else (4, 6)).astype(np.float32)
+    a, b = build(), build()
+    b.load_state_dict(a.state_dict())
+    ya, yb = a(x), b(x)
+    dy = rng.standard_normal(ya.shape).astype(np.float32)
+    dx = a.backward(dy)
+    assert dx.shape == x.shape
+    seen = []
+    ops = b[0]._backend.ops
+    real = ops.conv2d_backward
+    monkeypatch.setattr(type(ops), "conv2d_backward",
+                        lambda self, dy_, ctx, input_grad=True: (seen.append(input_grad), real(dy_, ctx, input_grad))[1])
+    assert b.backward_params(dy) is None
+    if first == "conv":
+        assert seen[-1] is False and all(seen[:-1])   # only the first conv skips dx
+    assert all(m._cache is None for m in b.modules())
+    for (na, pa), (nb_, pb) in zip(a.named_parameters(), b.named_parameters()):
+        assert na == nb_
+        np.testing.assert_array_equal(pa.grad, pb.grad, err_msg=na)
+
+
 def test_zero_grad_and_frozen_parameters(rng):
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
     model[0].weight.requires_grad = False

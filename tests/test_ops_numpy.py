@@ -708,3 +708,19 @@ def test_conv2d_tap_path_without_direct_blas_matches_reference(force_taps, monke
     dy = np.random.default_rng(1).standard_normal(y.shape)
     for got, want in zip(OPS.conv2d_backward(dy, ctx), ref.conv2d_backward(dy, x, w, b, 1, p, True)):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", ["3x3-s1-p1", "cout-much-larger", "k5-s2-p2-overlap"])  # taps, scatter, gather
+@pytest.mark.parametrize("taps_on", [False, True], ids=["im2col", "taps"])
+def test_conv2d_backward_without_input_grad(monkeypatch, case, taps_on):
+    """input_grad=False: dx None, the same dW and db (bitwise: the same GEMMs run for them)."""
+    from gpunet.ops import _numpy_conv_taps as taps
+    monkeypatch.setattr(taps, "TAP_MIN_CHANNELS", 1 if taps_on else 10 ** 9)
+    x, w, b, s, p = _conv_inputs(case)
+    y, ctx = OPS.conv2d_forward(x, w, b, s, p, True)
+    dy = np.random.default_rng(1).standard_normal(y.shape)
+    dx_full, dw_full, db_full = OPS.conv2d_backward(dy, ctx)
+    dx, dw, db = OPS.conv2d_backward(dy, ctx, input_grad=False)
+    assert dx is None and dx_full is not None
+    np.testing.assert_array_equal(dw, dw_full)
+    np.testing.assert_array_equal(db, db_full)

@@ -257,7 +257,7 @@ def _train_steps(env, model_name, in_shape, batch):
         opt.zero_grad()
         logits = model(x)
         loss = crit(logits, labels)
-        model.backward(crit.backward())
+        model.backward_params(crit.backward())
         opt.step()
         return logits, loss
     if twin is None:

@@ -106,8 +106,9 @@ def conv2d_forward(ctx, x, w, b, stride, padding, relu: bool):
     return y, Conv2dCache(x=x, w=w, y=y if relu else None, has_bias=b is not None, win=g)
 
 
-def conv2d_backward(ctx, dy, cache: Conv2dCache):
-    """(dx, dw, db) of the forward that made `cache`; dy is masked by y > 0 inside the kernels."""
+def conv2d_backward(ctx, dy, cache: Conv2dCache, input_grad: bool = True):
+    """(dx, dw, db) of the forward that made `cache`; dy is masked by y > 0 inside the kernels.
+    input_grad=False launches no dgrad kernel and returns dx None."""
     g, x, w = cache.win, cache.x, cache.w
     cout = int(w.shape[0])
     expected = (g.n, cout, g.oh, g.ow)
@@ -121,12 +122,14 @@ def conv2d_backward(ctx, dy, cache: Conv2dCache):
     geo = _geometry_args(g, cout)
 
     # dx: one implicit GEMM per stride phase, gathering from dy (no atomics).
-    wt = xp.ascontiguousarray(w.transpose(1, 0, 2, 3))     # (C_in, C_out, kh, kw): K-contiguous B rows
-    dx = xp.empty(x.shape, dtype=x.dtype)
-    phase_pixels = g.n * ceil_div(g.h, g.sh) * ceil_div(g.w, g.sw)  # the largest phase's GEMM M
-    ctx.kernel(SOURCE, f"conv2d_dgrad_{suf}")(
-        (ceil_div(phase_pixels, BM), ceil_div(g.c, BN), g.sh * g.sw), (THREADS, 1, 1),
-        (dy, mask, wt, dx, *geo, relu))
+    dx = None
+    if input_grad:
+        wt = xp.ascontiguousarray(w.transpose(1, 0, 2, 3))     # (C_in, C_out, kh, kw): K-contiguous B rows
+        dx = xp.empty(x.shape, dtype=x.dtype)
+        phase_pixels = g.n * ceil_div(g.h, g.sh) * ceil_div(g.w, g.sw)  # the largest phase's GEMM M
+        ctx.kernel(SOURCE, f"conv2d_dgrad_{suf}")(
+            (ceil_div(phase_pixels, BM), ceil_div(g.c, BN), g.sh * g.sw), (THREADS, 1, 1),
+            (dy, mask, wt, dx, *geo, relu))
 
     # dW (and db): split-K partials in a workspace, then a fixed-order sum. With one split the
     # GEMM writes dw and db directly.

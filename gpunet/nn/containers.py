@@ -56,6 +56,13 @@ class Sequential(Module):
             dy = m.backward(dy)
         return dy
 
+    def backward_params(self, dy) -> None:
+        mods = list(self._modules.values())
+        for m in reversed(mods[1:]):
+            dy = m.backward(dy)
+        if mods:
+            mods[0].backward_params(dy)
+
 
 class Residual(Module):
     """y = activation(body(x) + shortcut(x)); the shortcut is the identity when None.

@@ -53,8 +53,16 @@ class Conv2d(Module):
         return y
 
     def backward(self, dy):
+        return self._backward(dy, True)
+
+    def backward_params(self, dy) -> None:
+        self._backward(dy, False)
+
+    def _backward(self, dy, input_grad: bool):
         (ctx,) = self._take(dy)
-        dx, dw, db = self._backend.ops.conv2d_backward(dy, ctx)
+        ops = self._backend.ops
+        # the plain call when dx is wanted, so Ops written before input_grad existed keep working
+        dx, dw, db = ops.conv2d_backward(dy, ctx) if input_grad else ops.conv2d_backward(dy, ctx, input_grad=False)
         self._accumulate(self.weight, dw)
         self._accumulate(self.bias, db)
         return dx
@@ -88,8 +96,14 @@ class Linear(Module):
         return F.linear(x, self.weight.data, None if self.bias is None else self.bias.data)
 
     def backward(self, dy):
+        return self._backward(dy, True)
+
+    def backward_params(self, dy) -> None:
+        self._backward(dy, False)
+
+    def _backward(self, dy, input_grad: bool):
         (x,) = self._take(dy)
-        dx, dw, db = F.linear_backward(dy, x, self.weight.data, self.bias is not None)
+        dx, dw, db = F.linear_backward(dy, x, self.weight.data, self.bias is not None, input_grad)
         self._accumulate(self.weight, dw)
         self._accumulate(self.bias, db)
         return dx

@@ -246,6 +246,13 @@ class Module:
     def backward(self, dy):
         raise TypeError(f"{type(self).__name__} does not define backward()")
 
+    def backward_params(self, dy) -> None:
+        """Backward for a caller that needs no gradient with respect to the input (a training step: the
+        input is the data batch). Accumulates the parameters' gradients like backward() and returns
+        None; layers that can skip their input gradient's work do (Conv2d, Linear, and Sequential
+        passes it on to its first layer), as PyTorch does for an input that does not require grad."""
+        self.backward(dy)
+
     def _save(self, *items) -> None:
         """Keep what backward needs, in training mode only (eval forwards keep nothing)."""
         self.__dict__["_cache"] = items if self.training else None

@@ -154,7 +154,8 @@ def _masked_dy(dy, y, out) -> None:
         np.copyto(out, dyt, where=np.greater(y, 0).swapaxes(0, 1))
 
 
-def conv2d_backward(dy, ctx: ConvCtx):
+def conv2d_backward(dy, ctx: ConvCtx, input_grad: bool = True):
+    """(dx, dw, db); input_grad=False skips dx's GEMMs and copies and returns dx None."""
     if not isinstance(ctx, ConvCtx):
         raise TypeError(f"conv2d backward: ctx must come from NumpyOps.conv2d_forward, got {type(ctx).__name__}")
     x, w, win = ctx.x, ctx.w, ctx.win
@@ -168,7 +169,7 @@ def conv2d_backward(dy, ctx: ConvCtx):
     y3 = None if ctx.y is None else ctx.y.reshape(win.n, cout, p)
     wm = np.ascontiguousarray(w).reshape(cout, k)
     if taps.tap_applies(win):
-        dx = np.empty(x.shape, dtype=dt)
+        dx = np.empty(x.shape, dtype=dt) if input_grad else None
         dw = np.empty(w.shape, dtype=dt)
 
         def g_of(n0, n1, out):
@@ -177,7 +178,9 @@ def conv2d_backward(dy, ctx: ConvCtx):
         return dx, dw, (None if db is None else db.astype(dt))
 
     gather = cout <= 2 * win.c  # else the gather's GEMM would be thin and its im2col huge
-    if gather:
+    if not input_grad:
+        dx, per_image = None, k * p
+    elif gather:
         phases = _dx_phases(w, win)
         dx = np.empty(x.shape, dtype=dt)
         per_image = max(k * p, cout * win.kh * win.kw * -(-win.h // win.sh) * -(-win.w // win.sw))
@@ -210,6 +213,8 @@ def conv2d_backward(dy, ctx: ConvCtx):
             np.matmul(g2, cols.T, out=dw if bi == 0 else tmp)
             if bi:
                 dw += tmp
+        if dx is None:
+            continue
         if gather:
             _dx_gather(g.reshape(cout, nb, win.oh, win.ow), phases, dx[n0:n1], win)
         else:

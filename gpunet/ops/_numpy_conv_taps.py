@@ -143,9 +143,10 @@ def forward(x, w, b, win: Window2d, relu: bool, y) -> None:
 
 
 def backward(x, w, g_of, has_bias: bool, win: Window2d, dx, dw) -> np.ndarray | None:
-    """dx and dw (C_out, C, kh, kw) in place; returns db (float64) when there is a bias.
+    """dx and dw (C_out, C, kh, kw) in place (dx None: not wanted, its GEMMs are skipped); returns
+    db (float64) when there is a bias.
     g_of(n0, n1, out) writes the masked dy of images n0:n1 into out (C_out, nb, OH, OW)."""
-    cout, dt = int(w.shape[0]), dx.dtype
+    cout, dt = int(w.shape[0]), dw.dtype
     plan = _Plan(win, cout, dt.itemsize)
     # flipped kernel row i' = kh-1-i as (C, kw*C_out) with columns (j', co), j' = kw-1-j
     flipped = [np.ascontiguousarray(w[:, :, win.kh - 1 - i, ::-1].transpose(1, 2, 0)).reshape(win.c, -1)
@@ -171,6 +172,8 @@ def backward(x, w, g_of, has_bias: bool, win: Window2d, dx, dw) -> np.ndarray | 
         g_wide = gb[:, g_start:g_start + m]
         for i, off in enumerate(offsets):  # (C_out, m) @ (m, kw*C): measured the faster way
             _blas.matmul_acc(g_wide, xcat[:, off:off + m].T, dwr[i], accumulate=bi > 0, tmp=dwtmp)
+        if dx is None:
+            continue
         gcat = _shifted("tap_xcat", gb, plan, nb)   # xcat is done with: reuse its buffer
         acc = acc_all[:, :m]
         _row_taps_gemm(flipped, gcat, offsets, m, acc, tmp_all[:, :m])

@@ -57,12 +57,12 @@ class CudaOps:
         conv2d_geometry(x.shape, w.shape, stride, padding)
         return _conv.conv2d_forward(self.ctx, x, w, b, stride, padding, bool(relu))
 
-    def conv2d_backward(self, dy, ctx):
+    def conv2d_backward(self, dy, ctx, input_grad: bool = True):
         if not isinstance(ctx, _conv.Conv2dCache):
             raise TypeError(f"conv2d backward: ctx must come from this backend's conv2d_forward, "
                             f"got {type(ctx).__name__}")
         self._same_dtype("conv2d backward", ctx.x, dy=dy)
-        return _conv.conv2d_backward(self.ctx, dy, ctx)
+        return _conv.conv2d_backward(self.ctx, dy, ctx, bool(input_grad))
 
     # ------------------------------------------------------------------ pooling
     def max_pool2d_forward(self, x, kernel, stride, padding):

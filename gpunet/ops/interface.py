@@ -16,8 +16,9 @@ class Ops(Protocol):
         """Return (y, ctx); y = relu?(conv(x, w) + b). `b` may be None. ctx is opaque, for backward."""
         ...
 
-    def conv2d_backward(self, dy, ctx) -> tuple[Any, Any, Any]:
-        """Return (dx, dw, db) (db is None when the forward had no bias). With relu, dy is masked by y > 0."""
+    def conv2d_backward(self, dy, ctx, input_grad: bool = True) -> tuple[Any, Any, Any]:
+        """Return (dx, dw, db) (db is None when the forward had no bias). With relu, dy is masked by y > 0.
+        input_grad=False skips dx's work and returns dx None (the layer that sees the data batch)."""
         ...
 
     # --- pooling ---

@@ -57,8 +57,8 @@ class NumpyOps:
         return _numpy_conv.conv2d_forward(x, w, b, stride, padding, bool(relu))
 
     @ieee
-    def conv2d_backward(self, dy, ctx):
-        return _numpy_conv.conv2d_backward(dy, ctx)
+    def conv2d_backward(self, dy, ctx, input_grad: bool = True):
+        return _numpy_conv.conv2d_backward(dy, ctx, bool(input_grad))
 
     # --- pooling ----------------------------------------------------------------------------------
     @ieee

@@ -112,7 +112,7 @@ class Trainer:
             opt.zero_grad()
             logits = model(xb)
             loss = loss_fn(logits, yb)
-            model.backward(loss_fn.backward())
+            model.backward_params(loss_fn.backward())
             if self.clip_grad_norm is not None:
                 try:
                     clip_grad_norm_(opt.params, self.clip_grad_norm)
