@@ -251,12 +251,12 @@ def test_conv2d_tap_path_serves_wide_same_convolutions_only():
     from gpunet.ops import _numpy_conv_taps as taps
     from gpunet.ops.geometry import conv2d_geometry
     wide = taps.TAP_MIN_CHANNELS
-    assert taps.tap_applies(conv2d_geometry((2, wide, 8, 8), (4, wide, 3, 3), 1, 1))
-    assert taps.tap_applies(conv2d_geometry((2, wide, 8, 8), (4, wide, 5, 5), 1, 2))
-    assert not taps.tap_applies(conv2d_geometry((2, wide - 1, 8, 8), (4, wide - 1, 3, 3), 1, 1))  # thin K
-    assert not taps.tap_applies(conv2d_geometry((2, wide, 8, 8), (4, wide, 3, 3), 2, 1))       # stride 2
-    assert not taps.tap_applies(conv2d_geometry((2, wide, 8, 8), (4, wide, 3, 3), 1, 0))       # "valid"
-    assert not taps.tap_applies(conv2d_geometry((2, wide, 8, 8), (4, wide, 1, 1), 1, 0))       # 1x1
+    assert taps.applies(conv2d_geometry((2, wide, 8, 8), (4, wide, 3, 3), 1, 1))
+    assert taps.applies(conv2d_geometry((2, wide, 8, 8), (4, wide, 5, 5), 1, 2))
+    assert not taps.applies(conv2d_geometry((2, wide - 1, 8, 8), (4, wide - 1, 3, 3), 1, 1))  # thin K
+    assert not taps.applies(conv2d_geometry((2, wide, 8, 8), (4, wide, 3, 3), 2, 1))       # stride 2
+    assert not taps.applies(conv2d_geometry((2, wide, 8, 8), (4, wide, 3, 3), 1, 0))       # "valid"
+    assert not taps.applies(conv2d_geometry((2, wide, 8, 8), (4, wide, 1, 1), 1, 0))       # 1x1
 
 
 def test_conv2d_argument_errors():
@@ -668,6 +668,85 @@ def test_max_pool_backward_adds_in_row_major_window_order_bitwise(k, s, p):
     dy[0, 0, 0, 0], dy[1, 2, -1, -1] = np.inf, np.nan                        # non-finite dy too
     dx = OPS.max_pool2d_backward(dy, am, x.shape, k, s, p)
     np.testing.assert_array_equal(dx, ref.max_pool2d_backward(dy, am, x.shape))
+
+
+# The strided phases path (gpunet/ops/_numpy_conv_phases.py): the backward of stride > 1 convolutions
+# as GEMMs over the input's stride phases. Forced on small shapes with PHASE_MIN_CHANNELS = 1.
+STRIDED_CASES = ["nonsquare-3x5-s2x3-p1x2", "k2-s3-gaps", "k5-s2-p2-overlap", "scatter-s2",
+                 "pad-larger-than-kernel-s2", "s3-k5-phases"]
+
+
+@pytest.fixture
+def force_phases(monkeypatch):
+    from gpunet.ops import _numpy_conv_phases as phases
+    monkeypatch.setattr(phases, "PHASE_MIN_CHANNELS", 1)
+    calls = []
+    real = phases.backward
+    monkeypatch.setattr(phases, "backward", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    return calls
+
+
+@pytest.mark.parametrize("relu", [False, True], ids=["linear", "relu"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("case", STRIDED_CASES)
+def test_conv2d_phases_path_matches_reference(force_phases, case, bias, relu):
+    x, w, b, s, p = _conv_inputs(case)
+    b = b if bias else None
+    y, ctx = OPS.conv2d_forward(x, w, b, s, p, relu)
+    dy = np.random.default_rng(1).standard_normal(y.shape)
+    dx, dw, db = OPS.conv2d_backward(dy, ctx)
+    assert force_phases == [1]
+    rdx, rdw, rdb = ref.conv2d_backward(dy, x, w, b, s, p, relu)
+    np.testing.assert_allclose(dx, rdx, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dw, rdw, rtol=1e-12, atol=1e-12)
+    assert (db is None) == (b is None)
+    if b is not None:
+        np.testing.assert_allclose(db, rdb, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("block", [1, 2000], ids=["one-image-blocks", "ragged-blocks"])
+@pytest.mark.parametrize("case", ["nonsquare-3x5-s2x3-p1x2", "k2-s3-gaps"])
+def test_conv2d_phases_path_blocks_strided_dy_and_stale_workspace(force_phases, monkeypatch, case, block):
+    from gpunet.ops import _numpy_conv_phases as phases
+    from gpunet.ops._numpy_util import workspace
+    x, w, b, s, p = _conv_inputs(case)
+    x = np.concatenate([x, x[:1] * 0.5, x[:2] * -1.5])    # an odd batch: ragged blocks
+    y, ctx = OPS.conv2d_forward(x, w, b, s, p, True)
+    dy = np.random.default_rng(5).standard_normal(y.shape)
+    want = ref.conv2d_backward(dy, x, w, b, s, p, True)
+    monkeypatch.setattr(phases, "PHASE_BLOCK_BYTES", block)
+    for buf in workspace().buffers.values():
+        buf[...] = np.nan
+    got = OPS.conv2d_backward(np.asfortranarray(dy), ctx)
+    for g, r in zip(got, want):
+        np.testing.assert_allclose(g, r, rtol=1e-12, atol=1e-12)
+    dx, dw, db = OPS.conv2d_backward(dy, ctx, input_grad=False)
+    assert dx is None
+    np.testing.assert_allclose(dw, want[1], rtol=1e-12, atol=1e-12)
+
+
+def test_conv2d_phases_path_relu_mask_blocks_nan_and_inf_gradient(force_phases):
+    x, w, b, s, p = _conv_inputs("k5-s2-p2-overlap")
+    y, ctx = OPS.conv2d_forward(x, w, b, s, p, True)
+    assert (y == 0).any() and (y > 0).any()
+    dy = np.ones_like(y)
+    dy[y == 0] = np.inf
+    dx, dw, db = OPS.conv2d_backward(dy, ctx)
+    assert np.isfinite(dx).all() and np.isfinite(dw).all() and np.isfinite(db).all()
+    rdx, rdw, _ = ref.conv2d_backward(np.where(y > 0, dy, 0), x, w, b, s, p, True)
+    np.testing.assert_allclose(dx, rdx, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dw, rdw, rtol=1e-12, atol=1e-12)
+
+
+def test_conv2d_phases_path_serves_strided_wide_kernels_only():
+    from gpunet.ops import _numpy_conv_phases as phases
+    from gpunet.ops.geometry import conv2d_geometry
+    c = phases.PHASE_MIN_CHANNELS
+    assert phases.applies(conv2d_geometry((2, c, 8, 8), (4, c, 3, 3), 2, 1))
+    assert phases.applies(conv2d_geometry((2, c, 9, 8), (4, c, 3, 5), (1, 3), 0))
+    assert not phases.applies(conv2d_geometry((2, c, 8, 8), (4, c, 3, 3), 1, 1))       # stride 1
+    assert not phases.applies(conv2d_geometry((2, c, 8, 8), (4, c, 1, 1), 2, 0))       # 1x1
+    assert not phases.applies(conv2d_geometry((2, c - 1, 8, 8), (4, c - 1, 3, 3), 2, 1))  # thin dx GEMM
 
 
 # --- the direct cblas binding (gpunet/ops/_blas.py) ---------------------------------------------------

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from gpunet.ops import _numpy_conv_phases as phases_path
 from gpunet.ops import _numpy_conv_taps as taps
 from gpunet.ops._numpy_util import same_dtype, tap_range, workspace
 from gpunet.ops.geometry import Window2d, conv2d_geometry
@@ -123,7 +124,7 @@ def conv2d_forward(x, w, b, stride, padding, relu: bool):
     wm = np.ascontiguousarray(w).reshape(cout, k)
     bias = None if b is None else b.reshape(cout, 1)
     y = np.empty((win.n, cout, win.oh, win.ow), dtype=dt)
-    if taps.tap_applies(win):
+    if taps.applies(win):  # stride 1, "same": GEMMs over shifted views, no im2col
         taps.forward(x, w, b, win, relu, y)
         return y, ConvCtx(x, w, y if relu else None, b is not None, win)
     y3 = y.reshape(win.n, cout, p)
@@ -168,13 +169,15 @@ def conv2d_backward(dy, ctx: ConvCtx, input_grad: bool = True):
     dy3 = dy.reshape(win.n, cout, p)
     y3 = None if ctx.y is None else ctx.y.reshape(win.n, cout, p)
     wm = np.ascontiguousarray(w).reshape(cout, k)
-    if taps.tap_applies(win):
+    # GEMMs over shifted views, no im2col: the stride-1 "same" taps path, else the strided phases path
+    path = next((p for p in (taps, phases_path) if p.applies(win)), None)
+    if path is not None:
         dx = np.empty(x.shape, dtype=dt) if input_grad else None
         dw = np.empty(w.shape, dtype=dt)
 
         def g_of(n0, n1, out):
             _masked_dy(dy[n0:n1], None if ctx.y is None else ctx.y[n0:n1], out)
-        db = taps.backward(x, w, g_of, ctx.has_bias, win, dx, dw)
+        db = path.backward(x, w, g_of, ctx.has_bias, win, dx, dw)
         return dx, dw, (None if db is None else db.astype(dt))
 
     gather = cout <= 2 * win.c  # else the gather's GEMM would be thin and its im2col huge

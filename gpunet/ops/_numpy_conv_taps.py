@@ -42,7 +42,7 @@ TAP_BLOCK_BYTES = 3 << 20
 TAP_MIN_CHANNELS = 8
 
 
-def tap_applies(win: Window2d) -> bool:
+def applies(win: Window2d) -> bool:
     """Whether the tap path serves this geometry: stride 1, "same" padding, a kernel larger than 1x1
     (1x1 is already a copy-free GEMM) and at least TAP_MIN_CHANNELS input channels."""
     return (win.sh == win.sw == 1 and win.kh == 2 * win.ph + 1 and win.kw == 2 * win.pw + 1
