@@ -181,10 +181,13 @@ def _tap_inputs(case, dtype=np.float64, seed=0):
             rng.standard_normal(co).astype(dtype), p)
 
 
+@pytest.mark.parametrize("dw_rows", [192, 0], ids=["dw-one-gemm", "dw-per-row"])
 @pytest.mark.parametrize("relu", [False, True], ids=["linear", "relu"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("case", TAP_CASES)
-def test_conv2d_tap_path_matches_reference(force_taps, case, bias, relu):
+def test_conv2d_tap_path_matches_reference(force_taps, monkeypatch, case, bias, relu, dw_rows):
+    from gpunet.ops import _numpy_conv_taps as taps
+    monkeypatch.setattr(taps, "DW_SINGLE_GEMM_MAX_ROWS", dw_rows)
     x, w, b, p = _tap_inputs(case)
     b = b if bias else None
     y, ctx = OPS.conv2d_forward(x, w, b, 1, p, relu)
@@ -201,7 +204,8 @@ def test_conv2d_tap_path_matches_reference(force_taps, case, bias, relu):
 
 
 @pytest.mark.parametrize("block", [1, 2500], ids=["one-image-blocks", "ragged-blocks"])
-def test_conv2d_tap_path_blocks_strided_input_and_stale_workspace(force_taps, monkeypatch, block):
+@pytest.mark.parametrize("dw_rows", [192, 0], ids=["dw-one-gemm", "dw-per-row"])
+def test_conv2d_tap_path_blocks_strided_input_and_stale_workspace(force_taps, monkeypatch, block, dw_rows):
     """Several blocks (the last one ragged), a non-contiguous x and dy, and workspace buffers left
     full of NaN by an earlier call: the zero margins and slack must be rewritten every block."""
     from gpunet.ops import _numpy_conv_taps as taps
@@ -212,6 +216,7 @@ def test_conv2d_tap_path_blocks_strided_input_and_stale_workspace(force_taps, mo
     dy = np.random.default_rng(5).standard_normal(y0.shape)
     g0 = OPS.conv2d_backward(dy, c0)
     monkeypatch.setattr(taps, "TAP_BLOCK_BYTES", block)
+    monkeypatch.setattr(taps, "DW_SINGLE_GEMM_MAX_ROWS", dw_rows)
     for buf in workspace().buffers.values():
         buf[...] = np.nan
     xs = np.ascontiguousarray(x.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)

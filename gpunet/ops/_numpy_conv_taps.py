@@ -40,6 +40,12 @@ TAP_BLOCK_BYTES = 3 << 20
 # Below this many input channels the GEMMs get too thin (dx's has only C rows) and im2col wins:
 # 3->64 32x32 took 23 ms by im2col and 29 by taps; 8->16 took 24 by im2col and 16 by taps.
 TAP_MIN_CHANNELS = 8
+# dW as ONE GEMM per block, (kh*C_out, span) @ (span, kw*C) against a kh-fold shifted copy of g, when
+# kh*C_out is at most this; else one (C_out, m) @ (m, kw*C) GEMM per kernel row. The single GEMM reads
+# xcat once instead of kh times, which pays while its rows are few: 16->16 32x32 fwd+bwd 20.4 -> 18.4 ms,
+# 32->32 16x16 13.6 -> 12.8, 64->64 32x32 131 -> 125; 128->128 16x16 130 -> 153 and 32->64 5x5
+# 135 -> 140 went the other way (best of 12, same process).
+DW_SINGLE_GEMM_MAX_ROWS = 192
 
 
 def applies(win: Window2d) -> bool:
@@ -153,15 +159,22 @@ def backward(x, w, g_of, has_bias: bool, win: Window2d, dx, dw) -> np.ndarray | 
                for i in range(win.kh)]
     dwr = np.empty((win.kh, cout, win.kw * win.c), dtype=dt)   # dW row by row, columns (j, c)
     dwtmp = np.empty((cout, win.kw * win.c), dtype=dt)
+    dwtmp3 = np.empty((win.kh * cout, win.kw * win.c), dtype=dt)
     db = np.zeros(cout, dtype=np.float64) if has_bias else None
     xb = plan.padded("tap_x", win.c, dt)
-    gb = plan.padded("tap_g", cout, dt)
+    # gb lives `front` columns into its buffer: zeros there let the g3 copy below shift g by up to
+    # (kh-1)*pitch; the zeros after the block are rewritten by _fill
+    pitch_max = plan.pitch(plan.nb_max)
+    g_full = workspace().get("tap_g", (cout, (plan.hp + 2 * win.ph) * pitch_max + win.pw + win.kw), dt)
     acc_all = workspace().get("tap_acc", (win.c, plan.wide(plan.nb_max)), dt)
     tmp_all = workspace().get("tap_tmp", (win.c, plan.wide(plan.nb_max)), dt)
     for bi, (n0, n1) in enumerate(plan.blocks):
         nb = n1 - n0
         m, pitch = plan.wide(nb), plan.pitch(nb)
         offsets = [i * pitch for i in range(win.kh)]
+        front = win.ph * pitch
+        g_full[:, :front] = 0
+        gb = g_full[:, front:]
         _fill(gb, plan, nb, None)
         g_start = win.ph * pitch + win.pw
         g_of(n0, n1, plan.images(gb, nb, g_start))
@@ -169,9 +182,18 @@ def backward(x, w, g_of, has_bias: bool, win: Window2d, dx, dw) -> np.ndarray | 
             db += gb[:, :plan.hp * pitch].sum(axis=1)
         _fill(xb, plan, nb, x[n0:n1].swapaxes(0, 1))
         xcat = _shifted("tap_xcat", xb, plan, nb)
-        g_wide = gb[:, g_start:g_start + m]
-        for i, off in enumerate(offsets):  # (C_out, m) @ (m, kw*C): measured the faster way
-            _blas.matmul_acc(g_wide, xcat[:, off:off + m].T, dwr[i], accumulate=bi > 0, tmp=dwtmp)
+        if win.kh * cout <= DW_SINGLE_GEMM_MAX_ROWS:  # g3[i, co, q] = g_wide[co, q - i*pitch]
+            span = plan.hp * pitch
+            g3 = workspace().get("tap_g3", (win.kh, cout, span), dt)
+            it = gb.strides[1]
+            np.copyto(g3, as_strided(gb[:, g_start:], (win.kh, cout, span), (-pitch * it, gb.strides[0], it),
+                                     writeable=False))
+            _blas.matmul_acc(g3.reshape(win.kh * cout, span), xcat[:, :span].T, dwr.reshape(win.kh * cout, -1),
+                             accumulate=bi > 0, tmp=dwtmp3)
+        else:
+            g_wide = gb[:, g_start:g_start + m]
+            for i, off in enumerate(offsets):  # (C_out, m) @ (m, kw*C): measured the faster way
+                _blas.matmul_acc(g_wide, xcat[:, off:off + m].T, dwr[i], accumulate=bi > 0, tmp=dwtmp)
         if dx is None:
             continue
         gcat = _shifted("tap_xcat", gb, plan, nb)   # xcat is done with: reuse its buffer
