@@ -127,8 +127,8 @@ def test_train_eval_and_caches(rng):
 
 @pytest.mark.parametrize("first", ["conv", "linear", "batchnorm"])
 def test_backward_params_matches_backward_and_skips_the_input_gradient(rng, monkeypatch, first):
-    """backward_params (what a training step calls): the same parameter gradients, bit for bit, with
-    the first layer's input gradient never computed when that layer can skip it."""
+    """backward_params (what a training step calls): the same parameter gradients, with the first
+    layer's input gradient never computed when that layer can skip it."""
     def build():
         if first == "conv":  # small_cnn without its dropout (two instances draw different masks)
             return nn.Sequential(*[m for m in small_cnn() if not isinstance(m, nn.Dropout)])
@@ -151,9 +151,13 @@ def test_backward_params_matches_backward_and_skips_the_input_gradient(rng, monk
     if first == "conv":
         assert seen[-1] is False and all(seen[:-1])   # only the first conv skips dx
     assert all(m._cache is None for m in b.modules())
+    first_layer = {"0." + n for n, _ in b[0].named_parameters()}
     for (na, pa), (nb_, pb) in zip(a.named_parameters(), b.named_parameters()):
         assert na == nb_
-        np.testing.assert_array_equal(pa.grad, pb.grad, err_msg=na)
+        if na in first_layer:   # its dW may come from a different GEMM (thin inputs: per image)
+            np.testing.assert_allclose(pa.grad, pb.grad, rtol=1e-5, atol=1e-5, err_msg=na)
+        else:                   # everything upstream of it runs the very same code
+            np.testing.assert_array_equal(pa.grad, pb.grad, err_msg=na)
 
 
 def test_zero_grad_and_frozen_parameters(rng):

@@ -797,7 +797,7 @@ def test_conv2d_tap_path_without_direct_blas_matches_reference(force_taps, monke
 @pytest.mark.parametrize("case", ["3x3-s1-p1", "cout-much-larger", "k5-s2-p2-overlap"])  # taps, scatter, gather
 @pytest.mark.parametrize("taps_on", [False, True], ids=["im2col", "taps"])
 def test_conv2d_backward_without_input_grad(monkeypatch, case, taps_on):
-    """input_grad=False: dx None, the same dW and db (bitwise: the same GEMMs run for them)."""
+    """input_grad=False: dx None, the same dW and db (thin inputs take the per-image dW GEMMs then)."""
     from gpunet.ops import _numpy_conv_taps as taps
     monkeypatch.setattr(taps, "TAP_MIN_CHANNELS", 1 if taps_on else 10 ** 9)
     x, w, b, s, p = _conv_inputs(case)
@@ -806,5 +806,25 @@ def test_conv2d_backward_without_input_grad(monkeypatch, case, taps_on):
     dx_full, dw_full, db_full = OPS.conv2d_backward(dy, ctx)
     dx, dw, db = OPS.conv2d_backward(dy, ctx, input_grad=False)
     assert dx is None and dx_full is not None
-    np.testing.assert_array_equal(dw, dw_full)
-    np.testing.assert_array_equal(db, db_full)
+    np.testing.assert_allclose(dw, dw_full, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(db, db_full, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("block", [1, 10 ** 9], ids=["one-image-blocks", "one-block"])
+def test_conv2d_per_image_weight_gradient_masks_non_finite_dy(monkeypatch, block):
+    """The thin-input, no-dx backward (per-image dW GEMMs): blocks, and inf/NaN dy where the ReLU is off."""
+    from gpunet.ops import _numpy_conv
+    x, w, b, s, p = _conv_inputs("cin1-7x7-p3")
+    x = np.concatenate([x, -x, 0.5 * x])
+    w = w[:, :, 2:5, 2:5].copy()               # 3x3: K = 9, the per-image path
+    y, ctx = OPS.conv2d_forward(x, w, b, s, 1, True)
+    assert (y == 0).any() and (y > 0).any()
+    dy = np.random.default_rng(3).standard_normal(y.shape)
+    dy[y == 0] = np.inf
+    dy[(y == 0) & (np.arange(y.size).reshape(y.shape) % 3 == 0)] = np.nan
+    monkeypatch.setattr(_numpy_conv, "BLOCK_BYTES", block)
+    dx, dw, db = OPS.conv2d_backward(dy, ctx, input_grad=False)
+    assert dx is None
+    _, rdw, rdb = ref.conv2d_backward(np.where(y > 0, dy, 0), x, w, b, s, 1, True)
+    np.testing.assert_allclose(dw, rdw, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(db, rdb, rtol=1e-12, atol=1e-12)
