@@ -209,8 +209,23 @@ def conv2d_backward(dy, ctx: ConvCtx, input_grad: bool = True):
         dx = np.empty(x.shape, dtype=dt) if input_grad else None
         dw = np.empty(w.shape, dtype=dt)
 
+        finite = ctx.y is None or bool(np.isfinite(dy).all())
+
         def g_of(n0, n1, out):
-            _masked_dy(dy[n0:n1], None if ctx.y is None else ctx.y[n0:n1], out)
+            """out (C_out, nb, OH, OW), a strided view into the path's padded layout, = masked dy.
+            The mask is applied in dy's own contiguous layout and then copied: a ufunc writing
+            through the transposed view runs one short row at a time (OW elements) and took 3.6 ms
+            where this takes under 1 (128x32x14x14 float32)."""
+            if ctx.y is None:
+                np.copyto(out, dy[n0:n1].swapaxes(0, 1))
+                return
+            g = workspace().get("conv_gmask", dy[n0:n1].shape, dt)
+            if finite:   # dy * (y > 0): exact, since dy*1 = dy and dy*0 = +-0
+                np.multiply(dy[n0:n1], np.greater(ctx.y[n0:n1], 0), out=g)
+            else:        # inf*0 = NaN must not leak through the mask
+                g[...] = 0
+                np.copyto(g, dy[n0:n1], where=np.greater(ctx.y[n0:n1], 0))
+            np.copyto(out, g.swapaxes(0, 1))
         db = path.backward(x, w, g_of, ctx.has_bias, win, dx, dw)
         return dx, dw, (None if db is None else db.astype(dt))
 
