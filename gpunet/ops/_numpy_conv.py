@@ -53,6 +53,9 @@ BLOCK_BYTES = 16 << 20
 # wins, 14.0 -> 12.4), hence the second bound, for the forward only.
 PER_IMAGE_MAX_K = 32
 PER_IMAGE_MAX_COUT_FORWARD = 32
+# Pointwise convolutions (1x1, stride 1, no padding) always take the image-major path, dx included:
+# x[n] is its own im2col matrix, so no copy is left at all. Forward+backward, best of 15: 256->64
+# 16x16 N64 25.5 -> 17.1 ms, 64->256 28.0 -> 24.0, 64->64 32x32 35.9 -> 24.9.
 
 
 @dataclass(frozen=True)
@@ -114,10 +117,17 @@ def _cols(x, win: Window2d, n0: int, n1: int):
     return cols.reshape(k, nb * p)
 
 
+def _pointwise(win: Window2d) -> bool:
+    """1x1, stride 1, no padding: each image's (C, H*W) plane is already its im2col matrix."""
+    return win.kh == win.kw == win.sh == win.sw == 1 and win.ph == win.pw == 0
+
+
 def _cols_per_image(x, win: Window2d, n0: int, n1: int):
     """im2col of images n0:n1 image-major, (nb, K, P): each image's matrix on its own, so the GEMM
-    W @ cols[n] lands in NCHW order and needs no transposing copy."""
+    W @ cols[n] lands in NCHW order and needs no transposing copy (x itself when pointwise)."""
     nb = n1 - n0
+    if _pointwise(win):
+        return x[n0:n1].reshape(nb, win.c, win.h * win.w)
     ws = workspace()
     src = x[n0:n1]
     if win.ph or win.pw:
@@ -156,7 +166,7 @@ def conv2d_forward(x, w, b, stride, padding, relu: bool):
     y3 = y.reshape(win.n, cout, p)
     for n0, n1 in _blocks(win.n, k * p * dt.itemsize):
         nb = n1 - n0
-        if k <= PER_IMAGE_MAX_K and cout <= PER_IMAGE_MAX_COUT_FORWARD:  # memory-bound: y in place, NCHW
+        if _pointwise(win) or k <= PER_IMAGE_MAX_K and cout <= PER_IMAGE_MAX_COUT_FORWARD:  # y in place, NCHW
             yb = y3[n0:n1]
             np.matmul(wm, _cols_per_image(x, win, n0, n1), out=yb)
             if bias is not None:
@@ -229,9 +239,10 @@ def conv2d_backward(dy, ctx: ConvCtx, input_grad: bool = True):
         db = path.backward(x, w, g_of, ctx.has_bias, win, dx, dw)
         return dx, dw, (None if db is None else db.astype(dt))
 
-    if not input_grad and k <= PER_IMAGE_MAX_K:
-        dw, db = _wgrad_per_image(x, dy3, y3, win, wm.shape, ctx.has_bias)
-        return None, dw.reshape(w.shape), db
+    if _pointwise(win) or not input_grad and k <= PER_IMAGE_MAX_K:
+        dx = np.empty(x.shape, dtype=dt) if input_grad else None
+        dw, db = _backward_per_image(x, dy3, y3, win, wm, ctx.has_bias, dx)
+        return dx, dw.reshape(w.shape), db
 
     gather = cout <= 2 * win.c  # else the gather's GEMM would be thin and its im2col huge
     if not input_grad:
@@ -278,10 +289,11 @@ def conv2d_backward(dy, ctx: ConvCtx, input_grad: bool = True):
     return dx, dw.reshape(w.shape), (None if db is None else db.astype(dt))
 
 
-def _wgrad_per_image(x, dy3, y3, win: Window2d, wshape, has_bias: bool):
+def _backward_per_image(x, dy3, y3, win: Window2d, wm, has_bias: bool, dx):
     """dW (and db) as a batch of per-image GEMMs g[n] (C_out, P) @ cols[n]^T (P, K), g the masked dy
-    in its own NCHW layout."""
-    cout, k = wshape
+    in its own NCHW layout; dx (pointwise convolutions only; None: not wanted) = W^T @ g[n] per image,
+    straight into NCHW."""
+    cout, k = wm.shape
     dt = dy3.dtype
     p = win.oh * win.ow
     dw = np.zeros((cout, k), dtype=dt)
@@ -301,6 +313,8 @@ def _wgrad_per_image(x, dy3, y3, win: Window2d, wshape, has_bias: bool):
             db += g.sum(axis=2).sum(axis=0)
         part = np.matmul(g, _cols_per_image(x, win, n0, n1).transpose(0, 2, 1))
         dw += part.sum(axis=0)
+        if dx is not None:
+            np.matmul(wm.T, g, out=dx[n0:n1].reshape(nb, win.c, p))
     return dw, (None if db is None else db.astype(dt))
 
 
