@@ -1,4 +1,15 @@
-"""conv2d (+ bias, + fused ReLU) forward and backward on NumPy: im2col blocks and BLAS GEMMs.
+"""conv2d (+ bias, + fused ReLU) forward and backward on NumPy: BLAS GEMMs, chosen per geometry.
+
+Which path serves a convolution (measured choices; each path's module or constant says by how much):
+
+    stride 1, "same" padding, C_in >= 8   -> _numpy_conv_taps: GEMMs over shifted views of one padded
+                                             block, no im2col (forward and backward)
+    stride > 1, C_in >= 8                 -> forward below (im2col); backward _numpy_conv_phases:
+                                             GEMMs over the input's stride phases, no im2col
+    pointwise (1x1, stride 1, no padding) -> per-image GEMMs on the NCHW planes themselves
+    thin inputs (K = C_in*kh*kw <= 32)    -> image-major im2col: y (and, without dx, dW) per image,
+                                             no transposing copies
+    anything else                         -> the channel-major im2col path described here
 
 Layouts. The API is NCHW, weight (C_out, C_in, kh, kw). The batch is cut into blocks of nb images
 whose im2col matrix fits in cache (`BLOCK_BYTES`). A block's im2col matrix is built channel-major,
@@ -20,10 +31,11 @@ held channel-major (C_out, nb*P). Loops run over blocks, stride phases and kerne
 loop body is a BLAS call or a whole-block NumPy copy. One GEMM per block (not one per image) keeps
 the BLAS thread hand-offs few, which matters on a loaded machine; the copies stay on the calling
 thread (they are memory-bound: a second thread did not make them faster, and it competes with the
-BLAS threads).
+BLAS threads). input_grad=False (the layer that sees the data) skips dx's work on every path.
 
-Summation order is BLAS's, so float32 results differ from other backends in the last bits; the
-float64 path is the same code and serves as the oracle for the CUDA kernels.
+Summation order is BLAS's (and differs between the paths), so float32 results differ from other
+backends in the last bits; the float64 path is the same code and serves as the oracle for the CUDA
+kernels.
 """
 from __future__ import annotations
 

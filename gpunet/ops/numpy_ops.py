@@ -1,7 +1,7 @@
 """NumpyOps: the Ops protocol (gpunet.ops.interface) on NumPy, the reference for every other backend.
 
-Vectorised, and fast enough to train on: convolution is im2col blocks + BLAS GEMMs
-(`_numpy_conv`), pooling is one whole-tensor operation per kernel tap (`_numpy_pool`, whose header
+Vectorised, and fast enough to train on: convolution is BLAS GEMMs over shifted views of padded
+blocks, stride phases or im2col blocks, chosen per geometry (`_numpy_conv`), pooling is one whole-tensor operation per kernel tap (`_numpy_pool`, whose header
 states the exact max-pool tie/NaN rules a kernel must copy), batch norm is a shifted two-pass scheme
 stable far from zero (`_numpy_bn`). Shapes and arguments are validated by gpunet.ops.geometry, so
 every backend raises the same errors. float32 stays float32 (no full-size float64 temporaries);
