@@ -135,3 +135,29 @@ def test_torch_twin_has_same_architecture_and_weights(name, in_shape):
         with torch.no_grad():
             ref = twin(torch.from_numpy(x)).numpy()
         assert check_outputs(model(x), ref) < 1e-4, mode
+
+
+def test_bench_summary_takes_the_median_ratio_per_row(tmp_path, capsys):
+    """scripts/bench_summary.py: several runs of one commit, one row per id, the median of its ratios."""
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        "bench_summary", Path(__file__).resolve().parents[1] / "scripts" / "bench_summary.py")
+    summary = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summary)
+    def run(name, ratios):
+        rows = [{"id": f"r{i}", "name": f"row {i}", "phase": "fwd", "unit": "ms", "ratio": r,
+                 "target": {"max_ratio": 1.5}} for i, r in enumerate(ratios)]
+        rows.append({"id": "mem", "name": "memory", "phase": "peak memory", "unit": "MiB", "ratio": 0.7})
+        d = tmp_path / name
+        d.mkdir()
+        (d / "results.json").write_text(json.dumps({"rows": rows, "machine": {"git": {"commit": "abc"}}}))
+        return str(d)
+    dirs = [run("a", [1.0, 2.0]), run("b", [3.0, None]), run("c", [2.0, 4.0])]
+    assert summary.main(dirs + ["--markdown"]) == 0
+    out = capsys.readouterr().out
+    assert "| row 0 fwd | 1.00 | 3.00 | 2.00 | 2.00 | <=1.5x |" in out
+    assert "| row 1 fwd | 2.00 | - | 4.00 | 3.00 | <=1.5x |" in out
+    assert "memory" not in out
+    with pytest.raises(SystemExit, match="no results.json"):
+        summary.main([str(tmp_path / "missing")])
