@@ -74,6 +74,17 @@ def _conv_inputs(case, dtype=np.float64, seed=0):
     return x, w, b, s, p
 
 
+def _assert_matches_reference_backward(got, dy, x, w, b, s, p, relu):
+    """(dx, dw, db) equal the loop reference's to 1e-12 (float64 inputs); db None exactly without a bias."""
+    dx, dw, db = got
+    rdx, rdw, rdb = ref.conv2d_backward(dy, x, w, b, s, p, relu)
+    np.testing.assert_allclose(dx, rdx, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dw, rdw, rtol=1e-12, atol=1e-12)
+    assert (db is None) == (b is None)
+    if b is not None:
+        np.testing.assert_allclose(db, rdb, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("relu", [False, True], ids=["linear", "relu"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("case", CONV_CASES)
@@ -85,12 +96,7 @@ def test_conv2d_matches_reference(case, bias, relu):
     np.testing.assert_allclose(y, ref.conv2d(x, w, b, s, p, relu), rtol=1e-12, atol=1e-12)
     dy = np.random.default_rng(1).standard_normal(y.shape)
     dx, dw, db = OPS.conv2d_backward(dy, ctx)
-    rdx, rdw, rdb = ref.conv2d_backward(dy, x, w, b, s, p, relu)
-    np.testing.assert_allclose(dx, rdx, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(dw, rdw, rtol=1e-12, atol=1e-12)
-    assert (db is None) == (b is None)
-    if b is not None:
-        np.testing.assert_allclose(db, rdb, rtol=1e-12, atol=1e-12)
+    _assert_matches_reference_backward((dx, dw, db), dy, x, w, b, s, p, relu)
     np.testing.assert_array_equal(x, x0)
     np.testing.assert_array_equal(w, w0)
 
@@ -195,12 +201,7 @@ def test_conv2d_tap_path_matches_reference(force_taps, monkeypatch, case, bias, 
     dy = np.random.default_rng(1).standard_normal(y.shape)
     dx, dw, db = OPS.conv2d_backward(dy, ctx)
     assert force_taps == ["forward", "backward"]
-    rdx, rdw, rdb = ref.conv2d_backward(dy, x, w, b, 1, p, relu)
-    np.testing.assert_allclose(dx, rdx, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(dw, rdw, rtol=1e-12, atol=1e-12)
-    assert (db is None) == (b is None)
-    if b is not None:
-        np.testing.assert_allclose(db, rdb, rtol=1e-12, atol=1e-12)
+    _assert_matches_reference_backward((dx, dw, db), dy, x, w, b, 1, p, relu)
 
 
 @pytest.mark.parametrize("block", [1, 2500], ids=["one-image-blocks", "ragged-blocks"])
@@ -701,12 +702,7 @@ def test_conv2d_phases_path_matches_reference(force_phases, case, bias, relu):
     dy = np.random.default_rng(1).standard_normal(y.shape)
     dx, dw, db = OPS.conv2d_backward(dy, ctx)
     assert force_phases == [1]
-    rdx, rdw, rdb = ref.conv2d_backward(dy, x, w, b, s, p, relu)
-    np.testing.assert_allclose(dx, rdx, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(dw, rdw, rtol=1e-12, atol=1e-12)
-    assert (db is None) == (b is None)
-    if b is not None:
-        np.testing.assert_allclose(db, rdb, rtol=1e-12, atol=1e-12)
+    _assert_matches_reference_backward((dx, dw, db), dy, x, w, b, s, p, relu)
 
 
 @pytest.mark.parametrize("block", [1, 2000], ids=["one-image-blocks", "ragged-blocks"])

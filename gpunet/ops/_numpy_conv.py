@@ -109,20 +109,25 @@ def _pad_into(dst, src, top: int, left: int) -> None:
     np.copyto(dst[..., r0:r1, c0:c1], src[..., r0 - top:r1 - top, c0 - left:c1 - left])
 
 
+def _padded_block(x, win: Window2d, n0: int, n1: int):
+    """Images n0:n1 of x, zero-padded into a workspace buffer when the convolution pads."""
+    src = x[n0:n1]
+    if win.ph or win.pw:
+        pad = workspace().get("conv_pad", (n1 - n0, win.c, win.h + 2 * win.ph, win.w + 2 * win.pw), x.dtype)
+        _pad_into(pad, src, win.ph, win.pw)
+        src = pad
+    return src
+
+
 def _cols(x, win: Window2d, n0: int, n1: int):
     """im2col of images n0:n1 as (K, nb*P): one strided copy into a workspace buffer (a view of x
     itself for a single image under a 1x1, stride-1, unpadded kernel)."""
     nb = n1 - n0
     k, p = win.c * win.kh * win.kw, win.oh * win.ow
-    if nb == 1 and win.kh == win.kw == win.sh == win.sw == 1 and win.ph == win.pw == 0:
+    if nb == 1 and _pointwise(win):
         return x[n0].reshape(k, p)
-    ws = workspace()
-    src = x[n0:n1]
-    if win.ph or win.pw:
-        pad = ws.get("conv_pad", (nb, win.c, win.h + 2 * win.ph, win.w + 2 * win.pw), x.dtype)
-        _pad_into(pad, src, win.ph, win.pw)
-        src = pad
-    cols = ws.get("conv_cols", (win.c, win.kh, win.kw, nb, win.oh, win.ow), x.dtype)
+    src = _padded_block(x, win, n0, n1)
+    cols = workspace().get("conv_cols", (win.c, win.kh, win.kw, nb, win.oh, win.ow), x.dtype)
     s_n, s_c, s_h, s_w = src.strides
     np.copyto(cols, as_strided(src, cols.shape, (s_c, s_h, s_w, s_n, s_h * win.sh, s_w * win.sw),
                                 writeable=False))
@@ -140,13 +145,8 @@ def _cols_per_image(x, win: Window2d, n0: int, n1: int):
     nb = n1 - n0
     if _pointwise(win):
         return x[n0:n1].reshape(nb, win.c, win.h * win.w)
-    ws = workspace()
-    src = x[n0:n1]
-    if win.ph or win.pw:
-        pad = ws.get("conv_pad", (nb, win.c, win.h + 2 * win.ph, win.w + 2 * win.pw), x.dtype)
-        _pad_into(pad, src, win.ph, win.pw)
-        src = pad
-    cols = ws.get("conv_cols", (nb, win.c, win.kh, win.kw, win.oh, win.ow), x.dtype)
+    src = _padded_block(x, win, n0, n1)
+    cols = workspace().get("conv_cols", (nb, win.c, win.kh, win.kw, win.oh, win.ow), x.dtype)
     s_n, s_c, s_h, s_w = src.strides
     np.copyto(cols, as_strided(src, cols.shape, (s_n, s_c, s_h, s_w, s_h * win.sh, s_w * win.sw),
                                 writeable=False))
@@ -198,17 +198,24 @@ def conv2d_forward(x, w, b, stride, padding, relu: bool):
     return y, ConvCtx(x, w, y if relu else None, b is not None, win)
 
 
+def _relu_masked(dy, y, out, finite: bool) -> None:
+    """out = dy where y > 0, else 0 (dy, y and out in one layout; y None: a plain copy). finite says
+    whether dy holds only finite values: then dy * (y > 0), exact since dy*1 = dy and dy*0 = +-0;
+    otherwise a masked copy, so that inf*0 = NaN cannot leak through the mask."""
+    if y is None:
+        np.copyto(out, dy)
+    elif finite:
+        np.multiply(dy, np.greater(y, 0), out=out)
+    else:
+        out[...] = 0
+        np.copyto(out, dy, where=np.greater(y, 0))
+
+
 def _masked_dy(dy, y, out) -> None:
     """out (C_out, nb, ...) = dy (nb, C_out, ...) with its first two axes swapped, zeroed where y <= 0
     when y is given (ReLU)."""
-    dyt = dy.swapaxes(0, 1)
-    if y is None:
-        np.copyto(out, dyt)
-    elif np.isfinite(dy).all():  # dy * (y > 0): exact, since dy*1 = dy and dy*0 = +-0
-        np.multiply(dyt, np.greater(y, 0).swapaxes(0, 1), out=out)
-    else:                        # inf*0 = NaN must not leak through the mask
-        out[...] = 0
-        np.copyto(out, dyt, where=np.greater(y, 0).swapaxes(0, 1))
+    _relu_masked(dy.swapaxes(0, 1), None if y is None else y.swapaxes(0, 1), out,
+                 y is None or bool(np.isfinite(dy).all()))
 
 
 def conv2d_backward(dy, ctx: ConvCtx, input_grad: bool = True):
@@ -242,11 +249,7 @@ def conv2d_backward(dy, ctx: ConvCtx, input_grad: bool = True):
                 np.copyto(out, dy[n0:n1].swapaxes(0, 1))
                 return
             g = workspace().get("conv_gmask", dy[n0:n1].shape, dt)
-            if finite:   # dy * (y > 0): exact, since dy*1 = dy and dy*0 = +-0
-                np.multiply(dy[n0:n1], np.greater(ctx.y[n0:n1], 0), out=g)
-            else:        # inf*0 = NaN must not leak through the mask
-                g[...] = 0
-                np.copyto(g, dy[n0:n1], where=np.greater(ctx.y[n0:n1], 0))
+            _relu_masked(dy[n0:n1], ctx.y[n0:n1], g, finite)
             np.copyto(out, g.swapaxes(0, 1))
         db = path.backward(x, w, g_of, ctx.has_bias, win, dx, dw)
         return dx, dw, (None if db is None else db.astype(dt))
@@ -314,13 +317,7 @@ def _backward_per_image(x, dy3, y3, win: Window2d, wm, has_bias: bool, dx):
     for n0, n1 in _blocks(win.n, k * p * dt.itemsize):
         nb = n1 - n0
         g = workspace().get("conv_g", (nb, cout, p), dt)
-        if y3 is None:
-            np.copyto(g, dy3[n0:n1])
-        elif finite:   # dy * (y > 0): exact, since dy*1 = dy and dy*0 = +-0
-            np.multiply(dy3[n0:n1], np.greater(y3[n0:n1], 0), out=g)
-        else:          # inf*0 = NaN must not leak through the mask
-            g[...] = 0
-            np.copyto(g, dy3[n0:n1], where=np.greater(y3[n0:n1], 0))
+        _relu_masked(dy3[n0:n1], None if y3 is None else y3[n0:n1], g, finite)
         if db is not None:
             db += g.sum(axis=2).sum(axis=0)
         part = np.matmul(g, _cols_per_image(x, win, n0, n1).transpose(0, 2, 1))
