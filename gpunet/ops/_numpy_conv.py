@@ -47,7 +47,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from gpunet.ops import _numpy_conv_phases as phases_path
 from gpunet.ops import _numpy_conv_taps as taps
-from gpunet.ops._numpy_util import same_dtype, tap_range, workspace
+from gpunet.ops._numpy_util import even_blocks, same_dtype, tap_range, workspace
 from gpunet.ops.geometry import Window2d, conv2d_geometry
 
 # Target size of one im2col block. Smaller blocks stay in the last-level cache between the copy that
@@ -86,10 +86,7 @@ class ConvCtx:
 
 def _blocks(n: int, bytes_per_image: int):
     """Split n images into nearly equal blocks of at most BLOCK_BYTES of scratch each."""
-    per = max(1, min(n, BLOCK_BYTES // max(1, bytes_per_image)))
-    count = -(-n // per)
-    bounds = [round(k * n / count) for k in range(count + 1)]
-    return list(zip(bounds[:-1], bounds[1:]))
+    return even_blocks(n, BLOCK_BYTES // max(1, bytes_per_image))
 
 
 def _pad_into(dst, src, top: int, left: int) -> None:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from gpunet.ops import _blas
-from gpunet.ops._numpy_util import tap_range, workspace
+from gpunet.ops._numpy_util import even_blocks, tap_range, workspace
 from gpunet.ops.geometry import Window2d
 
 # Target bytes of a block's largest buffer. Small blocks keep the accumulators in cache: 64->128 32x32
@@ -62,10 +62,7 @@ class _Plan:
                 self.phases.append((a, b, taps))
         # the largest per-block buffer: dx's padded g (C_out rows) or a phase plane / its dx (C rows)
         per_image = max(win.c, cout) * (self.hq + self.t) * (self.wq + self.l) * itemsize
-        per = max(1, min(win.n, PHASE_BLOCK_BYTES // per_image))
-        count = -(-win.n // per)
-        bounds = [round(k * win.n / count) for k in range(count + 1)]
-        self.blocks = list(zip(bounds[:-1], bounds[1:]))
+        self.blocks = even_blocks(win.n, PHASE_BLOCK_BYTES // per_image)
         self.nb_max = max(n1 - n0 for n0, n1 in self.blocks)
 
     def covers_input(self) -> bool:

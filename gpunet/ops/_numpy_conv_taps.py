@@ -29,7 +29,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from gpunet.ops import _blas
-from gpunet.ops._numpy_util import workspace
+from gpunet.ops._numpy_util import even_blocks, workspace
 from gpunet.ops.geometry import Window2d
 
 # Target bytes of the largest block buffer (the kw-fold shifted copy). Forward+backward of
@@ -64,10 +64,7 @@ class _Plan:
         self.kh, self.kw = win.kh, win.kw
         self.cell = win.w + win.pw                    # one image's columns plus the pad after it
         per_image = win.kw * max(win.c, cout) * self.hp * self.cell * itemsize  # the shifted copy
-        per = max(1, min(win.n, TAP_BLOCK_BYTES // per_image))
-        count = -(-win.n // per)
-        bounds = [round(k * win.n / count) for k in range(count + 1)]
-        self.blocks = list(zip(bounds[:-1], bounds[1:]))
+        self.blocks = even_blocks(win.n, TAP_BLOCK_BYTES // per_image)
         self.nb_max = max(n1 - n0 for n0, n1 in self.blocks)
 
     def pitch(self, nb: int) -> int:

@@ -56,6 +56,14 @@ def tap_slices(i: int, j: int, win):
     return out, inp
 
 
+def even_blocks(n: int, most: int):
+    """[(n0, n1), ...]: 0..n cut into the fewest nearly equal blocks of at most `most` (>= 1) items."""
+    most = max(1, min(n, most))
+    count = -(-n // most)
+    bounds = [round(k * n / count) for k in range(count + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
 class Workspace:
     """Reusable scratch buffers of one thread.
 
