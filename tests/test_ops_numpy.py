@@ -687,8 +687,9 @@ def force_phases(monkeypatch):
     from gpunet.ops import _numpy_conv_phases as phases
     monkeypatch.setattr(phases, "PHASE_MIN_CHANNELS", 1)
     calls = []
-    real = phases.backward
-    monkeypatch.setattr(phases, "backward", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    for name in ("forward", "backward"):
+        fn = getattr(phases, name)
+        monkeypatch.setattr(phases, name, lambda *a, _fn=fn, _name=name, **k: (calls.append(_name), _fn(*a, **k))[1])
     return calls
 
 
@@ -699,9 +700,10 @@ def test_conv2d_phases_path_matches_reference(force_phases, case, bias, relu):
     x, w, b, s, p = _conv_inputs(case)
     b = b if bias else None
     y, ctx = OPS.conv2d_forward(x, w, b, s, p, relu)
+    np.testing.assert_allclose(y, ref.conv2d(x, w, b, s, p, relu), rtol=1e-12, atol=1e-12)
     dy = np.random.default_rng(1).standard_normal(y.shape)
     dx, dw, db = OPS.conv2d_backward(dy, ctx)
-    assert force_phases == [1]
+    assert force_phases == ["forward", "backward"]
     _assert_matches_reference_backward((dx, dw, db), dy, x, w, b, s, p, relu)
 
 
@@ -716,6 +718,11 @@ def test_conv2d_phases_path_blocks_strided_dy_and_stale_workspace(force_phases, 
     dy = np.random.default_rng(5).standard_normal(y.shape)
     want = ref.conv2d_backward(dy, x, w, b, s, p, True)
     monkeypatch.setattr(phases, "PHASE_BLOCK_BYTES", block)
+    for buf in workspace().buffers.values():
+        buf[...] = np.nan
+    xs = np.ascontiguousarray(x.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
+    y1, _ = OPS.conv2d_forward(xs, w, b, s, p, True)
+    np.testing.assert_allclose(y1, ref.conv2d(x, w, b, s, p, True), rtol=1e-12, atol=1e-12)
     for buf in workspace().buffers.values():
         buf[...] = np.nan
     got = OPS.conv2d_backward(np.asfortranarray(dy), ctx)

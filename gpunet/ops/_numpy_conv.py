@@ -4,8 +4,8 @@ Which path serves a convolution (measured choices; each path's module or constan
 
     stride 1, "same" padding, C_in >= 8   -> _numpy_conv_taps: GEMMs over shifted views of one padded
                                              block, no im2col (forward and backward)
-    stride > 1, C_in >= 8                 -> forward below (im2col); backward _numpy_conv_phases:
-                                             GEMMs over the input's stride phases, no im2col
+    stride > 1, C_in >= 8                 -> _numpy_conv_phases: GEMMs over the input's stride
+                                             phases, no im2col (forward and backward)
     pointwise (1x1, stride 1, no padding) -> per-image GEMMs on the NCHW planes themselves
     thin inputs (K = C_in*kh*kw <= 32)    -> image-major im2col: y (and, without dx, dW) per image,
                                              no transposing copies
@@ -169,8 +169,10 @@ def conv2d_forward(x, w, b, stride, padding, relu: bool):
     wm = np.ascontiguousarray(w).reshape(cout, k)
     bias = None if b is None else b.reshape(cout, 1)
     y = np.empty((win.n, cout, win.oh, win.ow), dtype=dt)
-    if taps.applies(win):  # stride 1, "same": GEMMs over shifted views, no im2col
-        taps.forward(x, w, b, win, relu, y)
+    # GEMMs over shifted views, no im2col: the stride-1 "same" taps path, else the strided phases path
+    path = next((p for p in (taps, phases_path) if p.applies(win)), None)
+    if path is not None:
+        path.forward(x, w, b, win, relu, y)
         return y, ConvCtx(x, w, y if relu else None, b is not None, win)
     y3 = y.reshape(win.n, cout, p)
     for n0, n1 in _blocks(win.n, k * p * dt.itemsize):

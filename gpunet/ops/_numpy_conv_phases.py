@@ -1,5 +1,5 @@
-"""Strided conv2d (stride > 1) backward on NumPy as GEMMs over shifted views of the input's stride
-phases: no im2col of x for dW, no per-phase im2col of dy for dx.
+"""Strided conv2d (stride > 1) on NumPy as GEMMs over shifted views of the input's stride phases:
+no im2col (forward, dW), no per-phase im2col of dy (dx).
 
 Polyphase split. With stride s, kernel tap i = a + s*mi (phase a < s) of output row oh reads padded
 input row s*(oh + mi) + a, i.e. row oh + mi of the phase plane x_a[u] = xpad[s*u + a]. So a strided
@@ -12,6 +12,7 @@ image (mh, mw = the most taps a phase has per axis), pitch = nb*Wq, image n's ph
 u*pitch + n*Wq + v. Output (n, oh, ow) has the wide index m = oh*pitch + n*Wq + ow and sub-tap
 (mi, l) reads the phase buffer at m + mi*pitch + l: a contiguous column range, a plain BLAS operand.
 
+    forward  Y_wide (C_out, OH*pitch) = sum_phases sum_taps W[:, :, a+s*mi, b+s*l] @ P_ab[:, mi*pitch+l :]
     dW[:, :, a+s*mi, b+s*l] = g_wide (C_out, OH*pitch) @ P_ab[:, mi*pitch+l : +OH*pitch]^T
     dx    dP_ab (C, Hq*pitch2) = sum_taps W[:, :, a+s*mi, b+s*l]^T @ G[:, (T-mi)*pitch2 + L-l : +Hq*pitch2]
 
@@ -20,11 +21,12 @@ G holds it again with T = mh-1 zero rows above and L = mw-1 zero columns left of
 Wq + L, pitch2 = nb*(Wq + L)), so dP_ab is the "full" correlation; dx is then interleaved back from
 the phase planes. Each GEMM has K = C_out (dx) or a long K = OH*pitch (dW).
 
-Measured on 2 cores against the im2col path, forward+backward (best of 12): 64->128 32x32 3x3 s2
-142 -> 119 ms, 16->32 29.5 -> 20.9, 32->64 16x16 18.0 -> 13.4, 8->8 5x5 13.9 -> 7.3; but 3->64
-8.2 -> 13.4 (dx's GEMM has only C rows), hence PHASE_MIN_CHANNELS. The same split for the FORWARD
-(one K = C GEMM per tap) lost to im2col's single K = 9C GEMM on the 3x3 shapes (32.6 vs 34.7 ms,
-3.3 vs 4.2), so the forward of a strided conv stays im2col.
+Measured on 2 cores against the im2col path (best of 10-12, same process): forward+backward 64->128
+32x32 3x3 s2 142 -> 119 ms, 16->32 29.5 -> 20.9, 32->64 16x16 18.0 -> 13.4, 8->8 5x5 13.9 -> 7.3;
+forward alone (one phase buffer, 1 MB blocks) 31.5 -> 23.2, 5.0 -> 3.1, 3.8 -> 3.1, 8->16 2.9 -> 1.9;
+but 3->64 8.2 -> 13.4 fwd+bwd and 3.1 -> 4.1 forward (the GEMMs have only C rows or K = C = 3),
+hence PHASE_MIN_CHANNELS. (A first forward with one buffer per phase and 4x smaller blocks lost to
+im2col, 34.7 vs 32.6 ms: cache, not the K = C GEMMs.)
 """
 from __future__ import annotations
 
@@ -35,8 +37,8 @@ from gpunet.ops._numpy_util import even_blocks, tap_range, workspace
 from gpunet.ops.geometry import Window2d
 
 # Target bytes of a block's largest buffer. Small blocks keep the accumulators in cache: 64->128 32x32
-# s2 backward took 66 / 66 / 73 / 78 / 97 ms at 0.75 / 1.5 / 3 / 6 / 12 MB (best of 12, same process);
-# 16->32 and 32->64 were flat.
+# s2 backward took 66 / 66 / 73 / 78 / 97 ms at 0.75 / 1.5 / 3 / 6 / 12 MB (best of 12, same process),
+# its forward 27.4 / 23.2 / 22.4 / 28.8 / 31.2 at 0.5 / 1 / 2 / 4 / 8 MB; 16->32 and 32->64 were flat.
 PHASE_BLOCK_BYTES = 1 << 20
 # Below this many input channels dx's GEMM (C rows) gets too thin and im2col's scatter wins.
 PHASE_MIN_CHANNELS = 8
@@ -102,6 +104,35 @@ def _fill_phase(buf, plan: _Plan, nb: int, x_blk, a: int, b: int) -> None:
     dst = _grid(buf, plan.hq, pitch, nb, plan.wq)[:, u0:u1, :, v0:v1]
     src = x_blk[:, :, r0:r0 + (u1 - u0 - 1) * win.sh + 1:win.sh, q0:q0 + (v1 - v0 - 1) * win.sw + 1:win.sw]
     np.copyto(dst, src.transpose(1, 2, 0, 3))
+
+
+def forward(x, w, b, win: Window2d, relu: bool, y) -> None:
+    """y (N, C_out, OH, OW) = conv(x, w) + b, then ReLU when asked: per block, phase by phase (one
+    buffer, refilled), one K = C GEMM per tap accumulated into the wide output."""
+    cout, dt = int(w.shape[0]), y.dtype
+    plan = _Plan(win, cout, dt.itemsize)
+    taps = {(i, j): np.ascontiguousarray(w[:, :, i, j]) for _, _, ts in plan.phases for i, j, _, _ in ts}
+    bias = None if b is None else b.reshape(cout, 1)
+    ws = workspace()
+    buf = ws.get("phase_x", (win.c, plan.hq * plan.pitch(plan.nb_max) + plan.l + 1), dt)
+    acc_all = ws.get("phase_acc", (cout, win.oh * plan.pitch(plan.nb_max)), dt)
+    tmp_all = ws.get("phase_tmp", (cout, win.oh * plan.pitch(plan.nb_max)), dt)
+    for n0, n1 in plan.blocks:
+        nb = n1 - n0
+        pitch, m = plan.pitch(nb), win.oh * plan.pitch(nb)
+        acc, tmp = acc_all[:, :m], tmp_all[:, :m]
+        first = True
+        for a, b_, ts in plan.phases:
+            _fill_phase(buf, plan, nb, x[n0:n1], a, b_)
+            for i, j, mi, l in ts:
+                off = mi * pitch + l
+                _blas.matmul_acc(taps[i, j], buf[:, off:off + m], acc, accumulate=not first, tmp=tmp)
+                first = False
+        if bias is not None:  # epilogue in cache, over the contiguous wide block
+            np.add(acc, bias, out=acc)
+        if relu:
+            np.maximum(acc, 0, out=acc)  # NaN stays NaN, like PyTorch's relu
+        np.copyto(y[n0:n1], acc.reshape(cout, win.oh, nb, plan.wq)[..., :win.ow].transpose(2, 0, 1, 3))
 
 
 def backward(x, w, g_of, has_bias: bool, win: Window2d, dx, dw):
