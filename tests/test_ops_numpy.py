@@ -168,15 +168,20 @@ TAP_CASES = {
 }
 
 
+def _force_path(monkeypatch, module, threshold: str):
+    """Let `module`'s conv path serve any channel count, and record its forward/backward calls."""
+    monkeypatch.setattr(module, threshold, 1)
+    calls = []
+    for name in ("forward", "backward"):
+        fn = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _fn=fn, _name=name, **k: (calls.append(_name), _fn(*a, **k))[1])
+    return calls
+
+
 @pytest.fixture
 def force_taps(monkeypatch):
     from gpunet.ops import _numpy_conv_taps as taps
-    monkeypatch.setattr(taps, "TAP_MIN_CHANNELS", 1)
-    calls = []
-    for name in ("forward", "backward"):
-        fn = getattr(taps, name)
-        monkeypatch.setattr(taps, name, lambda *a, _fn=fn, _name=name, **k: (calls.append(_name), _fn(*a, **k))[1])
-    return calls
+    return _force_path(monkeypatch, taps, "TAP_MIN_CHANNELS")
 
 
 def _tap_inputs(case, dtype=np.float64, seed=0):
@@ -685,12 +690,7 @@ STRIDED_CASES = ["nonsquare-3x5-s2x3-p1x2", "k2-s3-gaps", "k5-s2-p2-overlap", "s
 @pytest.fixture
 def force_phases(monkeypatch):
     from gpunet.ops import _numpy_conv_phases as phases
-    monkeypatch.setattr(phases, "PHASE_MIN_CHANNELS", 1)
-    calls = []
-    for name in ("forward", "backward"):
-        fn = getattr(phases, name)
-        monkeypatch.setattr(phases, name, lambda *a, _fn=fn, _name=name, **k: (calls.append(_name), _fn(*a, **k))[1])
-    return calls
+    return _force_path(monkeypatch, phases, "PHASE_MIN_CHANNELS")
 
 
 @pytest.mark.parametrize("relu", [False, True], ids=["linear", "relu"])
