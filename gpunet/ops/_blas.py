@@ -33,7 +33,8 @@ def _mapped_blas_paths():
             paths = {line.split()[-1] for line in f if "blas" in line.lower() and ".so" in line}
     except OSError:
         return []
-    return sorted(p for p in paths if os.path.isfile(p))
+    # NumPy's own copy first: binding another package's BLAS would start a second thread pool
+    return sorted((p for p in paths if os.path.isfile(p)), key=lambda p: ("numpy" not in p.lower(), p))
 
 
 def _bind(lib, prefix, suffix, int_t):
