@@ -51,11 +51,13 @@ from gpunet.ops._numpy_util import even_blocks, same_dtype, tap_range, workspace
 from gpunet.ops.geometry import Window2d, conv2d_geometry
 
 # Target size of one im2col block. Smaller blocks stay in the last-level cache between the copy that
-# builds them and the GEMM that reads them (4 MB ran 10-15% faster than 32 MB on an idle machine),
-# but every GEMM call is a hand-off to the BLAS threads, which costs a scheduler time slice when the
-# machine is busy (there 4 MB ran 2x slower than 32 MB). 16 MB keeps both costs small. A single
-# image larger than this is processed alone.
-BLOCK_BYTES = 16 << 20
+# builds them, the GEMM that reads them and the transposes around it, but every GEMM call is a
+# hand-off to the BLAS threads, which costs a scheduler time slice when the machine is busy. Since
+# the wide-input convolutions moved to the tap and phase paths, this path serves mostly thin inputs,
+# whose GEMMs are memory-bound: fwd+bwd at 16 -> 4 MB, best of 11 in one process: 3->64 32x32
+# 24.1 -> 21.6 ms, 1->32 28x28 5x5 20.0 -> 18.7, 6->16 14x14 5x5 17.8 -> 16.0, 3->16 and the 1x1
+# stride-2 shortcut flat (2 MB: no better). A single image larger than this is processed alone.
+BLOCK_BYTES = 4 << 20
 # Up to this K = C_in*kh*kw the GEMMs are memory-bound (a thin input: the first layer), and the
 # image-major im2col wins: the forward writes y in NCHW order and, when no dx is wanted, dW is a
 # batch of per-image GEMMs on the masked dy as it lies, both without a transposing copy. Best of 12,
