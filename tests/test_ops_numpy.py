@@ -831,3 +831,25 @@ def test_conv2d_per_image_weight_gradient_masks_non_finite_dy(monkeypatch, block
     _, rdw, rdb = ref.conv2d_backward(np.where(y > 0, dy, 0), x, w, b, s, 1, True)
     np.testing.assert_allclose(dw, rdw, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(db, rdb, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv2d_thin_input_paths_give_the_same_bits_for_any_thread_count(monkeypatch, dtype):
+    """The thin-input per-image forward and dx-free backward share image blocks between threads; dW
+    and db are summed block by block in block order, so the thread count cannot change a bit."""
+    from gpunet.ops import _numpy_conv, _numpy_util
+    monkeypatch.setattr(_numpy_util, "PARALLEL_MIN_ELEMENTS", 1)
+    monkeypatch.setattr(_numpy_conv, "BLOCK_BYTES", 2000)        # several blocks
+    x, w, b, s, p = _conv_inputs("cin1-7x7-p3", dtype)
+    x = np.concatenate([x, -x, 0.5 * x, 2 * x, x[:, :, ::-1]])
+    w = w[:, :, 2:5, 2:5].copy()
+    results = []
+    for threads in ("1", "2", "3"):
+        monkeypatch.setenv("GPUNET_NUM_THREADS", threads)
+        y, ctx = OPS.conv2d_forward(x, w, b, s, 1, True)
+        dy = np.random.default_rng(3).standard_normal(y.shape).astype(dtype)
+        results.append((y, *OPS.conv2d_backward(dy, ctx, input_grad=False)[1:]))
+    for other in results[1:]:
+        for a, c in zip(results[0], other):
+            np.testing.assert_array_equal(a, c)
+    np.testing.assert_allclose(results[0][0], ref.conv2d(x, w, b, s, 1, True), rtol=1e-5, atol=1e-5)

@@ -47,7 +47,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from gpunet.ops import _numpy_conv_phases as phases_path
 from gpunet.ops import _numpy_conv_taps as taps
-from gpunet.ops._numpy_util import even_blocks, same_dtype, tap_range, workspace
+from gpunet.ops._numpy_util import even_blocks, parallel, same_dtype, tap_range, workspace
 from gpunet.ops.geometry import Window2d, conv2d_geometry
 
 # Target size of one im2col block. Smaller blocks stay in the last-level cache between the copy that
@@ -67,6 +67,11 @@ BLOCK_BYTES = 4 << 20
 # wins, 14.0 -> 12.4), hence the second bound, for the forward only.
 PER_IMAGE_MAX_K = 32
 PER_IMAGE_MAX_COUT_FORWARD = 32
+# Image-major blocks (thin inputs): small, so both threads get several. Forward / dx-free backward,
+# best of 12, at 0.25 / 0.5 / 1 / 4 MB: 1->32 28x28 3x3 N128 2.80/3.84, 2.65/3.55, 2.65/3.62, 4.18/5.56
+# ms; 1->32 5x5 3.77/5.76, 3.35/4.56, 3.23/4.01, 4.23/4.93; 3->16 32x32 N64 2.23/3.47, 1.59/2.25,
+# 1.41/1.70, 1.41/1.77.
+PER_IMAGE_BLOCK_BYTES = 1 << 20
 # Pointwise convolutions (1x1, stride 1, no padding) always take the image-major path, dx included:
 # x[n] is its own im2col matrix, so no copy is left at all. Forward+backward, best of 15: 256->64
 # 16x16 N64 25.5 -> 17.1 ms, 64->256 28.0 -> 24.0, 64->64 32x32 35.9 -> 24.9.
@@ -177,16 +182,19 @@ def conv2d_forward(x, w, b, stride, padding, relu: bool):
         path.forward(x, w, b, win, relu, y)
         return y, ConvCtx(x, w, y if relu else None, b is not None, win)
     y3 = y.reshape(win.n, cout, p)
-    for n0, n1 in _blocks(win.n, k * p * dt.itemsize):
-        nb = n1 - n0
-        if _pointwise(win) or k <= PER_IMAGE_MAX_K and cout <= PER_IMAGE_MAX_COUT_FORWARD:  # y in place, NCHW
+    if _pointwise(win) or k <= PER_IMAGE_MAX_K and cout <= PER_IMAGE_MAX_COUT_FORWARD:  # y in place, NCHW
+
+        def block(n0, n1):
             yb = y3[n0:n1]
             np.matmul(wm, _cols_per_image(x, win, n0, n1), out=yb)
             if bias is not None:
                 np.add(yb, bias, out=yb)
             if relu:
                 np.maximum(yb, 0, out=yb)
-            continue
+        _per_image_run(block, _image_blocks(win, k * p * dt.itemsize), win, y.size)
+        return y, ConvCtx(x, w, y if relu else None, b is not None, win)
+    for n0, n1 in _blocks(win.n, k * p * dt.itemsize):
+        nb = n1 - n0
         cols = _cols(x, win, n0, n1)
         yb = y3[n0] if nb == 1 else workspace().get("conv_y", (cout, nb * p), dt)
         np.matmul(wm, cols, out=yb)
@@ -305,6 +313,26 @@ def conv2d_backward(dy, ctx: ConvCtx, input_grad: bool = True):
     return dx, dw.reshape(w.shape), (None if db is None else db.astype(dt))
 
 
+def _image_blocks(win: Window2d, bytes_per_image: int):
+    """Blocks for the image-major path: PER_IMAGE_BLOCK_BYTES of im2col each (a fixed size, so the
+    block-ordered dW sums do not depend on the thread count), pointwise ones as large as im2col's."""
+    budget = BLOCK_BYTES if _pointwise(win) else PER_IMAGE_BLOCK_BYTES
+    return even_blocks(win.n, budget // max(1, bytes_per_image))
+
+
+def _per_image_run(fn, blocks, win: Window2d, size: int) -> None:
+    """fn(n0, n1) for each block of images. Thin inputs' per-image GEMMs are too small for OpenBLAS
+    to thread, so the blocks are shared between threads instead (1->32 28x28 5x5 forward, N128:
+    7.0 -> 4.0 ms, 3->16 32x32: 2.4 -> 1.75); pointwise GEMMs are large enough for BLAS's own."""
+    def run(i0, i1):
+        for n0, n1 in blocks[i0:i1]:
+            fn(n0, n1)
+    if _pointwise(win) or len(blocks) == 1:
+        run(0, len(blocks))
+    else:
+        parallel(run, len(blocks), size)
+
+
 def _backward_per_image(x, dy3, y3, win: Window2d, wm, has_bias: bool, dx):
     """dW (and db) as a batch of per-image GEMMs g[n] (C_out, P) @ cols[n]^T (P, K), g the masked dy
     in its own NCHW layout; dx (pointwise convolutions only; None: not wanted) = W^T @ g[n] per image,
@@ -312,19 +340,25 @@ def _backward_per_image(x, dy3, y3, win: Window2d, wm, has_bias: bool, dx):
     cout, k = wm.shape
     dt = dy3.dtype
     p = win.oh * win.ow
-    dw = np.zeros((cout, k), dtype=dt)
-    db = np.zeros(cout, dtype=np.float64) if has_bias else None
     finite = y3 is None or bool(np.isfinite(dy3).all())
-    for n0, n1 in _blocks(win.n, k * p * dt.itemsize):
-        nb = n1 - n0
-        g = workspace().get("conv_g", (nb, cout, p), dt)
+    blocks = _image_blocks(win, k * p * dt.itemsize)
+    parts = {}   # per block: (dW, db) partial sums, added in block order below (the same sums
+                 # whatever the thread count)
+
+    def block(n0, n1):
+        g = workspace().get("conv_g", (n1 - n0, cout, p), dt)
         _relu_masked(dy3[n0:n1], None if y3 is None else y3[n0:n1], g, finite)
-        if db is not None:
-            db += g.sum(axis=2).sum(axis=0)
-        part = np.matmul(g, _cols_per_image(x, win, n0, n1).transpose(0, 2, 1))
-        dw += part.sum(axis=0)
+        db = g.sum(axis=2).sum(axis=0, dtype=np.float64) if has_bias else None
+        dw = np.matmul(g, _cols_per_image(x, win, n0, n1).transpose(0, 2, 1)).sum(axis=0)
         if dx is not None:
-            np.matmul(wm.T, g, out=dx[n0:n1].reshape(nb, win.c, p))
+            np.matmul(wm.T, g, out=dx[n0:n1].reshape(n1 - n0, win.c, p))
+        parts[n0] = (dw, db)
+    _per_image_run(block, blocks, win, dy3.size)
+    dw, db = parts[blocks[0][0]]
+    for n0, _ in blocks[1:]:
+        dw += parts[n0][0]
+        if has_bias:
+            db += parts[n0][1]
     return dw, (None if db is None else db.astype(dt))
 
 
