@@ -138,6 +138,12 @@ def _cols(x, win: Window2d, n0: int, n1: int):
     return cols.reshape(k, nb * p)
 
 
+def _view_path(win: Window2d):
+    """The module serving this geometry with GEMMs over shifted views (no im2col): the stride-1
+    "same" taps path, the strided phases path, or None."""
+    return next((path for path in (taps, phases_path) if path.applies(win)), None)
+
+
 def _pointwise(win: Window2d) -> bool:
     """1x1, stride 1, no padding: each image's (C, H*W) plane is already its im2col matrix."""
     return win.kh == win.kw == win.sh == win.sw == 1 and win.ph == win.pw == 0
@@ -176,8 +182,7 @@ def conv2d_forward(x, w, b, stride, padding, relu: bool):
     wm = np.ascontiguousarray(w).reshape(cout, k)
     bias = None if b is None else b.reshape(cout, 1)
     y = np.empty((win.n, cout, win.oh, win.ow), dtype=dt)
-    # GEMMs over shifted views, no im2col: the stride-1 "same" taps path, else the strided phases path
-    path = next((p for p in (taps, phases_path) if p.applies(win)), None)
+    path = _view_path(win)
     if path is not None:
         path.forward(x, w, b, win, relu, y)
         return y, ConvCtx(x, w, y if relu else None, b is not None, win)
@@ -241,8 +246,7 @@ def conv2d_backward(dy, ctx: ConvCtx, input_grad: bool = True):
     dy3 = dy.reshape(win.n, cout, p)
     y3 = None if ctx.y is None else ctx.y.reshape(win.n, cout, p)
     wm = np.ascontiguousarray(w).reshape(cout, k)
-    # GEMMs over shifted views, no im2col: the stride-1 "same" taps path, else the strided phases path
-    path = next((p for p in (taps, phases_path) if p.applies(win)), None)
+    path = _view_path(win)
     if path is not None:
         dx = np.empty(x.shape, dtype=dt) if input_grad else None
         dw = np.empty(w.shape, dtype=dt)

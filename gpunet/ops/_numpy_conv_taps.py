@@ -152,11 +152,12 @@ def backward(x, w, g_of, has_bias: bool, win: Window2d, dx, dw) -> np.ndarray | 
     cout, dt = int(w.shape[0]), dw.dtype
     plan = _Plan(win, cout, dt.itemsize)
     # flipped kernel row i' = kh-1-i as (C, kw*C_out) with columns (j', co), j' = kw-1-j
-    flipped = [np.ascontiguousarray(w[:, :, win.kh - 1 - i, ::-1].transpose(1, 2, 0)).reshape(win.c, -1)
-               for i in range(win.kh)]
+    flipped = None if dx is None else [
+        np.ascontiguousarray(w[:, :, win.kh - 1 - i, ::-1].transpose(1, 2, 0)).reshape(win.c, -1)
+        for i in range(win.kh)]
     dwr = np.empty((win.kh, cout, win.kw * win.c), dtype=dt)   # dW row by row, columns (j, c)
-    dwtmp = np.empty((cout, win.kw * win.c), dtype=dt)
-    dwtmp3 = np.empty((win.kh * cout, win.kw * win.c), dtype=dt)
+    one_gemm = win.kh * cout <= DW_SINGLE_GEMM_MAX_ROWS
+    dwtmp = np.empty(dwr.shape[1:] if not one_gemm else (win.kh * cout, win.kw * win.c), dtype=dt)
     db = np.zeros(cout, dtype=np.float64) if has_bias else None
     xb = plan.padded("tap_x", win.c, dt)
     # gb lives `front` columns into its buffer: zeros there let the g3 copy below shift g by up to
@@ -179,14 +180,14 @@ def backward(x, w, g_of, has_bias: bool, win: Window2d, dx, dw) -> np.ndarray | 
             db += gb[:, :plan.hp * pitch].sum(axis=1)
         _fill(xb, plan, nb, x[n0:n1].swapaxes(0, 1))
         xcat = _shifted("tap_xcat", xb, plan, nb)
-        if win.kh * cout <= DW_SINGLE_GEMM_MAX_ROWS:  # g3[i, co, q] = g_wide[co, q - i*pitch]
+        if one_gemm:  # g3[i, co, q] = g_wide[co, q - i*pitch]
             span = plan.hp * pitch
             g3 = workspace().get("tap_g3", (win.kh, cout, span), dt)
             it = gb.strides[1]
             np.copyto(g3, as_strided(gb[:, g_start:], (win.kh, cout, span), (-pitch * it, gb.strides[0], it),
                                      writeable=False))
             _blas.matmul_acc(g3.reshape(win.kh * cout, span), xcat[:, :span].T, dwr.reshape(win.kh * cout, -1),
-                             accumulate=bi > 0, tmp=dwtmp3)
+                             accumulate=bi > 0, tmp=dwtmp)
         else:
             g_wide = gb[:, g_start:g_start + m]
             for i, off in enumerate(offsets):  # (C_out, m) @ (m, kw*C): measured the faster way
