@@ -29,14 +29,13 @@ is split between threads (NumPy releases the GIL in these loops).
   max, pass 2: idx = number of leading taps, in row-major order, that do not hit (hit: value == y, or
     both NaN), counted with boolean "not found yet" masks; argmax = window origin + i*W + j of tap idx.
     Padding can only tie when y = -inf; those windows are then pointed at their first real input.
-  backward, windows that do not overlap (kernel <= stride along both axes): each
-    input pixel is reached by at most one window, so dx = +0 with dy scattered to the global argmax
-    positions by one fancy-index assignment of dy + 0 (+0 + -0 = +0, as the sum rule says).
-  backward, overlapping windows: per tap in REVERSE row-major order (for any one input pixel that is
-    row-major output order), the windows whose argmax is that tap add dy into a phase accumulator;
-    the phases are finally written back into dx. Non-finite dy takes an exact masked-add path.
-    (A scatter in rank groups that keeps this order was tried: its fancy-index adds cost as much as
-    the tap passes, measured on (64, 64, 32, 32) with 3x3/s2/p1.)
+  backward: dx = +0, then dy is scattered to the global argmax positions (plane offset + argmax).
+    Windows that do not overlap (kernel <= stride along both axes) reach each input pixel at most
+    once: one fancy-index assignment of dy + 0 (+0 + -0 = +0, as the sum rule says). Overlapping
+    windows: np.add.at, which adds its updates one after another in index-array order; that array is
+    laid out in row-major output order per plane, so every pixel's sum is taken in exactly the order
+    the sum rule names, for any dy (inf and NaN included). It replaced per-tap masked passes over a
+    phase accumulator (9 passes of 3 ops for 3x3/s2/p1): (64, 64, 32, 32) 8.8 -> 2.3 ms on 2 cores.
 """
 from __future__ import annotations
 
@@ -206,16 +205,13 @@ def max_pool2d_backward(dy, argmax, x_shape, kernel, stride, padding):
                          f"plane (range {int(argmax.min())}..{int(argmax.max())}); it must come from "
                          f"max_pool2d_forward on the same input shape")
     dx = np.empty(win.in_shape, dtype=dt)
-    if win.kh <= win.sh and win.kw <= win.sw:
-        parallel(lambda n0, n1: _max_bwd_scatter(win, dy[n0:n1], argmax[n0:n1], dx[n0:n1]), win.n, dx.size)
-    else:
-        lay = _layout(win)
-        parallel(lambda n0, n1: _max_bwd_taps(lay, dy[n0:n1], argmax[n0:n1], dx[n0:n1]), win.n, dx.size)
+    overlap = win.kh > win.sh or win.kw > win.sw
+    parallel(lambda n0, n1: _max_bwd_scatter(win, dy[n0:n1], argmax[n0:n1], dx[n0:n1], overlap), win.n, dx.size)
     return dx
 
 
-def _max_bwd_scatter(win: Window2d, dy, argmax, dx):
-    """dx of nb images under non-overlapping windows: +0, and dy + 0 at each window's argmax."""
+def _max_bwd_scatter(win: Window2d, dy, argmax, dx, overlap: bool):
+    """dx of nb images: +0, plus each window's dy at its argmax (in row-major output order)."""
     nb = dy.shape[0]
     planes = nb * win.c
     idx = workspace().get("pool_gidx", (planes, win.oh * win.ow), np.intp)
@@ -223,39 +219,10 @@ def _max_bwd_scatter(win: Window2d, dy, argmax, dx):
     idx += (np.arange(planes, dtype=np.intp) * (win.h * win.w))[:, None]  # flat index into dx
     dxf = dx.reshape(-1)
     dxf.fill(0)
-    dxf[idx.reshape(-1)] = np.ascontiguousarray(dy).reshape(-1) + dy.dtype.type(0)
-
-
-def _max_bwd_taps(lay: _Layout, dy, argmax, dx):
-    win, nb = lay.win, dy.shape[0]
-    ws = workspace()
-    n = _span(lay, nb)
-    size = nb * win.c * lay.plane
-    rel_c = ws.get("pool_relc", (nb * win.c, win.oh * win.ow), np.int32)
-    np.subtract(argmax.reshape(rel_c.shape), _origin(win).reshape(-1), out=rel_c)
-    if lay.compact:
-        rel = rel_c.reshape(-1)
+    if overlap:
+        np.add.at(dxf, idx.reshape(-1), np.ascontiguousarray(dy).reshape(-1))
     else:
-        rel = ws.get("pool_rel", (size,), np.int32)
-        rel.fill(-1)  # wide-grid filler: never a tap offset
-        np.copyto(_wide(lay, rel, nb), rel_c.reshape(argmax.shape))
-    g = _wide_dy(lay, dy)[:n]
-    acc = ws.get("pool_acc", (len(lay.phases), size), dy.dtype)
-    acc.fill(0)
-    finite = bool(np.isfinite(dy).all())
-    hit = ws.get("pool_hit", (n,), np.bool_)
-    tmp = ws.get("pool_tmp", (n,), dy.dtype)
-    offsets = [i * win.w + j for i in range(win.kh) for j in range(win.kw)]
-    for (p, o), off in reversed(list(zip(lay.taps, offsets))):
-        np.equal(rel[:n], np.int32(off), out=hit)
-        dst = acc[p, o:o + n]
-        if finite:  # dy*hit is dy or +-0; adding +-0 to the +0-based sum changes nothing
-            np.multiply(g, hit, out=tmp)
-            np.add(dst, tmp, out=dst)
-        else:       # inf*0 would be NaN: add exactly where hit
-            np.add(dst, g, out=dst, where=hit)
-    for region, sl in _phase_views(lay, acc, nb):
-        np.copyto(dx[sl], region)
+        dxf[idx.reshape(-1)] = np.ascontiguousarray(dy).reshape(-1) + dy.dtype.type(0)
 
 
 def _wide_dy(lay: _Layout, dy):
