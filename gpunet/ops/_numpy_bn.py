@@ -37,8 +37,14 @@ def _blocks(n0: int, n1: int, per_image: int):
 
 
 def _rows_sum(a3, out) -> None:
-    """out[n, c] = sum over s of a3[n, c, s] (pairwise, in a3's dtype)."""
-    np.add.reduce(a3, axis=2, out=out)
+    """out[n, c] = sum over s of a3[n, c, s], in a3's dtype.
+
+    einsum, not np.add.reduce: reduce runs its pairwise loop once per (n, c) row, about 3x slower on
+    these shapes (S = 64-1024: 95 vs 32 us for (64, 64, 64) float32, 194 vs 52 for (128, 32, 196);
+    one thread). einsum's SIMD partial sums have the same order of rounding error (measured against
+    float64: 2.2e-6 vs 3.0e-6 on sums of 64 unit normals, 2.1e-5 vs 1.1e-5 on sums of 1024); the
+    sums over N are float64 either way."""
+    np.einsum("ncs->nc", a3, out=out)
 
 
 def _rows_dot(a3, b3, out) -> None:
