@@ -11,6 +11,8 @@ import re
 import subprocess
 from pathlib import Path
 
+from gpunet.ops._malloc import malloc_state
+
 # Environment variables that change what a BLAS or a thread pool does; recorded when set.
 ENV_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
             "GPUNET_DEVICE", "CUDA_VISIBLE_DEVICES")
@@ -115,6 +117,7 @@ def machine_info(torch=None) -> dict:
         "loadavg": loadavg(),
         "env": {k: os.environ.get(k) for k in ENV_VARS if k in os.environ},
         "numpy": numpy_info(),
+        "malloc": malloc_state(),
         "torch": torch_info(torch),
         "gpu": gpu_info(),
         "git": git_commit(),
