@@ -35,6 +35,7 @@ def test_quick_cli_writes_table_json_and_chart(tmp_path, capsys):
     assert res["sgemm"]["numpy_gflops"] > 0
     m = res["machine"]
     assert m["cores"] >= 1 and m["cpu"] and m["numpy"]["version"] == np.__version__ and m["date"]
+    assert "applied" in m["malloc"]  # the NumPy ops' malloc setup, made before any row runs
     for r in res["rows"]:
         assert r["errors"] == {}, (r["id"], r["errors"])
         assert r["gpunet"] is not None

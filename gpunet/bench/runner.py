@@ -343,6 +343,7 @@ def run_bench(device: str = "cpu", quick: bool = False, reps: int | None = None,
     settle = 0.0 if backend.is_gpu or quick else SETTLE_S  # --quick checks the harness, not the speed
 
     started = time.perf_counter()
+    backend.ops  # the ops' process setup (NumPy: malloc thresholds) holds for every row and is recorded
     with torch_settings(torch, backend.is_gpu):
         machine = machine_info(torch)
         log(f"sgemm {SGEMM_N}x{SGEMM_N} float32 ...")
