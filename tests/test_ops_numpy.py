@@ -515,14 +515,13 @@ def test_batch_norm_running_stats_over_several_steps_then_eval():
 def test_batch_norm_gives_the_same_bits_for_any_thread_count(monkeypatch):
     """Small inputs run on one thread, large ones share blocks between threads: per-(n, c) row sums
     and float64 sums over N make the split invisible, forced here on a small input."""
-    from gpunet.ops import _numpy_bn, _numpy_util
+    from gpunet.ops import _numpy_bn
     monkeypatch.setattr(_numpy_bn, "BLOCK_BYTES", 3000)            # several blocks per thread
     x, gamma, beta, rm, rv, dy = _bn_inputs((9, 5, 6, 7), np.float32, offset=3.0, seed=2)
     results = []
     for threads, min_elements in (("1", 1 << 30), ("2", 1), ("3", 1)):
         monkeypatch.setenv("GPUNET_NUM_THREADS", threads)
         monkeypatch.setattr(_numpy_bn, "PARALLEL_MIN_ELEMENTS", min_elements)
-        monkeypatch.setattr(_numpy_util, "PARALLEL_MIN_ELEMENTS", 1)
         y, mean, invstd = OPS.batch_norm_train(x, gamma, beta, rm.copy(), rv.copy(), 0.1, 1e-5)
         results.append((y, mean, invstd, *OPS.batch_norm_backward(dy, x, gamma, mean, invstd),
                         OPS.batch_norm_eval(x, gamma, beta, rm, rv, 1e-5)))

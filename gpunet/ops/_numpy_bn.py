@@ -29,19 +29,13 @@ from gpunet.ops._numpy_util import parallel, same_dtype, workspace
 from gpunet.ops.geometry import batch_norm_geometry
 
 BLOCK_BYTES = 1 << 20
-# Below this many elements every pass runs on the calling thread. On the 2-core CI machine, fwd+bwd
-# with one thread against two (best of 20, A/B): (64, 64, 8, 8) 0.52 vs 0.68 ms, (64, 32, 16, 16)
-# 0.74 vs 0.74, (64, 16, 32, 32) 1.48 vs 1.55, (256, 3, 32, 32) 1.36 vs 1.38; from 3.2M elements two
-# threads win: (128, 32, 28, 28) 6.2 vs 4.6 ms, (64, 64, 32, 32) 8.4 vs 6.3. A hand-off costs more
-# than the halved pass saves while the data is small and in cache.
-PARALLEL_MIN_ELEMENTS = 1 << 21
-
-
-def _run(fn, n: int, elements: int) -> None:
-    if elements < PARALLEL_MIN_ELEMENTS:
-        fn(0, n)
-    else:
-        parallel(fn, n, elements)
+# Each thread's share of a pass is at least this many elements, so below 2M every pass runs on the
+# calling thread. On the 2-core CI machine, fwd+bwd with one thread against two (best of 20, A/B):
+# (64, 64, 8, 8) 0.52 vs 0.68 ms, (64, 32, 16, 16) 0.74 vs 0.74, (64, 16, 32, 32) 1.48 vs 1.55,
+# (256, 3, 32, 32) 1.36 vs 1.38; from 3.2M elements two threads win: (128, 32, 28, 28) 6.2 vs 4.6 ms,
+# (64, 64, 32, 32) 8.4 vs 6.3. A hand-off costs more than the halved pass saves while the data is small
+# and in cache.
+PARALLEL_MIN_ELEMENTS = 1 << 20
 
 
 def _blocks(n0: int, n1: int, per_image: int):
@@ -95,7 +89,7 @@ def batch_norm_train(x, gamma, beta, running_mean, running_var, momentum, eps):
         for a, b in _blocks(n0, n1, per_image):
             _rows_sum(x3[a:b], rows[0, a:b])
 
-    _run(pivot_pass, n, x.size)
+    parallel(pivot_pass, n, x.size, PARALLEL_MIN_ELEMENTS)
     pivot_c = (rows[0].sum(axis=0, dtype=np.float64) / m).astype(dt)
     pivot = _row(pivot_c, dt, s)
     y = np.empty((n, c, s), dtype=dt)
@@ -107,7 +101,7 @@ def batch_norm_train(x, gamma, beta, running_mean, running_var, momentum, eps):
             _rows_sum(d, rows[1, a:b])
             _rows_dot(d, d, rows[2, a:b])
 
-    _run(shift_pass, n, x.size)
+    parallel(shift_pass, n, x.size, PARALLEL_MIN_ELEMENTS)
     dmean = rows[1].sum(axis=0, dtype=np.float64) / m
     var = np.maximum(rows[2].sum(axis=0, dtype=np.float64) / m - dmean * dmean, 0.0)
     invstd = 1.0 / np.sqrt(var + eps)
@@ -119,7 +113,7 @@ def batch_norm_train(x, gamma, beta, running_mean, running_var, momentum, eps):
             np.multiply(y[a:b], scale, out=y[a:b])
             np.add(y[a:b], shift, out=y[a:b])
 
-    _run(affine_pass, n, x.size)
+    parallel(affine_pass, n, x.size, PARALLEL_MIN_ELEMENTS)
     mean = pivot_c.astype(np.float64) + dmean
     running_mean[...] = (1.0 - momentum) * running_mean.astype(np.float64) + momentum * mean
     running_var[...] = (1.0 - momentum) * running_var.astype(np.float64) + momentum * var * (m / (m - 1))
@@ -141,7 +135,7 @@ def batch_norm_eval(x, gamma, beta, running_mean, running_var, eps):
             np.multiply(y[a:b], scale, out=y[a:b])
             np.add(y[a:b], bt, out=y[a:b])
 
-    _run(apply, n, x.size)
+    parallel(apply, n, x.size, PARALLEL_MIN_ELEMENTS)
     return y.reshape(x.shape)
 
 
@@ -165,7 +159,7 @@ def batch_norm_backward(dy, x, gamma, mean, invstd):
             _rows_dot(dy3[a:b], xc[a:b], rows[1, a:b])
             _rows_sum(xc[a:b], rows[2, a:b])
 
-    _run(sums_pass, n, x.size)
+    parallel(sums_pass, n, x.size, PARALLEL_MIN_ELEMENTS)
     dbeta = rows[0].sum(axis=0, dtype=np.float64)
     resid = rows[2].sum(axis=0, dtype=np.float64) / m          # mean of (x - mean): its rounding error
     dxc = rows[1].sum(axis=0, dtype=np.float64) - resid * dbeta  # sum dy*(x - true mean)
@@ -185,5 +179,5 @@ def batch_norm_backward(dy, x, gamma, mean, invstd):
             np.multiply(dy3[lo:hi], a, out=t)
             np.add(d, t, out=d)
 
-    _run(dx_pass, n, x.size)
+    parallel(dx_pass, n, x.size, PARALLEL_MIN_ELEMENTS)
     return xc.reshape(x.shape), (dxc * inv).astype(dt), dbeta.astype(dt)

@@ -154,10 +154,12 @@ def _worker(fn, lo, hi):
         _local.in_worker = False
 
 
-def parallel(fn, n: int, elements: int) -> None:
-    """Run fn(lo, hi) over [0, n) split into contiguous parts, one per thread, when `elements` (the
-    work's size) is large enough; the calling thread takes the first part. Exceptions propagate."""
-    k = min(num_threads(), n, max(1, elements // PARALLEL_MIN_ELEMENTS))
+def parallel(fn, n: int, elements: int, min_elements: int | None = None) -> None:
+    """Run fn(lo, hi) over [0, n) split into contiguous parts, one per thread, each with at least
+    `min_elements` (default PARALLEL_MIN_ELEMENTS) of the work's `elements`; the calling thread takes
+    the first part. Exceptions propagate."""
+    per_thread = PARALLEL_MIN_ELEMENTS if min_elements is None else min_elements
+    k = min(num_threads(), n, max(1, elements // max(1, per_thread)))
     if k <= 1 or getattr(_local, "in_worker", False):
         fn(0, n)
         return
