@@ -164,19 +164,20 @@ def test_bench_summary_takes_the_median_ratio_per_row(tmp_path, capsys):
         summary.main([str(tmp_path / "missing")])
 
 
-def test_model_conv_rows_lists_every_conv_of_the_model(capsys):
-    """scripts/model_conv_rows.py: one row per Conv2d with the input shape it sees in the model, the
-    first without dx, and a total (numbers are timings: only their presence is checked)."""
+def test_model_layer_rows_lists_every_conv_and_batch_norm_of_the_model(capsys):
+    """scripts/model_layer_rows.py: one row per Conv2d and BatchNorm2d with the input shape it sees in
+    the model, the first conv without dx, and totals (numbers are timings: only their presence is checked)."""
     pytest.importorskip("torch")
     import importlib.util
     from pathlib import Path
     spec = importlib.util.spec_from_file_location(
-        "model_conv_rows", Path(__file__).resolve().parents[1] / "scripts" / "model_conv_rows.py")
+        "model_layer_rows", Path(__file__).resolve().parents[1] / "scripts" / "model_layer_rows.py")
     rows = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(rows)
     rows.main(["--model", "cnn", "--batch", "2", "--reps", "1"])
     lines = capsys.readouterr().out.splitlines()
-    convs = [ln for ln in lines[1:] if not ln.startswith("total")]
-    assert len(convs) == 3 and lines[-1].startswith("total")
-    assert "1->32 28x28 k3 s1 p1 no-dx" in convs[0]
-    assert "32->32 14x14 k3 s1 p1" in convs[1] and "no-dx" not in convs[1]
+    layers = [ln for ln in lines[1:] if not ln.startswith("total")]
+    assert len(layers) == 6 and [ln.split()[1] for ln in lines[-2:]] == ["conv", "batchnorm"]
+    assert "conv 1->32 28x28 k3 s1 p1 no-dx" in layers[0]
+    assert "batchnorm (2, 32, 28, 28)" in layers[1]
+    assert "conv 32->32 14x14 k3 s1 p1" in layers[2] and "no-dx" not in layers[2]
