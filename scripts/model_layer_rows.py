@@ -40,13 +40,13 @@ def heavy_layers(model, x):
     return seen
 
 
-def conv_row(ops, torch, layer, x, dy_shape_rng, input_grad: bool):
+def conv_row(ops, torch, layer, x, rng, input_grad: bool):
     """(description, {contender: zero-argument call}) for one Conv2d on input x."""
     w = np.asarray(layer.weight.data)
     b = None if layer.bias is None else np.asarray(layer.bias.data)
     s, p, relu = layer.stride, layer.padding, layer.activation == "relu"
     y, ctx = ops.conv2d_forward(x, w, b, s, p, relu)
-    dy = dy_shape_rng.standard_normal(y.shape, dtype=np.float32)
+    dy = rng.standard_normal(y.shape, dtype=np.float32)
     tx = torch.from_numpy(x).requires_grad_(input_grad)
     tw = torch.from_numpy(w).requires_grad_()
     tb = None if b is None else torch.from_numpy(b).requires_grad_()
