@@ -247,6 +247,31 @@ def test_conv2d_tap_path_relu_mask_blocks_nan_and_inf_gradient(force_taps):
     np.testing.assert_allclose(dw, rdw, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("case", ["3x3", "nonsquare-3x5", "batch1-5x5"])
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
+def test_conv2d_tap_path_edges_do_not_wrap_into_the_next_row(force_taps, case):
+    """The block has no padding columns: a tap past an image's right edge would read the next row's
+    first pixel (or the next image's). Infinities on every edge column and row must reach exactly the
+    outputs whose windows hold them, in y and, through dy, in dx."""
+    x, w, b, p = _tap_inputs(case)
+    n, c, h, wd = x.shape
+    x[:, 0, :, -1] = np.inf
+    x[:, -1, :, 0] = -np.inf
+    x[-1, :, -1, :] = np.inf
+    y, ctx = OPS.conv2d_forward(x, w, b, 1, p, False)
+    want = ref.conv2d(x, w, b, 1, p, False)
+    assert np.isfinite(want).any() and not np.isfinite(want).all()
+    np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
+    x = np.random.default_rng(3).standard_normal(x.shape)
+    _, ctx = OPS.conv2d_forward(x, w, b, 1, p, False)
+    dy = np.random.default_rng(4).standard_normal(y.shape)
+    dy[0, :, :, -1] = np.inf
+    dy[-1, 0, 0, :] = -np.inf
+    rdx = ref.conv2d_backward(dy, x, w, b, 1, p, False)[0]
+    assert np.isfinite(rdx).any() and not np.isfinite(rdx).all()
+    np.testing.assert_allclose(OPS.conv2d_backward(dy, ctx)[0], rdx, rtol=1e-12, atol=1e-12)
+
+
 def test_conv2d_tap_path_float32_agrees_with_float64(force_taps):
     x, w, b, p = _tap_inputs("nonsquare-3x5", np.float32)
     y, ctx = OPS.conv2d_forward(x, w, b, 1, p, True)

@@ -1,27 +1,37 @@
 """conv2d forward and backward on NumPy as GEMMs over shifted views of one padded block: no im2col.
 Serves stride-1 "same" convolutions (k = 2*pad + 1 on each axis) with enough input channels.
 
-Layout. A block of nb images is copied into `xb` (C, Hp*pitch + slack): the images side by side in
-one padded "row image" of Hp = H + 2*ph rows, image n's pixel (r, q) at row ph + r, column
-pw + n*cell + q, with cell = W + pw (each image's right pad is the next one's left pad) and
-pitch = nb*cell + pw; everything else is zero. Output pixel (n, oh, ow) gets the "wide" index
-m = oh*pitch + n*cell + ow, and kernel tap (i, j) reads xb at m + i*pitch + j. A shifted copy
-xcat (kw*C, Hp*pitch), xcat[j*C + c, q] = xb[c, q + j], puts a kernel row's kw taps side by side along
-K, so kernel row i of the whole block is the column range xcat[:, i*pitch : i*pitch + M], M = H*pitch,
-a plain BLAS operand (a row stride larger than the row is fine for BLAS):
+Layout. A block of nb images is copied into `xb` (C, pw + R*W + slack): each channel holds the nb
+images one under the other, rows of W (pitch = W, no columns of padding), with ph zero rows before
+each image and after the last (R = nb*(H + ph) + ph rows); image n's pixel (r, q) sits at column
+pw + (ph + n*(H + ph) + r)*W + q, so each image's H*W pixels are one contiguous run, exactly as in
+x: the copy in (and the copy of the output back) moves whole images, not rows of W. Output pixel
+(n, oh, ow) gets the "wide" index m = (n*(H + ph) + oh)*W + ow, and kernel tap (i, j) reads xb at
+m + i*W + j. The ph-row gaps give the vertical padding; the horizontal padding is made where the
+taps are laid out. A shifted copy xcat (kw*C, R*W), xcat[j*C + c, q] = xb[c, q + j], puts a kernel
+row's kw taps side by side along K, and holds 0 where tap j would cross an image's left or right
+edge (column q serves output column q mod W; for j - pw < 0 the first pw - j columns, for j - pw > 0
+the last j - pw: a few strided fills). Kernel row i of the whole block is then the column range
+xcat[:, i*W : i*W + M], M = (nb*(H + ph) - ph)*W, a plain BLAS operand (a row stride larger than the
+row is fine for BLAS):
 
-    forward   Y_wide (C_out, M)  = sum_i W[:, :, i, :] (C_out, kw*C) @ xcat[:, i*pitch : +M]
-    dx        dX_wide (C, M)     = sum_i Wflip[:, :, i, :] (C, kw*C_out) @ gcat[:, i*pitch : +M]
-    dW[:, :, i, :] (C_out, kw*C) = g_wide (C_out, M) @ xcat[:, i*pitch : +M]^T
+    forward   Y_wide (C_out, M)  = sum_i W[:, :, i, :] (C_out, kw*C) @ xcat[:, i*W : +M]
+    dx        dX_wide (C, M)     = sum_i Wflip[:, :, i, :] (C, kw*C_out) @ gcat[:, i*W : +M]
+    dW[:, :, i, :] (C_out, kw*C) = g_wide (C_out, M) @ xcat[:, i*W : +M]^T
 
-where gb holds the ReLU-masked dy in xb's layout (zero pads), gcat is its shifted copy, and
-g_wide = gb[:, ph*pitch + pw :]: because the convolution is "same", g_wide is g at the wide indices
+where gb holds the ReLU-masked dy in xb's layout (zero gaps), gcat is its shifted copy, and
+g_wide = gb[:, pw + ph*W :]: because the convolution is "same", g_wide is g at the wide indices
 and zero at every other one, so the non-pixel wide positions add exactly 0 to dW. Wide outputs that
-are not pixels (the pw pad columns after each image) are computed and dropped: cell / W more GEMM
+are not pixels (the ph gap rows between images) are computed and dropped: (H + ph) / H more GEMM
 work (1.03x at 32x32, 1.06x at 16x16, 1.14x for 14x14 with pad 2), paid back by a kw-fold copy in
 place of im2col's kh*kw-fold one and by K = kw*C GEMMs that accumulate in cache. Measured on 2 cores,
 forward+backward, in one process against the im2col path: 64->64 32x32 3x3 207 -> 147 ms,
-128->128 16x16 133 -> 109 ms, 32->64 14x14 5x5 172 -> 120 ms (best of 12, a busy machine).
+128->128 16x16 133 -> 109 ms, 32->64 14x14 5x5 172 -> 120 ms (best of 12, a busy machine), with the
+images then side by side in the block (rows of W + pw, one copy per image row). Stacking them
+instead (2026-12-02, medians of 12 alternating calls, SkylakeX sgemm): forward / backward of
+32->32 14x14 N128 5.8 / 11.8 -> 4.7 / 8.9 ms, 16->16 32x32 N64 5.3 / 11.9 -> 4.6 / 10.3, 32->32
+16x16 3.4 / 7.2 -> 2.7 / 5.5, 64->64 32x32 29.6 / 63.2 -> 27.7 / 55.7, 32->64 5x5 15.8 / 38.9 ->
+12.8 / 34.8: the per-row copies cost more than the GEMMs' extra rows.
 """
 from __future__ import annotations
 
@@ -60,56 +70,69 @@ class _Plan:
 
     def __init__(self, win: Window2d, cout: int, itemsize: int):
         self.win = win
-        self.hp = win.h + 2 * win.ph
         self.kh, self.kw = win.kh, win.kw
-        self.cell = win.w + win.pw                    # one image's columns plus the pad after it
-        per_image = win.kw * max(win.c, cout) * self.hp * self.cell * itemsize  # the shifted copy
+        self.pitch = win.w                            # a row of the block is a row of an image
+        self.stride = win.h + win.ph                  # rows from one image to the next
+        self.origin = win.pw + win.ph * win.w         # column of image 0's pixel (0, 0)
+        per_image = win.kw * max(win.c, cout) * self.stride * win.w * itemsize  # the shifted copy
         self.blocks = even_blocks(win.n, TAP_BLOCK_BYTES // per_image)
         self.nb_max = max(n1 - n0 for n0, n1 in self.blocks)
 
-    def pitch(self, nb: int) -> int:
-        return nb * self.cell + self.win.pw
+    def rows(self, nb: int) -> int:
+        """Rows of the padded block: ph zero rows before each image and after the last one."""
+        return nb * self.stride + self.win.ph
+
+    def span(self, nb: int) -> int:
+        """Columns a shifted copy covers: every row of the padded block."""
+        return self.rows(nb) * self.pitch
 
     def wide(self, nb: int) -> int:
-        """m: the wide outputs of nb images, OH rows of the pitch."""
-        return self.win.oh * self.pitch(nb)
+        """m: the wide outputs of nb images, from image 0's first row to image nb-1's last."""
+        return (nb * self.stride - self.win.ph) * self.pitch
 
-    def padded(self, name: str, channels: int, dtype):
-        return workspace().get(name, (channels, self.hp * self.pitch(self.nb_max) + self.kw - 1), dtype)
+    def cells(self, nb: int) -> int:
+        """Columns of a wide buffer viewed image by image (wide(nb) plus the last image's ph gap rows)."""
+        return nb * self.stride * self.pitch
+
+    def padded(self, name: str, channels: int, dtype, front: int = 0):
+        """A block buffer; `front` extra leading columns, and ph rows more at the end than a shifted
+        copy reads, for dW's shifted g."""
+        return workspace().get(name, (channels, front + self.span(self.nb_max) + self.win.ph * self.pitch
+                                      + 2 * self.win.pw), dtype)
 
     def images(self, a, nb: int, start: int = 0):
-        """The pixels of a block laid out with nb images' pitch, pixel (0, 0) of image 0 at column
-        `start` of a (channels, columns): a view (channels, nb, H, W)."""
-        pitch, win = self.pitch(nb), self.win
-        grid = a[:, start:start + win.h * pitch].reshape(a.shape[0], win.h, pitch)
-        cells = grid[:, :, :nb * self.cell].reshape(a.shape[0], win.h, nb, self.cell)
-        return cells[..., :win.w].transpose(0, 2, 1, 3)
+        """The pixels of nb images in a block buffer whose image 0 pixel (0, 0) is at column `start`:
+        a view (channels, nb, H, W), each image's H*W pixels contiguous."""
+        cells = a[:, start:start + self.cells(nb)].reshape(a.shape[0], nb, self.stride, self.pitch)
+        return cells[:, :, :self.win.h]
 
 
 def _fill(buf, plan: _Plan, nb: int, src) -> None:
-    """buf = the zero-padded block: src (channels, nb, H, W) at rows ph.., columns pw + n*cell..;
-    zeros everywhere else, the slack after the block included. src None: only the zeros (the
-    caller then writes the pixels through plan.images)."""
-    win, pitch = plan.win, plan.pitch(nb)
-    used = plan.hp * pitch
-    v = buf[:, :used].reshape(buf.shape[0], plan.hp, pitch)
-    v[:, :win.ph] = 0
-    v[:, win.ph + win.h:] = 0
-    v[:, win.ph:win.ph + win.h, :win.pw] = 0
-    cells = v[:, win.ph:win.ph + win.h, win.pw:].reshape(buf.shape[0], win.h, nb, plan.cell)
-    cells[..., win.w:] = 0
-    buf[:, used:] = 0
+    """buf = the zero-padded block: src (channels, nb, H, W) at plan.origin, image n's rows from
+    row ph + n*(H + ph); zeros in the gap rows, the slack before and after (to the end of buf). src
+    None: only the zeros (the caller then writes the pixels through plan.images)."""
+    win = plan.win
+    buf[:, :plan.origin] = 0
+    cells = buf[:, plan.origin:plan.origin + plan.cells(nb)].reshape(buf.shape[0], nb, plan.stride, plan.pitch)
+    cells[:, :, win.h:] = 0
+    buf[:, plan.origin + plan.cells(nb):] = 0
     if src is not None:
-        np.copyto(plan.images(buf, nb, win.ph * pitch + win.pw), src)
+        np.copyto(plan.images(buf, nb, plan.origin), src)
 
 
 def _shifted(name: str, buf, plan: _Plan, nb: int):
-    """cat (kw*rows, span) with cat[j*rows + r, q] = buf[r, q + j]: the kw column taps side by side
-    along K, one strided copy (each row a memcpy)."""
-    rows, span = buf.shape[0], plan.hp * plan.pitch(nb)
+    """cat (kw*rows, span) with cat[j*rows + r, q] = buf[r, q + j], except that a tap never reaches
+    across an image's left or right edge: column q serves output column q mod W, and where that plus
+    the tap's offset j - pw falls outside the image, cat holds 0 (the zero padding the rows lack)."""
+    rows, span, w = buf.shape[0], plan.span(nb), plan.pitch
     cat = workspace().get(name, (plan.kw, rows, span), buf.dtype)
     it = buf.strides[1]
     np.copyto(cat, as_strided(buf, (plan.kw, rows, span), (it, buf.strides[0], it), writeable=False))
+    grid = cat.reshape(plan.kw, rows, plan.rows(nb), w)
+    for j in range(plan.kw):
+        dj = j - plan.win.pw
+        for col in (range(min(-dj, w)) if dj < 0 else range(max(w - dj, 0), w)):
+            grid[j, :, :, col] = 0    # one strided pass of rows*R elements
     return cat.reshape(plan.kw * rows, span)
 
 
@@ -126,23 +149,28 @@ def forward(x, w, b, win: Window2d, relu: bool, y) -> None:
     # kernel row i as (C_out, kw*C) with columns (j, c), matching the shifted copy's rows
     rows = [np.ascontiguousarray(w[:, :, i, :].transpose(0, 2, 1)).reshape(cout, -1) for i in range(win.kh)]
     bias = None if b is None else b.reshape(cout, 1)
+    bias4 = None if b is None else b.reshape(1, cout, 1, 1)
     xb = plan.padded("tap_x", win.c, dt)
-    acc_all = workspace().get("tap_acc", (cout, plan.wide(plan.nb_max)), dt)
+    acc_all = workspace().get("tap_acc", (cout, plan.cells(plan.nb_max)), dt)
     tmp_all = workspace().get("tap_tmp", (cout, plan.wide(plan.nb_max)), dt)
+    offsets = [i * plan.pitch for i in range(win.kh)]
     for n0, n1 in plan.blocks:
         nb = n1 - n0
-        m, pitch = plan.wide(nb), plan.pitch(nb)
+        m = plan.wide(nb)
         _fill(xb, plan, nb, x[n0:n1].swapaxes(0, 1))
         xcat = _shifted("tap_xcat", xb, plan, nb)
         acc = acc_all[:, :m]
-        _row_taps_gemm(rows, xcat, [i * pitch for i in range(win.kh)], m, acc, tmp_all[:, :m])
-        # epilogue in cache over the contiguous wide block: a ufunc writing through the transposed
-        # view ran 5x slower than this plus a copy (14 vs 3 ms for 64x64x32x32 float32)
+        _row_taps_gemm(rows, xcat, offsets, m, acc, tmp_all[:, :m])
+        # the epilogue writes y straight from the block: each image's pixels are one contiguous run
+        # on both sides
+        yb, src = y[n0:n1], plan.images(acc_all, nb).swapaxes(0, 1)
         if bias is not None:
-            np.add(acc, bias, out=acc)
+            np.add(src, bias4, out=yb)
+            src = yb
         if relu:
-            np.maximum(acc, 0, out=acc)  # NaN stays NaN, like PyTorch's relu
-        np.copyto(y[n0:n1], plan.images(acc, nb).swapaxes(0, 1))
+            np.maximum(src, 0, out=yb)  # NaN stays NaN, like PyTorch's relu
+        elif bias is None:
+            np.copyto(yb, src)
 
 
 def backward(x, w, g_of, has_bias: bool, win: Window2d, dx, dw) -> np.ndarray | None:
@@ -160,36 +188,34 @@ def backward(x, w, g_of, has_bias: bool, win: Window2d, dx, dw) -> np.ndarray | 
     dwtmp = np.empty(dwr.shape[1:] if not one_gemm else (win.kh * cout, win.kw * win.c), dtype=dt)
     db = np.zeros(cout, dtype=np.float64) if has_bias else None
     xb = plan.padded("tap_x", win.c, dt)
-    # gb lives `front` columns into its buffer: zeros there let the g3 copy below shift g by up to
-    # (kh-1)*pitch; the zeros after the block are rewritten by _fill
-    pitch_max = plan.pitch(plan.nb_max)
-    g_full = workspace().get("tap_g", (cout, (plan.hp + 2 * win.ph) * pitch_max + win.pw + win.kw), dt)
-    acc_all = workspace().get("tap_acc", (win.c, plan.wide(plan.nb_max)), dt)
+    # gb lives `front` columns into its buffer: zeros there let the g3 copy below shift g back by up
+    # to (kh-1) rows; the zeros after the block are rewritten by _fill
+    front = (win.kh - 1) * plan.pitch
+    g_full = plan.padded("tap_g", cout, dt, front)
+    g_full[:, :front] = 0
+    gb = g_full[:, front:]
+    acc_all = workspace().get("tap_acc", (win.c, plan.cells(plan.nb_max)), dt)
     tmp_all = workspace().get("tap_tmp", (win.c, plan.wide(plan.nb_max)), dt)
+    offsets = [i * plan.pitch for i in range(win.kh)]
+    g_start = plan.origin
     for bi, (n0, n1) in enumerate(plan.blocks):
         nb = n1 - n0
-        m, pitch = plan.wide(nb), plan.pitch(nb)
-        offsets = [i * pitch for i in range(win.kh)]
-        front = win.ph * pitch
-        g_full[:, :front] = 0
-        gb = g_full[:, front:]
+        m, span = plan.wide(nb), plan.span(nb)
         _fill(gb, plan, nb, None)
-        g_start = win.ph * pitch + win.pw
         g_of(n0, n1, plan.images(gb, nb, g_start))
+        g_wide = gb[:, g_start:g_start + m]      # g at the wide indices, zero in the gap rows
         if db is not None:
-            db += gb[:, :plan.hp * pitch].sum(axis=1)
+            db += g_wide.sum(axis=1)
         _fill(xb, plan, nb, x[n0:n1].swapaxes(0, 1))
         xcat = _shifted("tap_xcat", xb, plan, nb)
         if one_gemm:  # g3[i, co, q] = g_wide[co, q - i*pitch]
-            span = plan.hp * pitch
             g3 = workspace().get("tap_g3", (win.kh, cout, span), dt)
             it = gb.strides[1]
-            np.copyto(g3, as_strided(gb[:, g_start:], (win.kh, cout, span), (-pitch * it, gb.strides[0], it),
+            np.copyto(g3, as_strided(gb[:, g_start:], (win.kh, cout, span), (-plan.pitch * it, gb.strides[0], it),
                                      writeable=False))
             _blas.matmul_acc(g3.reshape(win.kh * cout, span), xcat[:, :span].T, dwr.reshape(win.kh * cout, -1),
                              accumulate=bi > 0, tmp=dwtmp)
         else:
-            g_wide = gb[:, g_start:g_start + m]
             for i, off in enumerate(offsets):  # (C_out, m) @ (m, kw*C): measured the faster way
                 _blas.matmul_acc(g_wide, xcat[:, off:off + m].T, dwr[i], accumulate=bi > 0, tmp=dwtmp)
         if dx is None:
@@ -197,6 +223,6 @@ def backward(x, w, g_of, has_bias: bool, win: Window2d, dx, dw) -> np.ndarray | 
         gcat = _shifted("tap_xcat", gb, plan, nb)   # xcat is done with: reuse its buffer
         acc = acc_all[:, :m]
         _row_taps_gemm(flipped, gcat, offsets, m, acc, tmp_all[:, :m])
-        np.copyto(dx[n0:n1], plan.images(acc, nb).swapaxes(0, 1))
+        np.copyto(dx[n0:n1], plan.images(acc_all, nb).swapaxes(0, 1))
     np.copyto(dw, dwr.reshape(win.kh, cout, win.kw, win.c).transpose(1, 3, 0, 2))
     return db
