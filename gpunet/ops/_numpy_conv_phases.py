@@ -6,27 +6,37 @@ input row s*(oh + mi) + a, i.e. row oh + mi of the phase plane x_a[u] = xpad[s*u
 convolution is the sum, over the (a, b) phases, of a stride-1 "valid" correlation of x_ab with the
 sub-kernel W[:, :, a::s, b::s] (for 3x3 stride 2: 2x2, 2x1, 1x2 and 1x1 taps).
 
-Layout (as in _numpy_conv_taps, images side by side). Each phase plane of a block of nb images is
-copied into a buffer (C, Hq*pitch + slack): Hq = OH + mh - 1 rows, cell Wq = OW + mw - 1 columns per
-image (mh, mw = the most taps a phase has per axis), pitch = nb*Wq, image n's phase pixel (u, v) at
-u*pitch + n*Wq + v. Output (n, oh, ow) has the wide index m = oh*pitch + n*Wq + ow and sub-tap
-(mi, l) reads the phase buffer at m + mi*pitch + l: a contiguous column range, a plain BLAS operand.
+Layout. The nb images of a block are stacked as in _numpy_conv_taps: each phase plane is hq x wq
+(hq = OH + mh - 1, wq = OW + mw - 1, mh, mw = the most taps a phase has per axis) and image n's plane
+starts at column n*hq*wq of its row (pitch wq); rows (a*pb + b)*C + c of the buffer X' hold phase
+(a, b) of channel c. Output (n, oh, ow) has the wide index m = (n*hq + oh)*wq + ow and phase tap
+(mi, l) reads X' at m + mi*wq + l. Outputs with oh >= OH or ow >= OW are junk, computed and dropped;
+no real output reads across a row or an image (the correlation is "valid" on the planes).
 
-    forward  Y_wide (C_out, OH*pitch) = sum_phases sum_taps W[:, :, a+s*mi, b+s*l] @ P_ab[:, mi*pitch+l :]
-    dW[:, :, a+s*mi, b+s*l] = g_wide (C_out, OH*pitch) @ P_ab[:, mi*pitch+l : +OH*pitch]^T
-    dx    dP_ab (C, Hq*pitch2) = sum_taps W[:, :, a+s*mi, b+s*l]^T @ G[:, (T-mi)*pitch2 + L-l : +Hq*pitch2]
+Taps grouped along K. A shifted copy xcat holds, for every phase (a, b) and column tap l it has, the
+phase plane shifted left by l: row group (a, b, l), a-major. Kernel row mi reaches the phase rows
+a < am[mi], so its taps are the first k_groups[mi] groups and the whole strided convolution is mh
+GEMMs (for 3x3 stride 2: K = 6C and 3C, exactly the 9C multiply-adds per output):
 
-g_wide is the ReLU-masked dy in the output layout (zero in the Wq - OW columns that are not pixels);
-G holds it again with T = mh-1 zero rows above and L = mw-1 zero columns left of each image (cell
-Wq + L, pitch2 = nb*(Wq + L)), so dP_ab is the "full" correlation; dx is then interleaved back from
-the phase planes. Each GEMM has K = C_out (dx) or a long K = OH*pitch (dW).
+    forward  Y_wide (C_out, M) = sum_mi Wg_mi (C_out, K_mi) @ xcat[:K_mi, mi*wq : mi*wq + M]
+    dW       Wg_mi += g_wide (C_out, M) @ xcat[:K_mi, mi*wq : mi*wq + M]^T
+    dx       dX'[(b, a < am[mi])] += Wt_mi,b (am*C, lw[b]*C_out) @ gcat[l' rows of b, (mh-1-mi)*wq : +span]
 
-Measured on 2 cores against the im2col path (best of 10-12, same process): forward+backward 64->128
+with M = nb*hq*wq - (mh - 1)*wq. G holds the masked dy with mh - 1 zero rows above and mw - 1 zero
+columns left of each image (cell hq x wq, so a row's left zeros are the previous row's right
+padding), g_wide = its columns from d = (mh-1)*wq + mw-1 (zero at the junk positions), and gcat its
+mw-fold shifted copy (l' = mw - 1 - l); dX' is the "full" correlation on the phase planes, written
+back to dx phase by phase.
+
+Measured on 2 cores against the im2col path (best of 10-12, same process), in the first layout
+(images side by side, one K = C GEMM per tap, one phase buffer at a time): forward+backward 64->128
 32x32 3x3 s2 142 -> 119 ms, 16->32 29.5 -> 20.9, 32->64 16x16 18.0 -> 13.4, 8->8 5x5 13.9 -> 7.3;
-forward alone (one phase buffer, 1 MB blocks) 31.5 -> 23.2, 5.0 -> 3.1, 3.8 -> 3.1, 8->16 2.9 -> 1.9;
-but 3->64 8.2 -> 13.4 fwd+bwd and 3.1 -> 4.1 forward (the GEMMs have only C rows or K = C = 3),
-hence PHASE_MIN_CHANNELS. (A first forward with one buffer per phase and 4x smaller blocks lost to
-im2col, 34.7 vs 32.6 ms: cache, not the K = C GEMMs.)
+forward alone 31.5 -> 23.2, 5.0 -> 3.1, 3.8 -> 3.1, 8->16 2.9 -> 1.9; but 3->64 8.2 -> 13.4 fwd+bwd
+and 3.1 -> 4.1 forward (the GEMMs have only C rows or K = C = 3), hence PHASE_MIN_CHANNELS. The
+grouped taps against that first layout (2026-12-02, N64 3x3 s2 unless said, medians of 12
+alternating calls): backward 16->32 32x32 9.9 -> 8.0 ms, 32->64 16x16 6.7 -> 5.1, 64->128 32x32
+46.5 -> 38.2, 8->16 4.3 -> 3.9, 32->32 5x5 N32 14.8 -> 11.2; forward within 7% either way (medians
+of 40: 4.23 -> 4.13, 2.19 -> 2.18, 16.0 -> 17.2, 4.58 -> 4.98): fatter GEMMs, more copying.
 """
 from __future__ import annotations
 
@@ -36,10 +46,12 @@ from gpunet.ops import _blas
 from gpunet.ops._numpy_util import even_blocks, tap_range, workspace
 from gpunet.ops.geometry import Window2d
 
-# Target bytes of a block's largest buffer. Small blocks keep the accumulators in cache: 64->128 32x32
-# s2 backward took 66 / 66 / 73 / 78 / 97 ms at 0.75 / 1.5 / 3 / 6 / 12 MB (best of 12, same process),
-# its forward 27.4 / 23.2 / 22.4 / 28.8 / 31.2 at 0.5 / 1 / 2 / 4 / 8 MB; 16->32 and 32->64 were flat.
-PHASE_BLOCK_BYTES = 1 << 20
+# Target bytes of a block's largest buffer (the shifted copy, or dx's phase planes). Medians of 10,
+# forward / backward at 1 / 2 / 4 / 8 MB: 16->32 32x32 N64 3.5 / 3.0 / 3.1 / 3.8 and 6.9 / 6.6 / 6.6 /
+# 7.1 ms; 64->128 32x32 18.2 / 17.0 / 19.1 / 19.9 and 36.8 / 36.6 / 37.7 / 40.6; 32->32 5x5 N32 6.0 /
+# 5.0 / 5.0 / 5.6 and 12.7 / 11.2 / 11.1 / 11.5. Small enough for the accumulators to stay in cache,
+# big enough for GEMMs of a few thousand columns.
+PHASE_BLOCK_BYTES = 2 << 20
 # Below this many input channels dx's GEMM (C rows) gets too thin and im2col's scatter wins.
 PHASE_MIN_CHANNELS = 8
 
@@ -50,89 +62,114 @@ def applies(win: Window2d) -> bool:
 
 
 class _Plan:
+    """Block geometry and the tap grouping shared by forward and backward (module docstring)."""
+
     def __init__(self, win: Window2d, cout: int, itemsize: int):
         self.win = win
         self.mh, self.mw = -(-win.kh // win.sh), -(-win.kw // win.sw)
         self.hq, self.wq = win.oh + self.mh - 1, win.ow + self.mw - 1
-        self.t, self.l = self.mh - 1, self.mw - 1
-        # (a, b, [(i, j, mi, l)]) for each phase with taps
-        self.phases = []
-        for a in range(min(win.sh, win.kh)):
-            for b in range(min(win.sw, win.kw)):
-                taps = [(i, j, (i - a) // win.sh, (j - b) // win.sw)
-                        for i in range(a, win.kh, win.sh) for j in range(b, win.kw, win.sw)]
-                self.phases.append((a, b, taps))
-        # the largest per-block buffer: dx's padded g (C_out rows) or a phase plane / its dx (C rows)
-        per_image = max(win.c, cout) * (self.hq + self.t) * (self.wq + self.l) * itemsize
-        self.blocks = even_blocks(win.n, PHASE_BLOCK_BYTES // per_image)
+        self.pa, self.pb = min(win.sh, win.kh), min(win.sw, win.kw)       # phases per axis
+        # phase column b has the column taps l < lw[b]; kernel row mi reaches the phase rows a < am[mi]
+        self.lw = [-(-(win.kw - b) // win.sw) for b in range(self.pb)]
+        self.am = [min(self.pa, win.kh - win.sh * mi) for mi in range(self.mh)]
+        # the shifted copy's row groups (C rows each), a-major so that kernel row mi uses a prefix
+        self.groups = [(a, b, l) for a in range(self.pa) for b in range(self.pb) for l in range(self.lw[b])]
+        self.k_groups = [am * sum(self.lw) for am in self.am]
+        rows = max(len(self.groups) * win.c, self.pa * self.pb * win.c, self.mw * cout)
+        self.blocks = even_blocks(win.n, PHASE_BLOCK_BYTES // (rows * self.hq * self.wq * itemsize))
         self.nb_max = max(n1 - n0 for n0, n1 in self.blocks)
+        self.d = (self.mh - 1) * self.wq + self.mw - 1      # where g's wide index 0 sits in G
 
     def covers_input(self) -> bool:
         """Whether the phase planes hold every input pixel (each pixel lies in exactly one phase)."""
         win = self.win
         rows = sum(max(0, hi - lo) for lo, hi, _ in (tap_range(a, win.h, self.hq, win.sh, win.ph)
-                                                   for a in range(min(win.sh, win.kh))))
+                                                   for a in range(self.pa)))
         cols = sum(max(0, hi - lo) for lo, hi, _ in (tap_range(b, win.w, self.wq, win.sw, win.pw)
-                                                   for b in range(min(win.sw, win.kw))))
+                                                   for b in range(self.pb)))
         return rows == win.h and cols == win.w
 
-    def pitch(self, nb):
-        return nb * self.wq
+    def span(self, nb: int) -> int:
+        """Columns of nb stacked phase planes (hq rows of wq each per image)."""
+        return nb * self.hq * self.wq
 
-    def pitch2(self, nb):
-        return nb * (self.wq + self.l)
+    def wide(self, nb: int) -> int:
+        """m: the wide outputs, up to the last image's last real output row."""
+        return self.span(nb) - (self.mh - 1) * self.wq
 
-    def in_range(self, a: int, b: int):
-        """(u0, u1, r0), (v0, v1, q0): the phase-plane rows/columns that hold real input pixels, and
-        the first input row/column they hold (every s-th after it)."""
+    def planes(self, a, nb: int, start: int = 0):
+        """a[:, start:] as nb stacked planes: a view (rows, nb, hq, wq)."""
+        return a[:, start:start + self.span(nb)].reshape(a.shape[0], nb, self.hq, self.wq)
+
+    def pixels(self, a: int, b: int, nb: int, x_blk):
+        """(plane slices, x_blk view (nb, C, ...)) of the input pixels phase (a, b) holds, or None."""
         win = self.win
-        return (tap_range(a, win.h, self.hq, win.sh, win.ph), tap_range(b, win.w, self.wq, win.sw, win.pw))
+        (u0, u1, r0), (v0, v1, q0) = (tap_range(a, win.h, self.hq, win.sh, win.ph),
+                                      tap_range(b, win.w, self.wq, win.sw, win.pw))
+        if u1 <= u0 or v1 <= v0:
+            return None
+        src = x_blk[:, :, r0:r0 + (u1 - u0 - 1) * win.sh + 1:win.sh, q0:q0 + (v1 - v0 - 1) * win.sw + 1:win.sw]
+        return (slice(u0, u1), slice(v0, v1)), src
+
+    def tap_weights(self, w, mi: int):
+        """Kernel row mi against the shifted copy's first k_groups[mi] groups: (C_out, groups*C)."""
+        return np.concatenate([w[:, :, a + self.win.sh * mi, b + self.win.sw * l]
+                               for a, b, l in self.groups[:self.k_groups[mi]]], axis=1)
 
 
-def _grid(buf, rows: int, pitch: int, nb: int, cell: int):
-    """buf's first rows*pitch columns as (channels, rows, nb, cell)."""
-    return buf[:, :rows * pitch].reshape(buf.shape[0], rows, nb, cell)
+def _fill_phases(buf, plan: _Plan, nb: int, x_blk) -> None:
+    """buf rows (a*pb + b)*C + c = phase (a, b) of the block x_blk (nb, C, H, W), images stacked; zeros
+    in the padding and in the mw - 1 columns of slack after the block."""
+    c = plan.win.c
+    buf[:, :plan.span(nb) + plan.mw - 1] = 0
+    for a in range(plan.pa):
+        for b in range(plan.pb):
+            got = plan.pixels(a, b, nb, x_blk)
+            if got is not None:
+                (us, vs), src = got
+                row = (a * plan.pb + b) * c
+                np.copyto(plan.planes(buf[row:row + c], nb)[:, :, us, vs], src.swapaxes(0, 1))
 
 
-def _fill_phase(buf, plan: _Plan, nb: int, x_blk, a: int, b: int) -> None:
-    """buf = phase (a, b) of the block x_blk (nb, C, H, W) in the forward layout, zeros elsewhere."""
-    win, pitch = plan.win, plan.pitch(nb)
-    buf[:, :plan.hq * pitch + plan.l + 1] = 0
-    (u0, u1, r0), (v0, v1, q0) = plan.in_range(a, b)
-    if u1 <= u0 or v1 <= v0:
-        return
-    dst = _grid(buf, plan.hq, pitch, nb, plan.wq)[:, u0:u1, :, v0:v1]
-    src = x_blk[:, :, r0:r0 + (u1 - u0 - 1) * win.sh + 1:win.sh, q0:q0 + (v1 - v0 - 1) * win.sw + 1:win.sw]
-    np.copyto(dst, src.transpose(1, 2, 0, 3))
+def _tap_copy(buf, plan: _Plan, nb: int):
+    """xcat (groups*C, span): group (a, b, l) is phase (a, b) shifted left by l columns, so that kernel
+    row mi of every phase is one GEMM over xcat[:k_groups[mi]*C, mi*wq : mi*wq + wide]."""
+    c, span = plan.win.c, plan.span(nb)
+    cat = workspace().get("phase_xcat", (len(plan.groups) * c, span), buf.dtype)
+    for g, (a, b, l) in enumerate(plan.groups):
+        row = (a * plan.pb + b) * c
+        np.copyto(cat[g * c:(g + 1) * c], buf[row:row + c, l:l + span])
+    return cat
 
 
 def forward(x, w, b, win: Window2d, relu: bool, y) -> None:
-    """y (N, C_out, OH, OW) = conv(x, w) + b, then ReLU when asked: per block, phase by phase (one
-    buffer, refilled), one K = C GEMM per tap accumulated into the wide output."""
+    """y (N, C_out, OH, OW) = conv(x, w) + b, then ReLU when asked: per block, mh GEMMs (one per
+    kernel row of the phase kernels) accumulated into the wide output."""
     cout, dt = int(w.shape[0]), y.dtype
     plan = _Plan(win, cout, dt.itemsize)
-    taps = {(i, j): np.ascontiguousarray(w[:, :, i, j]) for _, _, ts in plan.phases for i, j, _, _ in ts}
-    bias = None if b is None else b.reshape(cout, 1)
+    rows = [plan.tap_weights(w, mi) for mi in range(plan.mh)]
+    bias4 = None if b is None else b.reshape(1, cout, 1, 1)
     ws = workspace()
-    buf = ws.get("phase_x", (win.c, plan.hq * plan.pitch(plan.nb_max) + plan.l + 1), dt)
-    acc_all = ws.get("phase_acc", (cout, win.oh * plan.pitch(plan.nb_max)), dt)
-    tmp_all = ws.get("phase_tmp", (cout, win.oh * plan.pitch(plan.nb_max)), dt)
+    buf = ws.get("phase_x", (plan.pa * plan.pb * win.c, plan.span(plan.nb_max) + plan.mw - 1), dt)
+    acc_all = ws.get("phase_acc", (cout, plan.span(plan.nb_max)), dt)
+    tmp_all = ws.get("phase_tmp", (cout, plan.wide(plan.nb_max)), dt)
     for n0, n1 in plan.blocks:
         nb = n1 - n0
-        pitch, m = plan.pitch(nb), win.oh * plan.pitch(nb)
-        acc, tmp = acc_all[:, :m], tmp_all[:, :m]
-        first = True
-        for a, b_, ts in plan.phases:
-            _fill_phase(buf, plan, nb, x[n0:n1], a, b_)
-            for i, j, mi, l in ts:
-                off = mi * pitch + l
-                _blas.matmul_acc(taps[i, j], buf[:, off:off + m], acc, accumulate=not first, tmp=tmp)
-                first = False
-        if bias is not None:  # epilogue in cache, over the contiguous wide block
-            np.add(acc, bias, out=acc)
+        m = plan.wide(nb)
+        _fill_phases(buf, plan, nb, x[n0:n1])
+        cat = _tap_copy(buf, plan, nb)
+        for mi in range(plan.mh):
+            k = plan.k_groups[mi] * win.c
+            _blas.matmul_acc(rows[mi], cat[:k, mi * plan.wq:mi * plan.wq + m], acc_all[:, :m],
+                             accumulate=mi > 0, tmp=tmp_all[:, :m])
+        yb, src = y[n0:n1], plan.planes(acc_all, nb)[:, :, :win.oh, :win.ow].swapaxes(0, 1)
+        if bias4 is not None:
+            np.add(src, bias4, out=yb)
+            src = yb
         if relu:
-            np.maximum(acc, 0, out=acc)  # NaN stays NaN, like PyTorch's relu
-        np.copyto(y[n0:n1], acc.reshape(cout, win.oh, nb, plan.wq)[..., :win.ow].transpose(2, 0, 1, 3))
+            np.maximum(src, 0, out=yb)  # NaN stays NaN, like PyTorch's relu
+        elif bias4 is None:
+            np.copyto(yb, src)
 
 
 def backward(x, w, g_of, has_bias: bool, win: Window2d, dx, dw):
@@ -140,55 +177,62 @@ def backward(x, w, g_of, has_bias: bool, win: Window2d, dx, dw):
     the masked dy of images n0:n1 into out (C_out, nb, OH, OW)."""
     cout, dt = int(w.shape[0]), dw.dtype
     plan = _Plan(win, cout, dt.itemsize)
+    c, wq, d = win.c, plan.wq, plan.d
     db = np.zeros(cout, dtype=np.float64) if has_bias else None
     ws = workspace()
-    cols = plan.hq * plan.pitch(plan.nb_max) + plan.l + 1
-    cols2 = (plan.hq + plan.t) * plan.pitch2(plan.nb_max) + plan.l + 1
-    xbuf = ws.get("phase_x", (win.c, cols), dt)
-    gw_all = ws.get("phase_gw", (cout, win.oh * plan.pitch(plan.nb_max)), dt)
-    gbuf = ws.get("phase_g", (cout, cols2), dt) if dx is not None else None
-    acc_all = ws.get("phase_acc", (win.c, plan.hq * plan.pitch2(plan.nb_max)), dt)
-    tmp_all = ws.get("phase_tmp", (win.c, plan.hq * plan.pitch2(plan.nb_max)), dt)
-    dwtmp = np.empty((cout, win.c), dtype=dt)
-    dws = {}
-    wt = {(i, j): np.ascontiguousarray(w[:, :, i, j].T) for _, _, ts in plan.phases for i, j, _, _ in ts}
-    if dx is not None and not plan.covers_input():
-        dx[...] = 0   # pixels no output reads (a kernel narrower than the stride, a ragged edge) get 0
+    span_max = plan.span(plan.nb_max)
+    xbuf = ws.get("phase_x", (plan.pa * plan.pb * c, span_max + plan.mw - 1), dt)
+    g_all = ws.get("phase_g", (cout, span_max + 2 * d), dt)
+    dwr = [np.empty((cout, k * c), dtype=dt) for k in plan.k_groups]
+    dwtmp = np.empty((cout, plan.k_groups[0] * c), dtype=dt)
+    if dx is not None:
+        acc_all = ws.get("phase_acc", (plan.pa * plan.pb * c, span_max), dt)
+        tmp_all = ws.get("phase_tmp", (plan.pa * plan.pb * c, span_max), dt)
+        # per (mi, b): rows (a < am[mi], c) of phase column b against G's column taps l < lw[b], which
+        # gcat holds at l' = mw-1-l: wt[(a, c), (l', co)] = w[co, c, a + sh*mi, b + sw*(mw-1-l')]
+        wt = {(mi, b): np.concatenate([
+            np.concatenate([w[:, :, a + win.sh * mi, b + win.sw * (plan.mw - 1 - lp)].T
+                            for lp in range(plan.mw - plan.lw[b], plan.mw)], axis=1)
+            for a in range(plan.am[mi])], axis=0)
+            for mi in range(plan.mh) for b in range(plan.pb)}
+        if not plan.covers_input():
+            dx[...] = 0   # pixels no output reads (a kernel narrower than the stride, a ragged edge) get 0
     for bi, (n0, n1) in enumerate(plan.blocks):
         nb = n1 - n0
-        pitch, m = plan.pitch(nb), win.oh * plan.pitch(nb)
-        gw = gw_all[:, :m]
-        grid = gw.reshape(cout, win.oh, nb, plan.wq)
-        grid[..., win.ow:] = 0
-        g_of(n0, n1, grid[..., :win.ow].transpose(0, 2, 1, 3))
+        m, span = plan.wide(nb), plan.span(nb)
+        # G: g at wide index m + d, zero elsewhere; its first `wide` columns from d are g_wide for dW,
+        # and for dx tap (mi, l) of output m' reads G[m' + (mh-1-mi)*wq + (mw-1-l)]
+        g_all[:, :span + 2 * d] = 0
+        g_of(n0, n1, plan.planes(g_all, nb, d)[:, :, :win.oh, :win.ow])
+        g_wide = g_all[:, d:d + m]
         if db is not None:
-            db += gw.sum(axis=1)
-        if dx is not None:
-            pitch2 = plan.pitch2(nb)
-            gbuf[:, :(plan.hq + plan.t) * pitch2 + plan.l + 1] = 0
-            g2 = _grid(gbuf, plan.hq + plan.t, pitch2, nb, plan.wq + plan.l)
-            np.copyto(g2[:, plan.t:plan.t + win.oh, :, plan.l:plan.l + win.ow], grid[..., :win.ow])
-        for a, b, ts in plan.phases:
-            _fill_phase(xbuf, plan, nb, x[n0:n1], a, b)
-            for i, j, mi, l in ts:
-                off = mi * pitch + l
-                if (i, j) not in dws:
-                    dws[i, j] = np.empty((cout, win.c), dtype=dt)
-                _blas.matmul_acc(gw, xbuf[:, off:off + m].T, dws[i, j], accumulate=bi > 0, tmp=dwtmp)
-            if dx is None:
-                continue
-            pitch2 = plan.pitch2(nb)
-            m2 = plan.hq * pitch2
-            acc, tmp = acc_all[:, :m2], tmp_all[:, :m2]
-            for t, (i, j, mi, l) in enumerate(ts):
-                off = (plan.t - mi) * pitch2 + (plan.l - l)
-                _blas.matmul_acc(wt[i, j], gbuf[:, off:off + m2], acc, accumulate=t > 0, tmp=tmp)
-            (u0, u1, r0), (v0, v1, q0) = plan.in_range(a, b)
-            if u1 <= u0 or v1 <= v0:
-                continue
-            src = acc.reshape(win.c, plan.hq, nb, plan.wq + plan.l)[:, u0:u1, :, v0:v1]
-            dst = dx[n0:n1, :, r0:r0 + (u1 - u0 - 1) * win.sh + 1:win.sh, q0:q0 + (v1 - v0 - 1) * win.sw + 1:win.sw]
-            np.copyto(dst, src.transpose(2, 0, 1, 3))
-    for (i, j), d in dws.items():   # every tap lies in exactly one phase
-        dw[:, :, i, j] = d
+            db += g_wide.sum(axis=1)
+        _fill_phases(xbuf, plan, nb, x[n0:n1])
+        cat = _tap_copy(xbuf, plan, nb)
+        for mi in range(plan.mh):
+            k = plan.k_groups[mi] * c
+            _blas.matmul_acc(g_wide, cat[:k, mi * wq:mi * wq + m].T, dwr[mi], accumulate=bi > 0,
+                             tmp=dwtmp[:, :k])
+        if dx is None:
+            continue
+        gcat = workspace().get("phase_gcat", (plan.mw, cout, span + (plan.mh - 1) * wq), dt)
+        for lp in range(plan.mw):
+            np.copyto(gcat[lp], g_all[:, lp:lp + gcat.shape[2]])
+        gcat = gcat.reshape(plan.mw * cout, -1)
+        for mi in range(plan.mh):
+            off = (plan.mh - 1 - mi) * wq
+            for b in range(plan.pb):
+                r0, r1 = b * plan.pa * c, (b * plan.pa + plan.am[mi]) * c
+                _blas.matmul_acc(wt[mi, b], gcat[(plan.mw - plan.lw[b]) * cout:, off:off + span],
+                                 acc_all[r0:r1, :span], accumulate=mi > 0, tmp=tmp_all[r0:r1, :span])
+        for a in range(plan.pa):
+            for b in range(plan.pb):
+                got = plan.pixels(a, b, nb, dx[n0:n1])
+                if got is not None:
+                    (us, vs), dst = got
+                    row = (b * plan.pa + a) * c
+                    np.copyto(dst, plan.planes(acc_all[row:row + c], nb)[:, :, us, vs].swapaxes(0, 1))
+    for mi in range(plan.mh):   # every tap lies in exactly one group of one kernel row
+        for g, (a, b, l) in enumerate(plan.groups[:plan.k_groups[mi]]):
+            dw[:, :, a + win.sh * mi, b + win.sw * l] = dwr[mi][:, g * c:(g + 1) * c]
     return db
