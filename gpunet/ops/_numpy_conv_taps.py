@@ -52,10 +52,11 @@ TAP_BLOCK_BYTES = 3 << 20
 TAP_MIN_CHANNELS = 8
 # dW as ONE GEMM per block, (kh*C_out, span) @ (span, kw*C) against a kh-fold shifted copy of g, when
 # kh*C_out is at most this; else one (C_out, m) @ (m, kw*C) GEMM per kernel row. The single GEMM reads
-# xcat once instead of kh times, which pays while its rows are few: 16->16 32x32 fwd+bwd 20.4 -> 18.4 ms,
-# 32->32 16x16 13.6 -> 12.8, 64->64 32x32 131 -> 125; 128->128 16x16 130 -> 153 and 32->64 5x5
-# 135 -> 140 went the other way (best of 12, same process).
-DW_SINGLE_GEMM_MAX_ROWS = 192
+# xcat once instead of kh times. Backward alone, medians of 10 (stacked layout, 2026-12-02), per-row
+# -> single: 32->32 14x14 N128 7.7 -> 6.1 ms, 16->16 32x32 12.2 -> 9.2, 64->64 32x32 61.7 -> 52.3,
+# 128->128 16x16 49.1 -> 45.4, 32->64 5x5 42.8 -> 37.3 (320 rows); at 256->256 (768 rows) they tie
+# (40.6 / 41.3 at 8x8, 72.2 / 72.1 at 16x16).
+DW_SINGLE_GEMM_MAX_ROWS = 512
 
 
 def applies(win: Window2d) -> bool:
