@@ -6,8 +6,10 @@ For each conv row of `gpunet bench` this times, in one process: gpunet's forward
 of it spent inside BLAS calls (np.matmul and the direct cblas binding, wrapped with a timer), and
 PyTorch CPU's forward+backward of the same conv+ReLU. The BLAS time is a floor for this design:
 even with every copy and element-wise pass free, gpunet could not beat blas_ms / torch_ms on that
-row without a faster GEMM than the one NumPy ships. Medians over --reps; numbers drift on a shared
-machine, so compare columns of one run, not runs.
+row without a faster GEMM than the one NumPy ships. gpunet and PyTorch are timed side by side with
+`gpunet.bench.timing.measure` (alternating blocks, 0.2 s settles, as `gpunet bench` does), the BLAS
+share in a separate pass with the BLAS entry points wrapped. Medians over --reps; numbers drift on a
+shared machine, so compare columns of one run, not runs.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import time
 
 import numpy as np
 
+from gpunet.bench.timing import measure
 from gpunet.bench.workloads import CONVS
 from gpunet.ops import _blas
 from gpunet.ops import _numpy_conv as conv
@@ -31,16 +34,6 @@ def _timed(fn):
         finally:
             _blas_seconds[0] += time.perf_counter() - t0
     return wrapper
-
-
-def _median_ms(fn, reps):
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)) * 1e3
 
 
 def main(argv=None) -> None:
@@ -67,7 +60,18 @@ def main(argv=None) -> None:
             _, ctx = conv.conv2d_forward(x, w, b, stride, pad, True)
             conv.conv2d_backward(dy, ctx)
 
-        total = _median_ms(step, args.reps)
+        fns = {"gpunet": step}
+        if torch is not None:
+            tx, tw, tb = (torch.from_numpy(a).requires_grad_() for a in (x, w, b))
+            tdy = torch.from_numpy(dy)
+
+            def tstep():
+                tx.grad = tw.grad = tb.grad = None
+                torch.relu(torch.nn.functional.conv2d(tx, tw, tb, stride, pad)).backward(tdy)
+            fns["torch"] = tstep
+        st = measure(fns, reps=args.reps, warmup=1, settle=0.2)
+        total = st["gpunet"].median * 1e3
+        torch_ms = st["torch"].median * 1e3 if torch is not None else float("nan")
         np.matmul, _blas.gemm = _timed(real_matmul), _timed(real_gemm)
         try:
             step()
@@ -77,18 +81,6 @@ def main(argv=None) -> None:
             blas = _blas_seconds[0] / args.reps * 1e3
         finally:
             np.matmul, _blas.gemm = real_matmul, real_gemm
-        torch_ms = float("nan")
-        if torch is not None:
-            time.sleep(0.2)  # let OpenBLAS's spinning threads go idle before PyTorch's run
-            tx, tw, tb = (torch.from_numpy(a).requires_grad_() for a in (x, w, b))
-            tdy = torch.from_numpy(dy)
-
-            def tstep():
-                tx.grad = tw.grad = tb.grad = None
-                torch.relu(torch.nn.functional.conv2d(tx, tw, tb, stride, pad)).backward(tdy)
-
-            torch_ms = _median_ms(tstep, args.reps)
-            time.sleep(0.2)
         name = f"N{n} {cin}->{cout} {hw}x{hw} k{k} s{stride} p{pad}"
         print(f"{name:36s} {total:10.2f} {blas:8.2f} {100 * blas / total:6.0f}% {torch_ms:9.2f} "
               f"{total / torch_ms:6.2f} {blas / torch_ms:10.2f}")

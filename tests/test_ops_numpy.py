@@ -155,7 +155,7 @@ def test_conv2d_multiple_blocks_and_noncontiguous(monkeypatch, case, block):
 
 
 # The tap path (gpunet/ops/_numpy_conv_taps.py): stride-1 "same" convolutions as one GEMM per kernel
-# row over a padded block, images side by side. Forced on small shapes with TAP_MIN_CHANNELS = 1.
+# row over a padded block, images stacked. Forced on small shapes with TAP_MIN_CHANNELS = 1.
 TAP_CASES = {
     "3x3": ((2, 3, 7, 6), 5, 3, 1),
     "batch1-5x5": ((1, 2, 6, 9), 3, 5, 2),
