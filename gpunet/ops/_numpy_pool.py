@@ -46,6 +46,12 @@ import numpy as np
 from gpunet.ops._numpy_util import float_array, parallel, workspace
 from gpunet.ops.geometry import Window2d, pool2d_geometry
 
+# Max-pool backward scatters plane chunks of about this many dx bytes at a time, so the chunk's dx, its
+# flat indices and its values stay in cache from zeroing to scatter. (64, 64, 32, 32) 2x2 on one thread,
+# medians of 30: 2.68 ms for the whole half-batch at once, 2.68 / 2.38 / 2.47 in chunks of 64 / 256 /
+# 1024 planes (0.25 / 1 / 4 MB).
+SCATTER_CHUNK_BYTES = 1 << 20
+
 
 @dataclass(frozen=True)
 class _Layout:
@@ -211,18 +217,24 @@ def max_pool2d_backward(dy, argmax, x_shape, kernel, stride, padding):
 
 
 def _max_bwd_scatter(win: Window2d, dy, argmax, dx, overlap: bool):
-    """dx of nb images: +0, plus each window's dy at its argmax (in row-major output order)."""
-    nb = dy.shape[0]
-    planes = nb * win.c
-    idx = workspace().get("pool_gidx", (planes, win.oh * win.ow), np.intp)
-    np.copyto(idx, argmax.reshape(planes, -1))
-    idx += (np.arange(planes, dtype=np.intp) * (win.h * win.w))[:, None]  # flat index into dx
-    dxf = dx.reshape(-1)
-    dxf.fill(0)
-    if overlap:
-        np.add.at(dxf, idx.reshape(-1), np.ascontiguousarray(dy).reshape(-1))
-    else:
-        dxf[idx.reshape(-1)] = np.ascontiguousarray(dy).reshape(-1) + dy.dtype.type(0)
+    """dx of nb images: +0, plus each window's dy at its argmax (in row-major output order), chunk by
+    chunk of planes."""
+    planes, plane, outs = dy.shape[0] * win.c, win.h * win.w, win.oh * win.ow
+    step = max(1, min(planes, SCATTER_CHUNK_BYTES // max(1, plane * dx.dtype.itemsize)))
+    am2, dy2, dx2 = argmax.reshape(planes, outs), dy.reshape(planes, outs), dx.reshape(planes, plane)
+    idx = workspace().get("pool_gidx", (step, outs), np.intp)
+    val = workspace().get("pool_gval", (step, outs), dy.dtype)
+    local = (np.arange(step, dtype=np.intp) * plane)[:, None]   # a chunk's planes in its dx rows
+    for p0 in range(0, planes, step):
+        n = min(step, planes - p0)
+        d = dx2[p0:p0 + n]
+        d.fill(0)
+        np.add(am2[p0:p0 + n], local[:n], out=idx[:n])              # flat index into the chunk's dx
+        if overlap:   # dx starts at +0 and takes every sum in order, as the CUDA gather does
+            np.add.at(d.reshape(-1), idx[:n].reshape(-1), dy2[p0:p0 + n].reshape(-1))
+        else:
+            np.add(dy2[p0:p0 + n], dy.dtype.type(0), out=val[:n])   # -0 becomes +0, as 0 + dy does
+            d.reshape(-1)[idx[:n].reshape(-1)] = val[:n].reshape(-1)
 
 
 def _wide_dy(lay: _Layout, dy):
