@@ -58,17 +58,34 @@ def relu(x):
     return xp.maximum(x, 0)
 
 
+# relu_backward on NumPy works through chunks of this many elements, so that a chunk's mask and
+# product stay in cache: 10-18% faster than whole arrays ((64, 16, 32, 32) float32 0.52 -> 0.42 ms,
+# (128, 32, 28, 28) 2.04 -> 1.68, medians of 30; 64K-element chunks gained less, 1M-element ones the
+# same). Sharing the chunks between two threads did not help (memory-bound).
+RELU_CHUNK = 1 << 18
+
+
 def relu_backward(dy, y):
     """`y` is relu's output; the gradient at 0 is 0 (PyTorch's rule).
 
     On NumPy with a finite dy this is dy * (y > 0): exact (dy*1 = dy, dy*0 = +-0) and much faster than
     np.where, which branches per element and mispredicts on a random mask (10^6 float32: 4.6 ms for
-    where, 0.5 ms for the multiply, measured). A non-finite dy takes where (inf*0 would be NaN)."""
+    where, 0.5 ms for the multiply, measured). A non-finite dy takes where (inf*0 would be NaN). dy is
+    finite when its sum is (an inf or NaN anywhere makes the sum inf or NaN; a sum that overflows
+    only sends finite data down the exact slow path), and one read-only sum is cheaper than
+    isfinite(dy).all(), which writes a mask first (0.09 vs 0.13 ms for 10^6 float32)."""
     xp = array_module(dy)
-    keep = y > 0
-    if xp is np and np.isfinite(dy).all():
-        return np.multiply(dy, keep, dtype=dy.dtype)
-    return xp.where(keep, dy, 0).astype(dy.dtype, copy=False)
+    if xp is np and dy.shape == np.shape(y) and np.isfinite(np.einsum("i->", np.ravel(dy))):
+        out = np.empty(dy.shape, dtype=dy.dtype)
+        d, yy, o = np.ravel(dy), np.ravel(y), out.reshape(-1)
+        mask = np.empty(min(RELU_CHUNK, d.size), dtype=bool)
+        for a in range(0, d.size, RELU_CHUNK):
+            b = min(d.size, a + RELU_CHUNK)
+            m = mask[:b - a]
+            np.greater(yy[a:b], 0, out=m)
+            np.multiply(d[a:b], m, out=o[a:b])
+        return out
+    return xp.where(y > 0, dy, 0).astype(dy.dtype, copy=False)
 
 
 def leaky_relu(x, negative_slope: float = 0.01):

@@ -195,3 +195,17 @@ def test_relu_backward_masks_exactly_and_never_leaks_non_finite_dy(rng):
     dx = F.relu_backward(dy, y)
     assert (dx[y <= 0] == 0).all() and np.isfinite(dx).all()
     np.testing.assert_array_equal(dx[y > 0], dy[y > 0])
+
+
+def test_relu_backward_chunks_and_overflowing_sums(rng, monkeypatch):
+    """Several chunks (the last one short) and a non-contiguous dy give dy * (y > 0) exactly; a finite
+    dy whose sum overflows takes the slow path and still gives the exact product."""
+    monkeypatch.setattr(F, "RELU_CHUNK", 7)
+    y = np.maximum(rng.standard_normal((3, 2, 5, 4)), 0).astype(np.float32)
+    dy = np.asfortranarray(rng.standard_normal(y.shape).astype(np.float32))
+    np.testing.assert_array_equal(F.relu_backward(dy, y), np.where(y > 0, dy, 0))
+    big = np.full(y.shape, 3e38, dtype=np.float32)
+    assert not np.isfinite(np.einsum("i->", big.reshape(-1)))
+    dx = F.relu_backward(big, y)
+    assert dx.dtype == np.float32
+    np.testing.assert_array_equal(dx, np.where(y > 0, big, 0))
