@@ -75,7 +75,7 @@ def relu_backward(dy, y):
     only sends finite data down the exact slow path), and one read-only sum is cheaper than
     isfinite(dy).all(), which writes a mask first (0.09 vs 0.13 ms for 10^6 float32)."""
     xp = array_module(dy)
-    if xp is np and dy.shape == np.shape(y) and np.isfinite(np.einsum("i->", np.ravel(dy))):
+    if xp is np and dy.shape == np.shape(y) and np.isfinite(np.einsum(dy, list(range(dy.ndim)), [])):
         out = np.empty(dy.shape, dtype=dy.dtype)
         d, yy, o = np.ravel(dy), np.ravel(y), out.reshape(-1)
         mask = np.empty(min(RELU_CHUNK, d.size), dtype=bool)

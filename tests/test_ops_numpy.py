@@ -896,3 +896,14 @@ def test_conv2d_thin_input_paths_give_the_same_bits_for_any_thread_count(monkeyp
         for a, c in zip(results[0], other):
             np.testing.assert_array_equal(a, c)
     np.testing.assert_allclose(results[0][0], ref.conv2d(x, w, b, s, 1, True), rtol=1e-5, atol=1e-5)
+
+
+def test_all_finite_reads_any_strides_and_is_conservative_on_overflow():
+    from gpunet.ops._numpy_util import all_finite
+    a = np.ones((4, 6), dtype=np.float32)
+    assert all_finite(a) and all_finite(a[:, ::2].T) and all_finite(np.zeros(0)) and all_finite(np.float64(2))
+    for bad in (np.inf, -np.inf, np.nan):
+        b = a.copy()
+        b[3, 5] = bad
+        assert not all_finite(b) and not all_finite(b[:, 1::2])
+    assert not all_finite(np.full(8, 3e38, dtype=np.float32))   # finite, but the sum overflows: the slow path

@@ -47,7 +47,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from gpunet.ops import _numpy_conv_phases as phases_path
 from gpunet.ops import _numpy_conv_taps as taps
-from gpunet.ops._numpy_util import even_blocks, parallel, same_dtype, tap_range, workspace
+from gpunet.ops._numpy_util import all_finite, even_blocks, parallel, same_dtype, tap_range, workspace
 from gpunet.ops.geometry import Window2d, conv2d_geometry
 
 # Target size of one im2col block. Smaller blocks stay in the last-level cache between the copy that
@@ -229,7 +229,7 @@ def _masked_dy(dy, y, out) -> None:
     """out (C_out, nb, ...) = dy (nb, C_out, ...) with its first two axes swapped, zeroed where y <= 0
     when y is given (ReLU)."""
     _relu_masked(dy.swapaxes(0, 1), None if y is None else y.swapaxes(0, 1), out,
-                 y is None or bool(np.isfinite(dy).all()))
+                 y is None or all_finite(dy))
 
 
 def conv2d_backward(dy, ctx: ConvCtx, input_grad: bool = True):
@@ -251,7 +251,7 @@ def conv2d_backward(dy, ctx: ConvCtx, input_grad: bool = True):
         dx = np.empty(x.shape, dtype=dt) if input_grad else None
         dw = np.empty(w.shape, dtype=dt)
 
-        finite = ctx.y is None or bool(np.isfinite(dy).all())
+        finite = ctx.y is None or all_finite(dy)
 
         def g_of(n0, n1, out):
             """out (C_out, nb, OH, OW), a strided view into the path's padded layout, = masked dy.
@@ -344,7 +344,7 @@ def _backward_per_image(x, dy3, y3, win: Window2d, wm, has_bias: bool, dx):
     cout, k = wm.shape
     dt = dy3.dtype
     p = win.oh * win.ow
-    finite = y3 is None or bool(np.isfinite(dy3).all())
+    finite = y3 is None or all_finite(dy3)
     blocks = _image_blocks(win, k * p * dt.itemsize)
     parts = {}   # per block: (dW, db) partial sums, added in block order below (the same sums
                  # whatever the thread count)
@@ -352,7 +352,8 @@ def _backward_per_image(x, dy3, y3, win: Window2d, wm, has_bias: bool, dx):
     def block(n0, n1):
         g = workspace().get("conv_g", (n1 - n0, cout, p), dt)
         _relu_masked(dy3[n0:n1], None if y3 is None else y3[n0:n1], g, finite)
-        db = g.sum(axis=2).sum(axis=0, dtype=np.float64) if has_bias else None
+        # row sums by einsum: 3x faster than g.sum(axis=2) (0.17 vs 0.57 ms for (128, 32, 784))
+        db = np.einsum("ncp->nc", g).sum(axis=0, dtype=np.float64) if has_bias else None
         dw = np.matmul(g, _cols_per_image(x, win, n0, n1).transpose(0, 2, 1)).sum(axis=0)
         if dx is not None:
             np.matmul(wm.T, g, out=dx[n0:n1].reshape(n1 - n0, win.c, p))

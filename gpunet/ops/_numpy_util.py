@@ -56,6 +56,15 @@ def tap_slices(i: int, j: int, win):
     return out, inp
 
 
+def all_finite(a) -> bool:
+    """Whether every element of a float array is finite, from one read-only sum: an inf or NaN
+    anywhere makes the sum inf or NaN, and a sum that overflows only answers False for finite data
+    (callers then take their exact slow path). Faster than np.isfinite(a).all(), which writes a mask
+    first (0.16 vs 0.27 ms for 3.2M float32); any strides."""
+    a = np.asarray(a)
+    return bool(np.isfinite(np.einsum(a, list(range(a.ndim)), [])))
+
+
 def even_blocks(n: int, most: int):
     """[(n0, n1), ...]: 0..n cut into the fewest nearly equal blocks of at most `most` (>= 1) items."""
     most = max(1, min(n, most))
