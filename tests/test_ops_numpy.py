@@ -907,3 +907,28 @@ def test_all_finite_reads_any_strides_and_is_conservative_on_overflow():
         b[3, 5] = bad
         assert not all_finite(b) and not all_finite(b[:, 1::2])
     assert not all_finite(np.full(8, 3e38, dtype=np.float32))   # finite, but the sum overflows: the slow path
+
+
+@pytest.mark.parametrize("case", ["3x3-s1-p1", "nonsquare-3x5-s2x3-p1x2", "k5-s2-p2-overlap", "s3-k5-phases"])
+@pytest.mark.parametrize("view_paths", [False, True], ids=["im2col", "tap-and-phase-paths"])
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
+def test_conv2d_weight_gradient_of_an_input_holding_inf(monkeypatch, case, view_paths):
+    """An inf in x makes exactly the dW entries whose true sum holds it non-finite. The view paths'
+    dropped wide outputs (g = 0) would add 0 * inf = NaN to taps that only they reach from that pixel;
+    they hand such a backward to the im2col path."""
+    from gpunet.ops import _numpy_conv_phases as phases
+    from gpunet.ops import _numpy_conv_taps as taps
+    monkeypatch.setattr(taps, "TAP_MIN_CHANNELS", 1 if view_paths else 10 ** 9)
+    monkeypatch.setattr(phases, "PHASE_MIN_CHANNELS", 1 if view_paths else 10 ** 9)
+    x, w, b, s, p = _conv_inputs(case)
+    x[-1, 0, 0, 0] = np.inf
+    x[0, -1, -1, -1] = -np.inf
+    y, ctx = OPS.conv2d_forward(x, w, b, s, p, False)
+    dy = np.random.default_rng(7).standard_normal(y.shape)
+    with np.errstate(invalid="ignore"):
+        rdx, rdw, rdb = ref.conv2d_backward(dy, x, w, b, s, p, False)
+    dx, dw, db = OPS.conv2d_backward(dy, ctx)
+    assert np.isfinite(rdw).any() and not np.isfinite(rdw).all()
+    np.testing.assert_allclose(dw, rdw, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx, rdx, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(db, rdb, rtol=1e-12, atol=1e-12)

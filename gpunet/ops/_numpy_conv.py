@@ -265,7 +265,12 @@ def conv2d_backward(dy, ctx: ConvCtx, input_grad: bool = True):
             _relu_masked(dy[n0:n1], ctx.y[n0:n1], g, finite)
             np.copyto(out, g.swapaxes(0, 1))
         db = path.backward(x, w, g_of, ctx.has_bias, win, dx, dw)
-        return dx, dw, (None if db is None else db.astype(dt))
+        # The view paths also compute the dropped "wide" outputs, whose g is 0, so their dW adds
+        # 0 * x over pixels that a tap reaches only from those outputs: with an inf in x that is a NaN
+        # where the true sum is finite. Then (dW non-finite and x non-finite: checked on the small dW
+        # first) the im2col path below, which sums over real outputs only, computes the gradients.
+        if np.isfinite(dw).all() or all_finite(x):
+            return dx, dw, (None if db is None else db.astype(dt))
 
     if _pointwise(win) or not input_grad and k <= PER_IMAGE_MAX_K:
         dx = np.empty(x.shape, dtype=dt) if input_grad else None

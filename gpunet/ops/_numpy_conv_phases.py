@@ -24,7 +24,8 @@ GEMMs (for 3x3 stride 2: K = 6C and 3C, exactly the 9C multiply-adds per output)
 
 with M = nb*hq*wq - (mh - 1)*wq. G holds the masked dy with mh - 1 zero rows above and mw - 1 zero
 columns left of each image (cell hq x wq, so a row's left zeros are the previous row's right
-padding), g_wide = its columns from d = (mh-1)*wq + mw-1 (zero at the junk positions), and gcat its
+padding), g_wide = its columns from d = (mh-1)*wq + mw-1 (zero at the junk positions; for an x
+holding inf, conv2d_backward uses im2col instead, as 0 * inf is NaN), and gcat its
 mw-fold shifted copy (l' = mw - 1 - l); dX' is the "full" correlation on the phase planes, written
 back to dx phase by phase.
 

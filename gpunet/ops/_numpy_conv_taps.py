@@ -21,7 +21,8 @@ row is fine for BLAS):
 
 where gb holds the ReLU-masked dy in xb's layout (zero gaps), gcat is its shifted copy, and
 g_wide = gb[:, pw + ph*W :]: because the convolution is "same", g_wide is g at the wide indices
-and zero at every other one, so the non-pixel wide positions add exactly 0 to dW. Wide outputs that
+and zero at every other one, so the non-pixel wide positions add exactly 0 to dW (for a finite x:
+with an inf in x, conv2d_backward hands the gradients to im2col). Wide outputs that
 are not pixels (the ph gap rows between images) are computed and dropped: (H + ph) / H more GEMM
 work (1.03x at 32x32, 1.06x at 16x16, 1.14x for 14x14 with pad 2), paid back by a kw-fold copy in
 place of im2col's kh*kw-fold one and by K = kw*C GEMMs that accumulate in cache. Measured on 2 cores,
