@@ -932,3 +932,39 @@ def test_conv2d_weight_gradient_of_an_input_holding_inf(monkeypatch, case, view_
     np.testing.assert_allclose(dw, rdw, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(dx, rdx, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(db, rdb, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("block", [1, 10 ** 9], ids=["one-image-blocks", "one-block"])
+@pytest.mark.parametrize("case", TAP_CASES)
+def test_conv2d_thin_input_forward_by_full_k_taps(monkeypatch, case, block):
+    """Thin inputs (fewer than TAP_MIN_CHANNELS) that im2col would not serve per image run the tap
+    forward with all kh*kw taps in one K; stale NaN workspaces, ragged blocks, bias and ReLU; the
+    backward (im2col) takes the same ctx."""
+    from gpunet.ops import _numpy_conv, _numpy_conv_taps as taps
+    from gpunet.ops._numpy_util import workspace
+    x, w, b, p = _tap_inputs(case)
+    monkeypatch.setattr(taps, "TAP_MIN_CHANNELS", x.shape[1] + 1)
+    monkeypatch.setattr(taps, "FORWARD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(taps, "THIN_BLOCK_BYTES", block)
+    monkeypatch.setattr(_numpy_conv, "PER_IMAGE_MAX_K", 0)
+    calls = []
+    fwd = taps.forward
+    monkeypatch.setattr(taps, "forward", lambda *a, **k: (calls.append("forward"), fwd(*a, **k))[1])
+    for buf in workspace().buffers.values():
+        buf[...] = np.nan
+    for relu in (False, True):
+        y, ctx = OPS.conv2d_forward(x, w, b, 1, p, relu)
+        np.testing.assert_allclose(y, ref.conv2d(x, w, b, 1, p, relu), rtol=1e-12, atol=1e-12)
+        dy = np.random.default_rng(2).standard_normal(y.shape)
+        _assert_matches_reference_backward(OPS.conv2d_backward(dy, ctx), dy, x, w, b, 1, p, relu)
+    assert calls == ["forward", "forward"]
+
+
+def test_conv2d_thin_input_routing():
+    """Which thin inputs the full-K tap forward takes (the measured choice)."""
+    from gpunet.ops import _numpy_conv_taps as taps
+    from gpunet.ops.geometry import conv2d_geometry
+    assert taps.applies_forward(conv2d_geometry((2, 3, 8, 8), (64, 3, 3, 3), 1, 1))
+    assert not taps.applies_forward(conv2d_geometry((2, 1, 8, 8), (64, 1, 3, 3), 1, 1))   # one channel
+    assert not taps.applies_forward(conv2d_geometry((2, 3, 8, 8), (64, 3, 3, 3), 2, 1))   # strided
+    assert not taps.applies(conv2d_geometry((2, 3, 8, 8), (64, 3, 3, 3), 1, 1))           # backward: im2col

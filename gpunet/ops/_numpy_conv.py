@@ -9,6 +9,8 @@ Which path serves a convolution (measured choices; each path's module or constan
     pointwise (1x1, stride 1, no padding) -> per-image GEMMs on the NCHW planes themselves
     thin inputs (K = C_in*kh*kw <= 32)    -> image-major im2col: y (and, without dx, dW) per image,
                                              no transposing copies
+    other stride-1 "same" forwards with   -> _numpy_conv_taps with all taps in one K (one GEMM per
+      2 <= C_in < 8                          block); their backward takes the path below
     anything else                         -> the channel-major im2col path described here
 
 Layouts. The API is NCHW, weight (C_out, C_in, kh, kw). The batch is cut into blocks of nb images
@@ -182,12 +184,13 @@ def conv2d_forward(x, w, b, stride, padding, relu: bool):
     wm = np.ascontiguousarray(w).reshape(cout, k)
     bias = None if b is None else b.reshape(cout, 1)
     y = np.empty((win.n, cout, win.oh, win.ow), dtype=dt)
-    path = _view_path(win)
+    per_image = k <= PER_IMAGE_MAX_K and cout <= PER_IMAGE_MAX_COUT_FORWARD
+    path = _view_path(win) or (taps if not per_image and taps.applies_forward(win) else None)
     if path is not None:
         path.forward(x, w, b, win, relu, y)
         return y, ConvCtx(x, w, y if relu else None, b is not None, win)
     y3 = y.reshape(win.n, cout, p)
-    if _pointwise(win) or k <= PER_IMAGE_MAX_K and cout <= PER_IMAGE_MAX_COUT_FORWARD:  # y in place, NCHW
+    if _pointwise(win) or per_image:  # y in place, NCHW
 
         def block(n0, n1):
             yb = y3[n0:n1]

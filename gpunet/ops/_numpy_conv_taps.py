@@ -60,24 +60,50 @@ TAP_MIN_CHANNELS = 8
 DW_SINGLE_GEMM_MAX_ROWS = 512
 
 
+# Thin inputs (FORWARD_MIN_CHANNELS <= C_in < TAP_MIN_CHANNELS) that im2col would not serve per image
+# (see _numpy_conv) take the forward too, with all kh*kw taps in one K (a kh-fold copy of the shifted
+# block, K = kh*kw*C) and one GEMM per block of about THIN_BLOCK_BYTES; their backward stays on
+# im2col. Forward against the channel-major im2col path, medians of 30 alternating calls: 3->64
+# 32x32 N64 5.83 -> 4.77 ms, 2->64 4.67 -> 3.61, 4->32 16x16 5x5 1.93 -> 1.45, 3->64 5x5 N32 3.71 ->
+# 3.41; one channel gained nothing at 3x3 (1->64 5.90 / 5.83, 1->128 14.97 / 15.00), hence the floor
+# of 2. Against the per-image path (K <= 32, C_out <= 32: 3->16, 2->32, 3->32) it won or lost by up to
+# 20% from run to run, so those stay there. Blocks of 0.5 / 1 / 2 / 4 MB: 3->64 4.09 / 3.71 / 3.74 /
+# 4.75 ms, 4->32 5x5 2.32 / 1.58 / 1.34 / 1.36.
+FORWARD_MIN_CHANNELS = 2
+THIN_BLOCK_BYTES = 2 << 20
+
+
+def _same_stride1(win: Window2d) -> bool:
+    return (win.sh == win.sw == 1 and win.kh == 2 * win.ph + 1 and win.kw == 2 * win.pw + 1
+            and win.kh * win.kw > 1)
+
+
 def applies(win: Window2d) -> bool:
     """Whether the tap path serves this geometry: stride 1, "same" padding, a kernel larger than 1x1
     (1x1 is already a copy-free GEMM) and at least TAP_MIN_CHANNELS input channels."""
-    return (win.sh == win.sw == 1 and win.kh == 2 * win.ph + 1 and win.kw == 2 * win.pw + 1
-            and win.kh * win.kw > 1 and win.c >= TAP_MIN_CHANNELS)
+    return _same_stride1(win) and win.c >= TAP_MIN_CHANNELS
+
+
+def applies_forward(win: Window2d) -> bool:
+    """Whether the tap path serves this geometry's forward: as `applies`, or a thin input of at least
+    FORWARD_MIN_CHANNELS channels (one full-K GEMM per block)."""
+    return _same_stride1(win) and win.c >= FORWARD_MIN_CHANNELS
 
 
 class _Plan:
     """Block geometry shared by forward and backward (see the module docstring)."""
 
-    def __init__(self, win: Window2d, cout: int, itemsize: int):
+    def __init__(self, win: Window2d, cout: int, itemsize: int, thin: bool = False):
         self.win = win
         self.kh, self.kw = win.kh, win.kw
         self.pitch = win.w                            # a row of the block is a row of an image
         self.stride = win.h + win.ph                  # rows from one image to the next
         self.origin = win.pw + win.ph * win.w         # column of image 0's pixel (0, 0)
-        per_image = win.kw * max(win.c, cout) * self.stride * win.w * itemsize  # the shifted copy
-        self.blocks = even_blocks(win.n, TAP_BLOCK_BYTES // per_image)
+        if thin:   # the kh-fold copy of the shifted block
+            per_image, budget = win.kh * win.kw * win.c * self.stride * win.w * itemsize, THIN_BLOCK_BYTES
+        else:      # the shifted copy
+            per_image, budget = win.kw * max(win.c, cout) * self.stride * win.w * itemsize, TAP_BLOCK_BYTES
+        self.blocks = even_blocks(win.n, budget // per_image)
         self.nb_max = max(n1 - n0 for n0, n1 in self.blocks)
 
     def rows(self, nb: int) -> int:
@@ -147,9 +173,12 @@ def _row_taps_gemm(weights, cat, offsets, m: int, acc, tmp) -> None:
 def forward(x, w, b, win: Window2d, relu: bool, y) -> None:
     """y (N, C_out, OH, OW) = conv(x, w) + b, then ReLU when asked."""
     cout, dt = int(w.shape[0]), y.dtype
-    plan = _Plan(win, cout, dt.itemsize)
-    # kernel row i as (C_out, kw*C) with columns (j, c), matching the shifted copy's rows
+    thin = win.c < TAP_MIN_CHANNELS
+    plan = _Plan(win, cout, dt.itemsize, thin)
+    # kernel row i as (C_out, kw*C) with columns (j, c), matching the shifted copy's rows; thin: the
+    # whole kernel as (C_out, kh*kw*C) with columns (i, j, c)
     rows = [np.ascontiguousarray(w[:, :, i, :].transpose(0, 2, 1)).reshape(cout, -1) for i in range(win.kh)]
+    full = np.concatenate(rows, axis=1) if thin else None
     bias = None if b is None else b.reshape(cout, 1)
     bias4 = None if b is None else b.reshape(1, cout, 1, 1)
     xb = plan.padded("tap_x", win.c, dt)
@@ -162,7 +191,13 @@ def forward(x, w, b, win: Window2d, relu: bool, y) -> None:
         _fill(xb, plan, nb, x[n0:n1].swapaxes(0, 1))
         xcat = _shifted("tap_xcat", xb, plan, nb)
         acc = acc_all[:, :m]
-        _row_taps_gemm(rows, xcat, offsets, m, acc, tmp_all[:, :m])
+        if thin:   # cat[i, (j, c), q] = xcat[(j, c), q + i*W]: K = kh*kw*C, one GEMM
+            cat = workspace().get("tap_cat_full", (win.kh, xcat.shape[0], m), dt)
+            it = xcat.strides[1]
+            np.copyto(cat, as_strided(xcat, cat.shape, (plan.pitch * it, xcat.strides[0], it), writeable=False))
+            _blas.matmul_acc(full, cat.reshape(-1, m), acc, accumulate=False)
+        else:
+            _row_taps_gemm(rows, xcat, offsets, m, acc, tmp_all[:, :m])
         # the epilogue writes y straight from the block: each image's pixels are one contiguous run
         # on both sides
         yb, src = y[n0:n1], plan.images(acc_all, nb).swapaxes(0, 1)
