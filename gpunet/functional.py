@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from gpunet.backend import DeviceError, _is_cupy_array
+from gpunet.ops._numpy_util import all_finite
 
 
 def array_module(a):
@@ -71,11 +72,10 @@ def relu_backward(dy, y):
     On NumPy with a finite dy this is dy * (y > 0): exact (dy*1 = dy, dy*0 = +-0) and much faster than
     np.where, which branches per element and mispredicts on a random mask (10^6 float32: 4.6 ms for
     where, 0.5 ms for the multiply, measured). A non-finite dy takes where (inf*0 would be NaN). dy is
-    finite when its sum is (an inf or NaN anywhere makes the sum inf or NaN; a sum that overflows
-    only sends finite data down the exact slow path), and one read-only sum is cheaper than
-    isfinite(dy).all(), which writes a mask first (0.09 vs 0.13 ms for 10^6 float32)."""
+    tested by `all_finite` (one read-only sum: 0.09 vs 0.13 ms for isfinite(dy).all() on 10^6
+    float32; an overflowing sum only sends finite data down the exact slow path)."""
     xp = array_module(dy)
-    if xp is np and dy.shape == np.shape(y) and np.isfinite(np.einsum(dy, list(range(dy.ndim)), [])):
+    if xp is np and dy.shape == np.shape(y) and all_finite(dy):
         out = np.empty(dy.shape, dtype=dy.dtype)
         d, yy, o = np.ravel(dy), np.ravel(y), out.reshape(-1)
         mask = np.empty(min(RELU_CHUNK, d.size), dtype=bool)

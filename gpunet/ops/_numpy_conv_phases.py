@@ -44,7 +44,7 @@ from __future__ import annotations
 import numpy as np
 
 from gpunet.ops import _blas
-from gpunet.ops._numpy_util import even_blocks, tap_range, workspace
+from gpunet.ops._numpy_util import bias_relu_into, even_blocks, tap_range, workspace
 from gpunet.ops.geometry import Window2d
 
 # Target bytes of a block's largest buffer (the shifted copy, or dx's phase planes). Medians of 10,
@@ -163,14 +163,7 @@ def forward(x, w, b, win: Window2d, relu: bool, y) -> None:
             k = plan.k_groups[mi] * win.c
             _blas.matmul_acc(rows[mi], cat[:k, mi * plan.wq:mi * plan.wq + m], acc_all[:, :m],
                              accumulate=mi > 0, tmp=tmp_all[:, :m])
-        yb, src = y[n0:n1], plan.planes(acc_all, nb)[:, :, :win.oh, :win.ow].swapaxes(0, 1)
-        if bias4 is not None:
-            np.add(src, bias4, out=yb)
-            src = yb
-        if relu:
-            np.maximum(src, 0, out=yb)  # NaN stays NaN, like PyTorch's relu
-        elif bias4 is None:
-            np.copyto(yb, src)
+        bias_relu_into(y[n0:n1], plan.planes(acc_all, nb)[:, :, :win.oh, :win.ow].swapaxes(0, 1), bias4, relu)
 
 
 def backward(x, w, g_of, has_bias: bool, win: Window2d, dx, dw):

@@ -40,7 +40,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from gpunet.ops import _blas
-from gpunet.ops._numpy_util import even_blocks, workspace
+from gpunet.ops._numpy_util import bias_relu_into, even_blocks, workspace
 from gpunet.ops.geometry import Window2d
 
 # Target bytes of the largest block buffer (the kw-fold shifted copy). Forward+backward of
@@ -179,7 +179,6 @@ def forward(x, w, b, win: Window2d, relu: bool, y) -> None:
     # whole kernel as (C_out, kh*kw*C) with columns (i, j, c)
     rows = [np.ascontiguousarray(w[:, :, i, :].transpose(0, 2, 1)).reshape(cout, -1) for i in range(win.kh)]
     full = np.concatenate(rows, axis=1) if thin else None
-    bias = None if b is None else b.reshape(cout, 1)
     bias4 = None if b is None else b.reshape(1, cout, 1, 1)
     xb = plan.padded("tap_x", win.c, dt)
     acc_all = workspace().get("tap_acc", (cout, plan.cells(plan.nb_max)), dt)
@@ -200,14 +199,7 @@ def forward(x, w, b, win: Window2d, relu: bool, y) -> None:
             _row_taps_gemm(rows, xcat, offsets, m, acc, tmp_all[:, :m])
         # the epilogue writes y straight from the block: each image's pixels are one contiguous run
         # on both sides
-        yb, src = y[n0:n1], plan.images(acc_all, nb).swapaxes(0, 1)
-        if bias is not None:
-            np.add(src, bias4, out=yb)
-            src = yb
-        if relu:
-            np.maximum(src, 0, out=yb)  # NaN stays NaN, like PyTorch's relu
-        elif bias is None:
-            np.copyto(yb, src)
+        bias_relu_into(y[n0:n1], plan.images(acc_all, nb).swapaxes(0, 1), bias4, relu)
 
 
 def backward(x, w, g_of, has_bias: bool, win: Window2d, dx, dw) -> np.ndarray | None:

@@ -65,6 +65,19 @@ def all_finite(a) -> bool:
     return bool(np.isfinite(np.einsum(a, list(range(a.ndim)), [])))
 
 
+def bias_relu_into(out, src, bias, relu: bool) -> None:
+    """out = src (+ bias, broadcast) then max(., 0) when relu, in as few passes as that takes: the
+    epilogue of a convolution block read straight from its wide buffer. NaN stays NaN, like
+    PyTorch's relu."""
+    if bias is not None:
+        np.add(src, bias, out=out)
+        src = out
+    if relu:
+        np.maximum(src, 0, out=out)
+    elif bias is None:
+        np.copyto(out, src)
+
+
 def even_blocks(n: int, most: int):
     """[(n0, n1), ...]: 0..n cut into the fewest nearly equal blocks of at most `most` (>= 1) items."""
     most = max(1, min(n, most))
