@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from gpunet.backend import DeviceError, _is_cupy_array
-from gpunet.ops._numpy_util import all_finite
+from gpunet.ops._numpy_util import all_finite, relu_into
 
 
 def array_module(a):
@@ -56,7 +56,19 @@ def linear_backward(dy, x, weight, has_bias: bool = True, input_grad: bool = Tru
 
 def relu(x):
     xp = array_module(x)
+    if xp is np and isinstance(x, np.ndarray) and x.flags.c_contiguous:
+        out = np.empty(x.shape, dtype=x.dtype)
+        relu_into(out, x)  # np.maximum's fast loop (see relu_into)
+        return out
     return xp.maximum(x, 0)
+
+
+def relu_(x):
+    """relu in place (x must be a writable array); returns x."""
+    if isinstance(x, np.ndarray):
+        relu_into(x, x)
+        return x
+    return array_module(x).maximum(x, 0, out=x)
 
 
 # relu_backward on NumPy works through chunks of this many elements, so that a chunk's mask and

@@ -5,6 +5,7 @@ import pytest
 
 from gpunet import functional as F
 from gpunet.gradcheck import gradcheck
+from gpunet.ops._numpy_util import relu_into
 
 try:
     import torch
@@ -209,3 +210,28 @@ def test_relu_backward_chunks_and_overflowing_sums(rng, monkeypatch):
     dx = F.relu_backward(big, y)
     assert dx.dtype == np.float32
     np.testing.assert_array_equal(dx, np.where(y > 0, big, 0))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size", [9, 81, 4096, 4097, 3 * 4096 + 11, 81 * 64])
+def test_relu_is_bitwise_np_maximum_on_every_path(rng, dtype, size):
+    """relu (the zero-row fast loop for contiguous arrays, NumPy's scalar loop otherwise) and the
+    in-place relu_ give np.maximum(x, 0) bit for bit, signed zeros and both signs of NaN included."""
+    x = rng.standard_normal(size).astype(dtype)
+    x[:8] = [-0.0, 0.0, np.nan, -np.nan, np.inf, -np.inf, -1.0, 2.0]
+    x[-1] = -np.nan
+    want = np.maximum(x, 0)
+    bits = lambda a: a.view(np.int32 if dtype == np.float32 else np.int64)  # noqa: E731
+    got = F.relu(x)
+    assert got.dtype == dtype and got is not x
+    np.testing.assert_array_equal(bits(got), bits(want))
+    strided = np.stack([x, x], axis=1)[:, 0]                        # not contiguous: the scalar loop
+    np.testing.assert_array_equal(bits(F.relu(strided)), bits(want))
+    if size % 81 == 0:                                               # strided 9x9 planes: the zero plane
+        planes = np.stack([x.reshape(-1, 9, 9)] * 2, axis=0).swapaxes(0, 1)
+        out = np.empty(planes.shape, dtype=dtype)
+        relu_into(out, planes)
+        np.testing.assert_array_equal(bits(out[:, 1].reshape(-1)), bits(want))
+    y = x.reshape(1, -1).copy()
+    assert F.relu_(y) is y
+    np.testing.assert_array_equal(bits(y.reshape(-1)), bits(want))

@@ -88,7 +88,7 @@ class Residual(Module):
                              f"give a shortcut that maps the input to the body's output shape")
         y = b + s
         if self.activation == "relu":
-            y = self._backend.xp.maximum(y, 0, out=y)
+            y = F.relu_(y)
         self._save(y if self.activation == "relu" else None)
         return y
 

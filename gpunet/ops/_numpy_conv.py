@@ -49,7 +49,8 @@ from numpy.lib.stride_tricks import as_strided
 
 from gpunet.ops import _numpy_conv_phases as phases_path
 from gpunet.ops import _numpy_conv_taps as taps
-from gpunet.ops._numpy_util import all_finite, even_blocks, parallel, same_dtype, tap_range, workspace
+from gpunet.ops._numpy_util import (all_finite, even_blocks, parallel, relu_into, same_dtype, tap_range,
+                                    workspace)
 from gpunet.ops.geometry import Window2d, conv2d_geometry
 
 # Target size of one im2col block. Smaller blocks stay in the last-level cache between the copy that
@@ -198,7 +199,7 @@ def conv2d_forward(x, w, b, stride, padding, relu: bool):
             if bias is not None:
                 np.add(yb, bias, out=yb)
             if relu:
-                np.maximum(yb, 0, out=yb)
+                relu_into(yb, yb)
         _per_image_run(block, _image_blocks(win, k * p * dt.itemsize), win, y.size)
         return y, ConvCtx(x, w, y if relu else None, b is not None, win)
     for n0, n1 in _blocks(win.n, k * p * dt.itemsize):
@@ -209,7 +210,7 @@ def conv2d_forward(x, w, b, stride, padding, relu: bool):
         if bias is not None:  # epilogue while the block is in cache
             np.add(yb, bias, out=yb)
         if relu:
-            np.maximum(yb, 0, out=yb)  # NaN stays NaN, like PyTorch's relu
+            relu_into(yb, yb)  # NaN stays NaN, like PyTorch's relu
         if nb > 1:
             _to_nchw(yb, y3[n0:n1])
     return y, ConvCtx(x, w, y if relu else None, b is not None, win)

@@ -65,6 +65,44 @@ def all_finite(a) -> bool:
     return bool(np.isfinite(np.einsum(a, list(range(a.ndim)), [])))
 
 
+# relu_into compares with zeros broadcast over its operand instead of with the scalar 0: NumPy's
+# maximum against a scalar runs a loop about 3x slower than its loop over two operands that advance
+# together (float32, best of 30: 0.30 vs 0.10 ms for 0.9M contiguous elements in cache, 1.10 vs 0.38
+# ms for 3.2M; 0.14 vs 0.07 ms for a (32, 32, 14, 14) view whose 14x14 planes are contiguous). A
+# contiguous array is viewed as rows of ZERO_ROW elements (rows of 16 were as slow as the scalar,
+# 256-4096 about as fast as a full zero array); a strided one is compared with a zero plane of its
+# last two axes when that has at least MIN_ZERO_PLANE elements.
+ZERO_ROW = 4096
+MIN_ZERO_PLANE = 64
+MAX_ZERO_PLANE = 1 << 16
+_zeros: dict = {}
+
+
+def _zeros_of(shape, dt) -> np.ndarray:
+    key = (tuple(shape), np.dtype(dt))
+    z = _zeros.get(key)
+    if z is None:
+        z = _zeros.setdefault(key, np.zeros(shape, dtype=dt))
+    return z
+
+
+def relu_into(out, src) -> None:
+    """out = max(src, 0) elementwise, NaN kept (np.maximum: the same bits, signed NaNs included).
+    out (same shape as src) may be src itself."""
+    n = src.size
+    if n >= ZERO_ROW and src.flags.c_contiguous and out.flags.c_contiguous:
+        s, o = src.reshape(-1), out.reshape(-1)
+        main = n - n % ZERO_ROW
+        np.maximum(s[:main].reshape(-1, ZERO_ROW), _zeros_of((ZERO_ROW,), src.dtype),
+                   out=o[:main].reshape(-1, ZERO_ROW))
+        if main < n:
+            np.maximum(s[main:], 0, out=o[main:])
+    elif src.ndim >= 2 and MIN_ZERO_PLANE <= src.shape[-2] * src.shape[-1] <= MAX_ZERO_PLANE:
+        np.maximum(src, _zeros_of(src.shape[-2:], src.dtype), out=out)
+    else:
+        np.maximum(src, 0, out=out)
+
+
 def bias_relu_into(out, src, bias, relu: bool) -> None:
     """out = src (+ bias, broadcast) then max(., 0) when relu, in as few passes as that takes: the
     epilogue of a convolution block read straight from its wide buffer. NaN stays NaN, like
@@ -73,7 +111,7 @@ def bias_relu_into(out, src, bias, relu: bool) -> None:
         np.add(src, bias, out=out)
         src = out
     if relu:
-        np.maximum(src, 0, out=out)
+        relu_into(out, src)
     elif bias is None:
         np.copyto(out, src)
 
