@@ -572,6 +572,30 @@ def test_batch_norm_large_mean_float32_is_stable(shape):
     np.testing.assert_allclose(dbeta, odb, rtol=1e-5)
 
 
+@pytest.mark.parametrize("offset", [0.0, 1000.0], ids=["near-zero", "far-from-zero"])
+def test_batch_norm_eval_folds_the_mean_only_near_zero(offset, monkeypatch):
+    """Running means within EVAL_FOLD_MAX_OFFSET running stds of zero take y = x*scale + shift (two
+    passes); 1000 + noise keeps (x - mean)*scale + beta, accurate to float32's rounding of y: the
+    folded form would lose about 10 bits there (checked by forcing it)."""
+    from gpunet.ops import _numpy_bn
+    x, gamma, beta, _, _, _ = _bn_inputs((16, 3, 8, 8), np.float32, offset=offset, seed=7)
+    x64 = x.astype(np.float64)
+    rm = x64.mean(axis=(0, 2, 3)).astype(np.float32)
+    rv = x64.var(axis=(0, 2, 3)).astype(np.float32)
+    want = ref.batch_norm_eval(x64, gamma, beta, rm, rv, 1e-5)
+    err = {}
+    for name, limit in (("auto", _numpy_bn.EVAL_FOLD_MAX_OFFSET), ("folded", np.inf)):
+        monkeypatch.setattr(_numpy_bn, "EVAL_FOLD_MAX_OFFSET", limit)
+        y = OPS.batch_norm_eval(x, gamma, beta, rm, rv, 1e-5)
+        assert y.dtype == np.float32
+        err[name] = np.abs(y - want).max() / np.abs(want).max()
+    assert err["auto"] < 4e-7                                   # a few float32 ulps of y, either way
+    if offset:
+        assert err["folded"] > 16 * err["auto"]                 # the fold is refused for a reason
+    else:
+        assert err["folded"] == err["auto"]                     # near zero the fold is what ran
+
+
 def test_batch_norm_argument_errors():
     x, gamma, beta, rm, rv, dy = _bn_inputs((4, 16, 2, 2), np.float32)
     with pytest.raises(ValueError, match=r"batch_norm: expected gamma of shape \(C,\)=\(16,\), got \(8,\)"):

@@ -120,20 +120,42 @@ def batch_norm_train(x, gamma, beta, running_mean, running_var, momentum, eps):
     return y.reshape(x.shape), mean.astype(dt), invstd.astype(dt)
 
 
+# The eval forward folds the running mean into the shift, y = x*scale + (beta - mean*scale): two
+# passes instead of three, as PyTorch's CPU kernel does, when every channel's running mean lies
+# within this many running standard deviations of zero. x*scale then has at most about this many
+# times y's magnitude, so the extra rounding is a few ulps of y. Data far from zero (1000 + noise)
+# keeps the three-pass form, which removes the offset exactly first. Three -> two passes, float32,
+# medians of 30 alternating calls: (64, 64, 32, 32) 1.63 -> 1.28 ms, (256, 3, 32, 32) 0.37 -> 0.23,
+# (64, 16, 32, 32) 0.36 -> 0.26 (PyTorch: 0.67, 0.09, 0.14; one NumPy pass costs about PyTorch's
+# whole fused call). Two threads or 256 KB blocks did not help.
+EVAL_FOLD_MAX_OFFSET = 8.0
+
+
 def batch_norm_eval(x, gamma, beta, running_mean, running_var, eps):
     dt = same_dtype("batch_norm", x, gamma=gamma, beta=beta, running_mean=running_mean, running_var=running_var)
     n, c, s = batch_norm_geometry("batch_norm", x.shape, gamma=gamma.shape, beta=beta.shape,
                                   running_mean=running_mean.shape, running_var=running_var.shape)
-    scale = _row(gamma.astype(np.float64) / np.sqrt(running_var.astype(np.float64) + float(eps)), dt, s)
-    rm, bt = _row(running_mean, dt, s), _row(beta, dt, s)
+    std = np.sqrt(running_var.astype(np.float64) + float(eps))
+    scale64 = gamma.astype(np.float64) / std
+    rm64 = running_mean.astype(np.float64)
+    fold = bool(np.all(np.abs(rm64) <= EVAL_FOLD_MAX_OFFSET * std))
+    scale = _row(scale64, dt, s)
+    if fold:
+        shift = _row(beta.astype(np.float64) - rm64 * scale64, dt, s)
+    else:
+        rm, bt = _row(running_mean, dt, s), _row(beta, dt, s)
     x3 = _as3(x, n, c, s)
     y = np.empty((n, c, s), dtype=dt)
 
-    def apply(n0, n1):  # (x - running_mean) * scale + beta: the offset is removed exactly first
+    def apply(n0, n1):
         for a, b in _blocks(n0, n1, c * s * dt.itemsize):
-            np.subtract(x3[a:b], rm, out=y[a:b])
-            np.multiply(y[a:b], scale, out=y[a:b])
-            np.add(y[a:b], bt, out=y[a:b])
+            if fold:   # x*scale + shift
+                np.multiply(x3[a:b], scale, out=y[a:b])
+                np.add(y[a:b], shift, out=y[a:b])
+            else:      # (x - running_mean) * scale + beta: the offset is removed exactly first
+                np.subtract(x3[a:b], rm, out=y[a:b])
+                np.multiply(y[a:b], scale, out=y[a:b])
+                np.add(y[a:b], bt, out=y[a:b])
 
     parallel(apply, n, x.size, PARALLEL_MIN_ELEMENTS)
     return y.reshape(x.shape)
