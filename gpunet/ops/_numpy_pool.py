@@ -109,8 +109,13 @@ def _load_phases(lay: _Layout, x, fill, name: str):
     """The padded phase planes of x (nb images), flat: (phases, nb*C*R*Q), from the workspace."""
     nb, win = x.shape[0], lay.win
     buf = workspace().get(name, (len(lay.phases), nb * win.c * lay.plane), x.dtype)
-    buf.fill(fill)
-    for region, sl in _phase_views(lay, buf, nb):
+    views = _phase_views(lay, buf, nb)
+    if any(region.shape[-2:] != (lay.rows, lay.pitch) for region, _ in views):
+        buf.fill(fill)
+    # else the data covers every plane (2x2/s2 on even sizes) and the fill, as costly as a copy, is
+    # skipped: max-pool forward 2x2 (128, 32, 28, 28) 4.39 -> 4.17 ms, (64, 64, 32, 32) 4.07 -> 3.65,
+    # avg-pool 1.41 -> 1.21 and 2.36 -> 2.12 (medians of 20 alternating calls)
+    for region, sl in views:
         np.copyto(region, x[sl])
     return buf
 
