@@ -573,27 +573,35 @@ def test_batch_norm_large_mean_float32_is_stable(shape):
 
 
 @pytest.mark.parametrize("offset", [0.0, 1000.0], ids=["near-zero", "far-from-zero"])
-def test_batch_norm_eval_folds_the_mean_only_near_zero(offset, monkeypatch):
-    """Running means within EVAL_FOLD_MAX_OFFSET running stds of zero take y = x*scale + shift (two
-    passes); 1000 + noise keeps (x - mean)*scale + beta, accurate to float32's rounding of y: the
-    folded form would lose about 10 bits there (checked by forcing it)."""
+def test_batch_norm_folds_the_mean_only_near_zero(offset, monkeypatch):
+    """Means within FOLD_MAX_OFFSET stds of zero take the folded forms (eval: y = x*scale + shift;
+    backward: sums of dy*x, dx = a*dy + b*x + c'); 1000 + noise keeps the forms that remove the
+    offset first, accurate to float32's rounding: the folded ones would lose about 10 bits there
+    (checked by forcing them)."""
     from gpunet.ops import _numpy_bn
-    x, gamma, beta, _, _, _ = _bn_inputs((16, 3, 8, 8), np.float32, offset=offset, seed=7)
+    x, gamma, beta, _, _, dy = _bn_inputs((16, 3, 8, 8), np.float32, offset=offset, seed=7)
     x64 = x.astype(np.float64)
     rm = x64.mean(axis=(0, 2, 3)).astype(np.float32)
     rv = x64.var(axis=(0, 2, 3)).astype(np.float32)
-    want = ref.batch_norm_eval(x64, gamma, beta, rm, rv, 1e-5)
-    err = {}
-    for name, limit in (("auto", _numpy_bn.EVAL_FOLD_MAX_OFFSET), ("folded", np.inf)):
-        monkeypatch.setattr(_numpy_bn, "EVAL_FOLD_MAX_OFFSET", limit)
+    want_y = ref.batch_norm_eval(x64, gamma, beta, rm, rv, 1e-5)
+    _, mean, invstd = OPS.batch_norm_train(x, gamma, beta, rm.copy(), rv.copy(), 0.1, 1e-5)
+    want_g = OPS.batch_norm_backward(*(a.astype(np.float64) for a in (dy, x, gamma, mean, invstd)))
+    rel = lambda got, want: np.abs(got - want).max() / np.abs(want).max()  # noqa: E731
+    err, out = {}, {}
+    for name, limit in (("auto", _numpy_bn.FOLD_MAX_OFFSET), ("folded", np.inf)):
+        monkeypatch.setattr(_numpy_bn, "FOLD_MAX_OFFSET", limit)
         y = OPS.batch_norm_eval(x, gamma, beta, rm, rv, 1e-5)
-        assert y.dtype == np.float32
-        err[name] = np.abs(y - want).max() / np.abs(want).max()
-    assert err["auto"] < 4e-7                                   # a few float32 ulps of y, either way
+        grads = OPS.batch_norm_backward(dy, x, gamma, mean, invstd)
+        assert y.dtype == np.float32 and all(g.dtype == np.float32 for g in grads)
+        out[name] = (y, *grads)
+        err[name] = [rel(y, want_y)] + [rel(g, w) for g, w in zip(grads, want_g)]
+    assert max(err["auto"]) < 1e-6                              # a few float32 ulps, either way
     if offset:
-        assert err["folded"] > 16 * err["auto"]                 # the fold is refused for a reason
+        assert err["folded"][0] > 16 * err["auto"][0]           # the folds are refused for a reason
+        assert err["folded"][1] > 16 * err["auto"][1]           # (dx)
     else:
-        assert err["folded"] == err["auto"]                     # near zero the fold is what ran
+        for a, b in zip(out["auto"], out["folded"]):            # near zero the folds are what ran
+            np.testing.assert_array_equal(a, b)
 
 
 def test_batch_norm_argument_errors():

@@ -11,9 +11,11 @@ scheme: pass 1 gives a pivot K = the channel mean rounded to the dtype; then d =
 mean = K + sum(d)/M, var = sum(d^2)/M - (sum(d)/M)^2 (the correction term is tiny because K is
 already the mean to working precision). The output is y = d*scale + shift with
 scale = gamma*invstd and shift = beta - (mean - K)*scale, so the large offset never enters a
-rounding. No sum of squares of x itself is ever formed. The backward forms x - mean once and
-corrects for the rounding of the (dtype) mean it is given in the same way: it also sums x - mean and
-subtracts that residual mean, so float32 gradients of far-from-zero data stay accurate.
+rounding. No sum of squares of x itself is ever formed. For far-from-zero data (a batch mean more
+than FOLD_MAX_OFFSET stds from zero) the backward forms x - mean once and corrects for the rounding
+of the (dtype) mean it is given in the same way: it also sums x - mean and subtracts that residual
+mean, so float32 gradients stay accurate; nearer zero it works on x itself (_backward_folded), and
+the eval forward likewise folds the running mean into its shift.
 
 Running statistics are updated in place (any strided view works): running = (1 - momentum)*running
 + momentum*batch, with the unbiased variance var*M/(M - 1).
@@ -122,13 +124,14 @@ def batch_norm_train(x, gamma, beta, running_mean, running_var, momentum, eps):
 
 # The eval forward folds the running mean into the shift, y = x*scale + (beta - mean*scale): two
 # passes instead of three, as PyTorch's CPU kernel does, when every channel's running mean lies
-# within this many running standard deviations of zero. x*scale then has at most about this many
+# within this many running standard deviations of zero (the backward folds likewise: see
+# _backward_folded). x*scale then has at most about this many
 # times y's magnitude, so the extra rounding is a few ulps of y. Data far from zero (1000 + noise)
 # keeps the three-pass form, which removes the offset exactly first. Three -> two passes, float32,
 # medians of 30 alternating calls: (64, 64, 32, 32) 1.63 -> 1.28 ms, (256, 3, 32, 32) 0.37 -> 0.23,
 # (64, 16, 32, 32) 0.36 -> 0.26 (PyTorch: 0.67, 0.09, 0.14; one NumPy pass costs about PyTorch's
 # whole fused call). Two threads or 256 KB blocks did not help.
-EVAL_FOLD_MAX_OFFSET = 8.0
+FOLD_MAX_OFFSET = 8.0
 
 
 def batch_norm_eval(x, gamma, beta, running_mean, running_var, eps):
@@ -138,7 +141,7 @@ def batch_norm_eval(x, gamma, beta, running_mean, running_var, eps):
     std = np.sqrt(running_var.astype(np.float64) + float(eps))
     scale64 = gamma.astype(np.float64) / std
     rm64 = running_mean.astype(np.float64)
-    fold = bool(np.all(np.abs(rm64) <= EVAL_FOLD_MAX_OFFSET * std))
+    fold = bool(np.all(np.abs(rm64) <= FOLD_MAX_OFFSET * std))
     scale = _row(scale64, dt, s)
     if fold:
         shift = _row(beta.astype(np.float64) - rm64 * scale64, dt, s)
@@ -169,8 +172,12 @@ def batch_norm_backward(dy, x, gamma, mean, invstd):
         raise ValueError(f"batch_norm backward: expected dy of shape {tuple(x.shape)}, got {tuple(dy.shape)}")
     m = n * s
     x3, dy3 = _as3(x, n, c, s), _as3(dy, n, c, s)
-    mu = _row(mean, dt, s)
     per_image = c * s * dt.itemsize
+    inv = invstd.astype(np.float64)
+    mean64 = mean.astype(np.float64)
+    if np.all(np.abs(mean64) * inv <= FOLD_MAX_OFFSET):
+        return _backward_folded(dy3, x3, gamma, mean64, inv, x.shape)
+    mu = _row(mean, dt, s)
     xc = np.empty((n, c, s), dtype=dt)      # x - mean; becomes dx
     rows = np.empty((3, n, c), dtype=dt)    # per (n, c): sum dy, sum dy*xc, sum xc
 
@@ -185,7 +192,6 @@ def batch_norm_backward(dy, x, gamma, mean, invstd):
     dbeta = rows[0].sum(axis=0, dtype=np.float64)
     resid = rows[2].sum(axis=0, dtype=np.float64) / m          # mean of (x - mean): its rounding error
     dxc = rows[1].sum(axis=0, dtype=np.float64) - resid * dbeta  # sum dy*(x - true mean)
-    inv = invstd.astype(np.float64)
     a_ = gamma.astype(np.float64) * inv
     # dx = gamma*invstd*(dy - dbeta/M - xhat*dgamma/M) = a*dy + b*(x - mean) + c
     b_ = -a_ * inv * inv * dxc / m
@@ -203,3 +209,45 @@ def batch_norm_backward(dy, x, gamma, mean, invstd):
 
     parallel(dx_pass, n, x.size, PARALLEL_MIN_ELEMENTS)
     return xc.reshape(x.shape), (dxc * inv).astype(dt), dbeta.astype(dt)
+
+
+
+def _backward_folded(dy3, x3, gamma, mean64, inv, shape):
+    """The backward for batch means within FOLD_MAX_OFFSET stds of zero: x - mean is never formed.
+    Pass 1 only reads (sum dy and sum dy*x per row); sum dy*(x - mean) = sum dy*x - mean*sum dy then
+    cancels at most a factor ~FOLD_MAX_OFFSET, and dx = a*dy + b*x + (c - b*mean): 6 operations per
+    element instead of 8, and no x - mean array written and read back. Against the exact form,
+    medians of 20 alternating calls (post-ReLU x): (128, 32, 28, 28) 3.47 -> 3.17 ms, (128, 32, 14,
+    14) 0.63 -> 0.51, (64, 16, 32, 32) 0.77 -> 0.64, (64, 64, 8, 8) 0.26 -> 0.22, (256, 3, 32, 32)
+    0.75 -> 0.63; max relative errors against float64 the same order (1-3e-7)."""
+    n, c, s = x3.shape
+    dt = x3.dtype
+    m = n * s
+    per_image = c * s * dt.itemsize
+    rows = np.empty((2, n, c), dtype=dt)    # per (n, c): sum dy, sum dy*x
+
+    def sums_pass(n0, n1):
+        for a, b in _blocks(n0, n1, per_image):
+            _rows_sum(dy3[a:b], rows[0, a:b])
+            _rows_dot(dy3[a:b], x3[a:b], rows[1, a:b])
+
+    parallel(sums_pass, n, x3.size, PARALLEL_MIN_ELEMENTS)
+    dbeta = rows[0].sum(axis=0, dtype=np.float64)
+    dxc = rows[1].sum(axis=0, dtype=np.float64) - mean64 * dbeta
+    a_ = gamma.astype(np.float64) * inv
+    b_ = -a_ * inv * inv * dxc / m
+    c_ = -a_ * dbeta / m - b_ * mean64
+    a, b, cc = _row(a_, dt, s), _row(b_, dt, s), _row(c_, dt, s)
+    dx = np.empty((n, c, s), dtype=dt)
+
+    def dx_pass(n0, n1):
+        for lo, hi in _blocks(n0, n1, per_image):
+            d = dx[lo:hi]
+            np.multiply(x3[lo:hi], b, out=d)
+            np.add(d, cc, out=d)
+            t = workspace().get("bn_dx_tmp", d.shape, dt)
+            np.multiply(dy3[lo:hi], a, out=t)
+            np.add(d, t, out=d)
+
+    parallel(dx_pass, n, x3.size, PARALLEL_MIN_ELEMENTS)
+    return dx.reshape(shape), (dxc * inv).astype(dt), dbeta.astype(dt)
