@@ -29,7 +29,7 @@ def _check_shape(name: str, in_shape) -> tuple[int, int, int]:
 def cnn(in_shape, num_classes: int, width: int | None = None, dropout: float = 0.3) -> nn.Module:
     """The default model: conv+ReLU -> batch-norm -> max-pool -> residual block -> [max-pool] -> dropout ->
     linear. `width` (channels) defaults to 64 for images up to 16x16 (the 8x8 digits, `gpunet train`:
-    97.5-98.9% test accuracy over seeds 0-4 with the head_normal head, measured 2026-12-02; when this was
+    97.2-98.9% test accuracy over seeds 0-4 with the head_normal head, measured 2026-12-02; when this was
     chosen, 32 channels and a He head gave 97.2-98.1%) and to 32 for larger ones, where 64 would cost 4x."""
     c, h, w = _check_shape("cnn", in_shape)
     if h < 2 or w < 2:

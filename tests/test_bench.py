@@ -181,3 +181,22 @@ def test_model_layer_rows_lists_every_conv_and_batch_norm_of_the_model(capsys):
     assert "conv 1->32 28x28 k3 s1 p1 no-dx" in layers[0]
     assert "batchnorm (2, 32, 28, 28)" in layers[1]
     assert "conv 32->32 14x14 k3 s1 p1" in layers[2] and "no-dx" not in layers[2]
+
+
+def test_conv_blas_share_times_given_shapes_and_rejects_bad_ones(capsys):
+    """scripts/conv_blas_share.py --conv: one row per given shape, with a BLAS share in 0-100+% (a
+    timing: only its presence and range are checked); a shape of the wrong length is an error."""
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        "conv_blas_share", Path(__file__).resolve().parents[1] / "scripts" / "conv_blas_share.py")
+    share = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(share)
+    share.main(["--reps", "1", "--conv", "2,3,4,6,3,1,1", "--conv", "2,8,8,6,3,2,1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and lines[0].split()[0] == "row"
+    assert lines[1].startswith("N2 3->4 6x6 k3 s1 p1") and lines[2].startswith("N2 8->8 6x6 k3 s2 p1")
+    assert all(0 < float(ln.split()[8].rstrip("%")) for ln in lines[1:])   # the BLAS share
+    with pytest.raises(SystemExit):
+        share.main(["--conv", "2,3,4"])
+    assert "seven integers" in capsys.readouterr().err
