@@ -138,14 +138,19 @@ def test_torch_twin_has_same_architecture_and_weights(name, in_shape):
         assert check_outputs(model(x), ref) < 1e-4, mode
 
 
-def test_bench_summary_takes_the_median_ratio_per_row(tmp_path, capsys):
-    """scripts/bench_summary.py: several runs of one commit, one row per id, the median of its ratios."""
+def _script(name: str):
+    """scripts/<name>.py loaded as a module (the scripts are not a package)."""
     import importlib.util
     from pathlib import Path
-    spec = importlib.util.spec_from_file_location(
-        "bench_summary", Path(__file__).resolve().parents[1] / "scripts" / "bench_summary.py")
-    summary = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(summary)
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_summary_takes_the_median_ratio_per_row(tmp_path, capsys):
+    """scripts/bench_summary.py: several runs of one commit, one row per id, the median of its ratios."""
+    summary = _script("bench_summary")
     def run(name, ratios):
         rows = [{"id": f"r{i}", "name": f"row {i}", "phase": "fwd", "unit": "ms", "ratio": r,
                  "target": {"max_ratio": 1.5}} for i, r in enumerate(ratios)]
@@ -168,12 +173,7 @@ def test_model_layer_rows_lists_every_conv_and_batch_norm_of_the_model(capsys):
     """scripts/model_layer_rows.py: one row per Conv2d and BatchNorm2d with the input shape it sees in
     the model, the first conv without dx, and totals (numbers are timings: only their presence is checked)."""
     pytest.importorskip("torch")
-    import importlib.util
-    from pathlib import Path
-    spec = importlib.util.spec_from_file_location(
-        "model_layer_rows", Path(__file__).resolve().parents[1] / "scripts" / "model_layer_rows.py")
-    rows = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(rows)
+    rows = _script("model_layer_rows")
     rows.main(["--model", "cnn", "--batch", "2", "--reps", "1"])
     lines = capsys.readouterr().out.splitlines()
     layers = [ln for ln in lines[1:] if not ln.startswith("total")]
@@ -186,12 +186,7 @@ def test_model_layer_rows_lists_every_conv_and_batch_norm_of_the_model(capsys):
 def test_conv_blas_share_times_given_shapes_and_rejects_bad_ones(capsys):
     """scripts/conv_blas_share.py --conv: one row per given shape, with a BLAS share in 0-100+% (a
     timing: only its presence and range are checked); a shape of the wrong length is an error."""
-    import importlib.util
-    from pathlib import Path
-    spec = importlib.util.spec_from_file_location(
-        "conv_blas_share", Path(__file__).resolve().parents[1] / "scripts" / "conv_blas_share.py")
-    share = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(share)
+    share = _script("conv_blas_share")
     share.main(["--reps", "1", "--conv", "2,3,4,6,3,1,1", "--conv", "2,8,8,6,3,2,1"])
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3 and lines[0].split()[0] == "row"
