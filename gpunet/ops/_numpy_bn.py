@@ -192,24 +192,8 @@ def batch_norm_backward(dy, x, gamma, mean, invstd):
     dbeta = rows[0].sum(axis=0, dtype=np.float64)
     resid = rows[2].sum(axis=0, dtype=np.float64) / m          # mean of (x - mean): its rounding error
     dxc = rows[1].sum(axis=0, dtype=np.float64) - resid * dbeta  # sum dy*(x - true mean)
-    a_ = gamma.astype(np.float64) * inv
-    # dx = gamma*invstd*(dy - dbeta/M - xhat*dgamma/M) = a*dy + b*(x - mean) + c
-    b_ = -a_ * inv * inv * dxc / m
-    c_ = -a_ * dbeta / m - b_ * resid
-    a, b, cc = _row(a_, dt, s), _row(b_, dt, s), _row(c_, dt, s)
-
-    def dx_pass(n0, n1):
-        for lo, hi in _blocks(n0, n1, per_image):
-            d = xc[lo:hi]
-            np.multiply(d, b, out=d)
-            np.add(d, cc, out=d)
-            t = workspace().get("bn_dx_tmp", d.shape, dt)
-            np.multiply(dy3[lo:hi], a, out=t)
-            np.add(d, t, out=d)
-
-    parallel(dx_pass, n, x.size, PARALLEL_MIN_ELEMENTS)
-    return xc.reshape(x.shape), (dxc * inv).astype(dt), dbeta.astype(dt)
-
+    dgamma, dbeta = _dx_pass(dy3, xc, resid, gamma, inv, dbeta, dxc, xc)
+    return xc.reshape(x.shape), dgamma, dbeta
 
 
 def _backward_folded(dy3, x3, gamma, mean64, inv, shape):
@@ -221,10 +205,8 @@ def _backward_folded(dy3, x3, gamma, mean64, inv, shape):
     14) 0.63 -> 0.51, (64, 16, 32, 32) 0.77 -> 0.64, (64, 64, 8, 8) 0.26 -> 0.22, (256, 3, 32, 32)
     0.75 -> 0.63; max relative errors against float64 the same order (1-3e-7)."""
     n, c, s = x3.shape
-    dt = x3.dtype
-    m = n * s
-    per_image = c * s * dt.itemsize
-    rows = np.empty((2, n, c), dtype=dt)    # per (n, c): sum dy, sum dy*x
+    per_image = c * s * x3.dtype.itemsize
+    rows = np.empty((2, n, c), dtype=x3.dtype)    # per (n, c): sum dy, sum dy*x
 
     def sums_pass(n0, n1):
         for a, b in _blocks(n0, n1, per_image):
@@ -234,20 +216,31 @@ def _backward_folded(dy3, x3, gamma, mean64, inv, shape):
     parallel(sums_pass, n, x3.size, PARALLEL_MIN_ELEMENTS)
     dbeta = rows[0].sum(axis=0, dtype=np.float64)
     dxc = rows[1].sum(axis=0, dtype=np.float64) - mean64 * dbeta
+    dx = np.empty(x3.shape, dtype=x3.dtype)
+    dgamma, dbeta = _dx_pass(dy3, x3, mean64, gamma, inv, dbeta, dxc, dx)
+    return dx.reshape(shape), dgamma, dbeta
+
+
+def _dx_pass(dy3, src3, src_mean, gamma, inv, dbeta, dxc, out3):
+    """out3 = dx = gamma*invstd*(dy - dbeta/M - xhat*dgamma/M) = a*dy + b*src + c, where src is x - mean
+    whose own mean is src_mean (the rounding residual), or x itself with src_mean = the mean; out3 may
+    be src3. dbeta = sum dy and dxc = sum dy*(x - mean) per channel, float64. Returns (dgamma, dbeta)
+    in the data's dtype."""
+    n, c, s = dy3.shape
+    dt, m = dy3.dtype, n * s
     a_ = gamma.astype(np.float64) * inv
     b_ = -a_ * inv * inv * dxc / m
-    c_ = -a_ * dbeta / m - b_ * mean64
+    c_ = -a_ * dbeta / m - b_ * src_mean
     a, b, cc = _row(a_, dt, s), _row(b_, dt, s), _row(c_, dt, s)
-    dx = np.empty((n, c, s), dtype=dt)
 
-    def dx_pass(n0, n1):
-        for lo, hi in _blocks(n0, n1, per_image):
-            d = dx[lo:hi]
-            np.multiply(x3[lo:hi], b, out=d)
+    def blocks(n0, n1):
+        for lo, hi in _blocks(n0, n1, c * s * dt.itemsize):
+            d = out3[lo:hi]
+            np.multiply(src3[lo:hi], b, out=d)
             np.add(d, cc, out=d)
             t = workspace().get("bn_dx_tmp", d.shape, dt)
             np.multiply(dy3[lo:hi], a, out=t)
             np.add(d, t, out=d)
 
-    parallel(dx_pass, n, x3.size, PARALLEL_MIN_ELEMENTS)
-    return dx.reshape(shape), (dxc * inv).astype(dt), dbeta.astype(dt)
+    parallel(blocks, n, dy3.size, PARALLEL_MIN_ELEMENTS)
+    return (dxc * inv).astype(dt), dbeta.astype(dt)
