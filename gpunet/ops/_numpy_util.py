@@ -79,10 +79,16 @@ _zeros: dict = {}
 
 
 def _zeros_of(shape, dt) -> np.ndarray:
+    """A cached read-only zero array (at most MAX_ZERO_PLANE elements; the cache starts over when it
+    reaches 64 shapes, so many image sizes cannot make it grow without bound)."""
     key = (tuple(shape), np.dtype(dt))
     z = _zeros.get(key)
     if z is None:
-        z = _zeros.setdefault(key, np.zeros(shape, dtype=dt))
+        if len(_zeros) >= 64:
+            _zeros.clear()
+        z = np.zeros(shape, dtype=dt)
+        z.flags.writeable = False
+        z = _zeros.setdefault(key, z)
     return z
 
 
