@@ -55,12 +55,11 @@ def linear_backward(dy, x, weight, has_bias: bool = True, input_grad: bool = Tru
 # --- activations --------------------------------------------------------------------------------
 
 def relu(x):
-    xp = array_module(x)
-    if xp is np and isinstance(x, np.ndarray) and x.flags.c_contiguous:
+    if isinstance(x, np.ndarray):
         out = np.empty(x.shape, dtype=x.dtype)
-        relu_into(out, x)  # np.maximum's fast loop (see relu_into)
+        relu_into(out, x)  # np.maximum's fast loops (see relu_into)
         return out
-    return xp.maximum(x, 0)
+    return array_module(x).maximum(x, 0)
 
 
 def relu_(x):

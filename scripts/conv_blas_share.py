@@ -2,14 +2,15 @@
 
     PYTHONPATH=. python scripts/conv_blas_share.py [--reps 10] [--conv N,CIN,COUT,HW,K,S,P ...]
 
-For each conv row of `gpunet bench` (or each --conv shape instead: a layer of the models) this times, in one process: gpunet's forward+backward, the part
-of it spent inside BLAS calls (np.matmul and the direct cblas binding, wrapped with a timer), and
-PyTorch CPU's forward+backward of the same conv+ReLU. The BLAS time is a floor for this design:
-even with every copy and element-wise pass free, gpunet could not beat blas_ms / torch_ms on that
-row without a faster GEMM than the one NumPy ships. gpunet and PyTorch are timed side by side with
-`gpunet.bench.timing.measure` (alternating blocks, 0.2 s settles, malloc tuned, as `gpunet bench` does), the BLAS
-share in a separate pass with the BLAS entry points wrapped. Medians over --reps; numbers drift on a
-shared machine, so compare columns of one run, not runs.
+For each conv row of `gpunet bench` (or each --conv shape instead: a layer of the models) this
+times, in one process: gpunet's forward+backward, the part of it spent inside BLAS calls (np.matmul
+and the direct cblas binding, wrapped with a timer), and PyTorch CPU's forward+backward of the same
+conv+ReLU. The BLAS time is a floor for this design: even with every copy and element-wise pass
+free, gpunet could not beat blas_ms / torch_ms on that row without a faster GEMM than the one NumPy
+ships. gpunet and PyTorch are timed side by side with `gpunet.bench.timing.measure` (alternating
+blocks, 0.2 s settles, malloc tuned, as `gpunet bench` does), the BLAS share in a separate pass with
+the BLAS entry points wrapped. Medians over --reps; numbers drift on a shared machine, so compare
+columns of one run, not runs.
 """
 from __future__ import annotations
 

@@ -21,7 +21,8 @@ Running statistics are updated in place (any strided view works): running = (1 -
 + momentum*batch, with the unbiased variance var*M/(M - 1).
 
 Speed: every pass is memory-bound, so the batch is cut into blocks of about BLOCK_BYTES that stay in
-cache while all the passes of one stage run over them, and on large inputs the blocks are shared between threads.
+cache while all the passes of one stage run over them, and on large inputs the blocks are shared
+between threads.
 """
 from __future__ import annotations
 
@@ -125,8 +126,8 @@ def batch_norm_train(x, gamma, beta, running_mean, running_var, momentum, eps):
 # The eval forward folds the running mean into the shift, y = x*scale + (beta - mean*scale): two
 # passes instead of three, as PyTorch's CPU kernel does, when every channel's running mean lies
 # within this many running standard deviations of zero (the backward folds likewise: see
-# _backward_folded). x*scale then has at most about this many
-# times y's magnitude, so the extra rounding is a few ulps of y. Data far from zero (1000 + noise)
+# _backward_folded). x*scale then has at most about this many times y's magnitude, so the extra
+# rounding is a few ulps of y. Data far from zero (1000 + noise)
 # keeps the three-pass form, which removes the offset exactly first. Three -> two passes, float32,
 # medians of 30 alternating calls: (64, 64, 32, 32) 1.63 -> 1.28 ms, (256, 3, 32, 32) 0.37 -> 0.23,
 # (64, 16, 32, 32) 0.36 -> 0.26 (PyTorch: 0.67, 0.09, 0.14; one NumPy pass costs about PyTorch's
