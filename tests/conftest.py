@@ -1,7 +1,9 @@
 """Shared fixtures: the backend matrix (NumPy is the oracle) and the team's real data.
 
 GPUNET_TEST_BACKENDS (comma list, default "numpy,emulator,cupy") chooses which backends the
-`backend` fixture runs over; unavailable ones are skipped with the reason.
+`backend` fixture runs over; unavailable ones are skipped with the reason. "standin" runs every test the
+cupy backend would run against the strict CuPy stand-in (tests/cupy_standin), installed in this process
+under CuPy's names; it cannot be combined with the real "cupy".
 """
 import os
 import shutil
@@ -14,6 +16,7 @@ from gpunet.backend import _ALIASES, cuda_status, get_backend
 
 REPO = Path(__file__).resolve().parents[1]
 _ALL = ("numpy", "emulator", "cupy")
+STANDIN = "standin"    # a test-only name: the cupy backend, on the stand-in
 
 
 def _selected():
@@ -23,22 +26,35 @@ def _selected():
         n = _ALIASES.get(n, n)  # get_backend's aliases: cpu, cuda, gpu, ...
         if n and n not in picked:
             picked.append(n)
+    if STANDIN in picked and "cupy" in picked:
+        raise pytest.UsageError("GPUNET_TEST_BACKENDS: 'standin' replaces CuPy in the test process; "
+                                "it cannot run beside the real 'cupy'")
     return picked
+
+
+if STANDIN in _selected():
+    import cupy_standin
+
+    cupy_standin.install()
 
 
 def backend_unavailable(name: str):
     """Reason string when `name` cannot run here, else None."""
-    if name == "cupy":
+    if name in ("emulator", STANDIN) and shutil.which("g++") is None:
+        return f"the CUDA emulator{' behind the CuPy stand-in' if name == STANDIN else ''} needs g++"
+    if name in ("cupy", STANDIN):
         ok, why = cuda_status()
         return None if ok else why
-    if name == "emulator" and shutil.which("g++") is None:
-        return "the CUDA emulator needs g++"
     return None
 
 
 def _params(names):
-    """Fixture params; the cupy ones carry the `gpu` marker, so `pytest -m gpu` runs just the GPU tests."""
-    return [pytest.param(n, marks=pytest.mark.gpu) if n == "cupy" else n for n in names]
+    """Fixture params; the cupy (and stand-in) ones carry the `gpu` marker, so `pytest -m gpu` runs just them."""
+    return [pytest.param(n, marks=pytest.mark.gpu) if n in ("cupy", STANDIN) else n for n in names]
+
+
+def _backend(name):
+    return get_backend("cupy" if name == STANDIN else name)
 
 
 @pytest.fixture(params=_params(_selected()))
@@ -47,7 +63,7 @@ def backend(request):
     why = backend_unavailable(request.param)
     if why:
         pytest.skip(f"{request.param} backend unavailable: {why}")
-    return get_backend(request.param)
+    return _backend(request.param)
 
 
 @pytest.fixture(params=_params([n for n in _selected() if n != "numpy"]))
@@ -56,7 +72,7 @@ def device_backend(request):
     why = backend_unavailable(request.param)
     if why:
         pytest.skip(f"{request.param} backend unavailable: {why}")
-    return get_backend(request.param)
+    return _backend(request.param)
 
 
 @pytest.fixture
