@@ -12,6 +12,7 @@ import collections
 import functools
 import json
 import numbers
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -82,9 +83,36 @@ class _Unwrapper:
 def _device(a: np.ndarray) -> "ndarray":
     if a.dtype.kind not in _DEVICE_DTYPE_KINDS:
         raise ValueError(f"Unsupported dtype {a.dtype}")
+    if a.flags.owndata and id(a) not in _LIVE:
+        _allocated(a)
     out = object.__new__(ndarray)
     out._a = a
     return out
+
+
+# ------------------------------------------------------------------ the device memory the pool would hold
+_LIVE: dict[int, int] = {}       # id of a backing array that owns its memory -> bytes the pool gave it
+HOOKS: list = []                 # active cupy.cuda.memory_hook.MemoryHook objects
+_POOL_UNIT = 512                 # CuPy's memory pool rounds every allocation up to 512 bytes
+
+
+def _allocated(a: np.ndarray):
+    size = -(-max(a.nbytes, 1) // _POOL_UNIT) * _POOL_UNIT
+    key, ptr = id(a), a.ctypes.data
+    _LIVE[key] = size
+    for h in HOOKS:
+        h.malloc_postprocess(device_id=0, size=a.nbytes, mem_size=size, mem_ptr=ptr, pmem_id=0)
+    weakref.finalize(a, _freed, key, size, ptr)
+
+
+def _freed(key: int, size: int, ptr: int):
+    _LIVE.pop(key, None)
+    for h in HOOKS:
+        h.free_postprocess(device_id=0, mem_size=size, mem_ptr=ptr, pmem_id=0)
+
+
+def used_bytes() -> int:
+    return sum(_LIVE.values())
 
 
 def _garbage(a: np.ndarray) -> np.ndarray:

@@ -192,13 +192,14 @@ def get_current_stream(device_id=-1):
 
 
 class _MemoryPool:
-    """get_default_memory_pool(): the calls code makes on it; byte counts are not tracked."""
+    """get_default_memory_pool(): live device arrays, in the pool's 512-byte units. Freed memory goes back to
+    the host at once, so the pool never holds more than is in use."""
 
     def free_all_blocks(self, stream=None):
         pass
 
     def used_bytes(self):
-        raise _core.StandinLimitation("memory pool byte counts are not emulated")
+        return _core.used_bytes()
 
     total_bytes = used_bytes
 
@@ -218,15 +219,30 @@ def get_default_pinned_memory_pool():
 
 
 class MemoryHook:
-    """cupy.cuda.memory_hook.MemoryHook: the stand-in has no pool, so no hook ever fires."""
+    """cupy.cuda.memory_hook.MemoryHook: told of every device allocation and free while entered. The stand-in
+    calls malloc_postprocess and free_postprocess (what pool-level hooks see), with CuPy's arguments."""
 
     name = "MemoryHook"
 
     def __enter__(self):
-        raise _core.StandinLimitation("memory hooks are not emulated (the stand-in has no device memory pool)")
+        _core.HOOKS.append(self)
+        return self
 
     def __exit__(self, *exc):
+        _core.HOOKS.remove(self)
         return False
+
+    def malloc_preprocess(self, **kwargs):
+        pass
+
+    def malloc_postprocess(self, **kwargs):
+        pass
+
+    def free_preprocess(self, **kwargs):
+        pass
+
+    def free_postprocess(self, **kwargs):
+        pass
 
 
 # ------------------------------------------------------------------ runtime
