@@ -118,7 +118,10 @@ __device__ __forceinline__ bool geometry_ok(int N, int C, int H, int W, int Cout
     if (kh >= DIM_LIMIT || kw >= DIM_LIMIT || sh >= DIM_LIMIT || sw >= DIM_LIMIT) return false;
     if (ph >= DIM_LIMIT || pw >= DIM_LIMIT) return false;
     if (H + 2 * ph < kh || W + 2 * pw < kw) return false;
-    return OH == (H + 2 * ph - kh) / sh + 1 && OW == (W + 2 * pw - kw) / sw + 1;
+    if (OH != (H + 2 * ph - kh) / sh + 1 || OW != (W + 2 * pw - kw) / sw + 1) return false;
+    // 32-bit flat indices (INDEX FORMATS): x, y and w below 2^31 elements.
+    return (long long)N * C * H * W <= INT32_MAX_LL && (long long)N * Cout * OH * OW <= INT32_MAX_LL &&
+           (long long)Cout * C * kh * kw <= INT32_MAX_LL;
 }
 
 __device__ __forceinline__ bool block_shape_ok() {
@@ -564,6 +567,7 @@ __device__ __forceinline__ void conv2d_wgrad_reduce_impl(
         const T* __restrict__ part, const T* __restrict__ dbpart, T* __restrict__ dw, T* __restrict__ db,
         int splits, int total, int Cout, int has_bias) {
     if (splits < 1 || total < 1 || Cout < 1) return;
+    if ((long long)splits * total > INT32_MAX_LL) return;   // dbpart's z * Cout (<= splits * total) is an int
     const long long outputs = (long long)total + (has_bias ? Cout : 0);
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < outputs; idx += stride) {

@@ -291,6 +291,23 @@ def test_kernels_refuse_inconsistent_launches():
         assert np.all(y == 7.0), f"kernel wrote output for an inconsistent launch {bad}"
 
 
+def test_kernels_refuse_sizes_past_32bit_indexing():
+    """Consistent window arithmetic but x of 2^27 * 40 > 2^31 elements: the kernels index in 32 bits,
+    so they must refuse rather than compute wrapped offsets. Check mode, so that a kernel which did
+    compute would fault on the small arrays instead of corrupting memory."""
+    from gpunet.cuda import emulator
+    ctx = _ctx(get_backend("emulator"))
+    x = np.ones((1, 2, 5, 4), np.float32)
+    w = np.ones((3, 2, 3, 3), np.float32)
+    y = np.full((1, 3, 3, 2), 7.0, np.float32)
+    emulator.set_check_mode(True)
+    try:
+        _launch_fwd(ctx, x, w, y, N=2**27)
+    finally:
+        emulator.set_check_mode(None)
+    assert np.all(y == 7.0)
+
+
 def test_wgrad_reduce_sums_partials_in_order_with_any_grid():
     """The reduce is a grid-stride loop (grid_1d caps the grid); each output is summed z = 0, 1, 2."""
     from gpunet.cuda.loader import i32
