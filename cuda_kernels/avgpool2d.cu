@@ -8,8 +8,9 @@
  * launcher validates with gpunet.ops.geometry.pool2d_geometry; the kernels re-check the arithmetic
  * and write nothing when it is inconsistent.
  *
- * INDEX FORMAT: flat row-major offsets, 32-bit (the launcher keeps every tensor below 2^31
- * elements, and the kernels re-check); a thread's (n, c) plane is reached as nc * plane size.
+ * INDEX FORMAT: flat row-major offsets, 32-bit (the launcher keeps every tensor, and the padded
+ * extents H + 2*PH, W + 2*PW, below 2^31, and the kernels re-check; docs/kernel_limits.md); a
+ * thread's (n, c) plane is reached as nc * plane size.
  *
  * NUMERICS: the divisor is always KH*KW (zero padding counts, PyTorch's default count_include_pad).
  *   forward   y = (sum of the window's real inputs, row-major order, from +0) / (KH*KW)
