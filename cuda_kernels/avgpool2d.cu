@@ -8,13 +8,15 @@
  * launcher validates with gpunet.ops.geometry.pool2d_geometry; the kernels re-check the arithmetic
  * and write nothing when it is inconsistent.
  *
- * INDEX FORMAT: flat row-major offsets, 32-bit (the launcher keeps every tensor below 2^31
- * elements, and the kernels re-check); a thread's (n, c) plane is reached as nc * plane size.
+ * INDEX FORMAT: flat row-major offsets, 32-bit (the launcher keeps every tensor, and the padded
+ * extents H + 2*PH, W + 2*PW, below 2^31, and the kernels re-check; docs/kernel_limits.md); a
+ * thread's (n, c) plane is reached as nc * plane size.
  *
  * NUMERICS: the divisor is always KH*KW (zero padding counts, PyTorch's default count_include_pad).
  *   forward   y = (sum of the window's real inputs, row-major order, from +0) / (KH*KW)
  *   backward  dx = (sum of dy over the windows covering the pixel, row-major output order) / (KH*KW)
- * One correctly rounded division each; no reciprocal multiply, no fused multiply-add. NaN and inf
+ * The divisor is KH*KW formed in 64 bits and rounded once to T (as NumPy's dtype.type(kh*kw)): a
+ * 65536 x 65536 window fits a 1x1 image with padding 32768. One correctly rounded division each; no reciprocal multiply, no fused multiply-add. NaN and inf
  * propagate as IEEE arithmetic does (no special cases: there is no tie rule for an average).
  *
  * BACKWARD is a GATHER: one thread per input pixel visits the output windows that cover it, so each
@@ -35,7 +37,7 @@ __device__ void avgpool2d_fwd(const T* __restrict__ x, T* __restrict__ y, int N,
     if (!gpunet::pool_geometry_ok(N, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW)) return;
     const long long total = (long long)N * C * OH * OW;    // < 2^31: checked above
     const unsigned plane_out = (unsigned)(OH * OW);
-    const T divisor = T(KH * KW);
+    const T divisor = T((long long)KH * KW);   // the product overflows an int from 65536 x 32768 up
     for (long long i = gpunet::first_index(); i < total; i += gpunet::grid_stride()) {
         const unsigned nc = (unsigned)i / plane_out;         // (n, c) plane
         const int o = (int)((unsigned)i - nc * plane_out);    // offset inside the output plane
@@ -56,7 +58,7 @@ __device__ void avgpool2d_bwd(const T* __restrict__ dy, T* __restrict__ dx, int 
     if (!gpunet::pool_geometry_ok(N, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW)) return;
     const long long total = (long long)N * C * H * W;      // < 2^31: checked above
     const unsigned plane_in = (unsigned)(H * W), plane_out = (unsigned)(OH * OW);
-    const T divisor = T(KH * KW);
+    const T divisor = T((long long)KH * KW);   // the product overflows an int from 65536 x 32768 up
     for (long long i = gpunet::first_index(); i < total; i += gpunet::grid_stride()) {
         const unsigned nc = (unsigned)i / plane_in;          // (n, c) plane
         const int idx = (int)((unsigned)i - nc * plane_in);   // h*W + w inside it

@@ -5,7 +5,9 @@
  * LAYOUT: x, y, dy, dx are C-contiguous (N, C, S) with S = H*W (S = 1 for (N, C) inputs); element
  * j = n*S + s of channel c (0 <= j < M = N*S) lives at x[(n*C + c)*S + s]. Per-channel vectors
  * (gamma, beta, mean, invstd, running_mean, running_var, dgamma, dbeta) are (C,). Partials are
- * (C, P) row-major: part[c*P + p]. The launcher keeps N*C*S < 2^31, so every index fits an int.
+ * (C, P) row-major: part[c*P + p]. The launcher keeps N*C*S < 2^31, so every index fits an int; the
+ * chunk loops of the reductions count in unsigned ints (j + BN_THREADS passes 2^31 - 1 when one
+ * channel holds nearly 2^31 values).
  *
  * SPLIT REDUCTION (deterministic, no atomics). Channel c's M values are cut into P contiguous chunks
  * of `chunk` values (the last one shorter, none empty; P*chunk >= M > (P-1)*chunk). P depends only on
@@ -142,10 +144,18 @@ template <typename T> __device__ void block_sum2(T& a, T& b) {
     b = s_b[0];
 }
 
-// Flat offset of value j of channel c.
-__device__ __forceinline__ int offset(int j, int c, int C, int S) {
-    const int n = (int)((unsigned)j / (unsigned)S);       // unsigned: cheaper, and j >= 0
-    return (n * C + c) * S + (j - n * S);
+// End of chunk p of a channel's M values (split_ok holds). M may be as large as 2^31 - 1, so neither
+// p*chunk + chunk nor a loop index j + BN_THREADS may be formed in int: both are unsigned, where they
+// stay below 2^31 + chunk and 2^31 + BN_THREADS, far from 2^32.
+__device__ __forceinline__ unsigned chunk_end(int p, int chunk, int M) {
+    const unsigned start = (unsigned)p * (unsigned)chunk;
+    return (unsigned)M - start < (unsigned)chunk ? (unsigned)M : start + (unsigned)chunk;
+}
+
+// Flat offset of value j (< M) of channel c.
+__device__ __forceinline__ int offset(unsigned j, int c, int C, int S) {
+    const unsigned n = j / (unsigned)S;                   // unsigned: cheaper, and j >= 0
+    return ((int)n * C + c) * S + (int)(j - n * (unsigned)S);
 }
 
 // Channel of flat element i of an (N, C, S) tensor (i < N*C*S < 2^31).
@@ -161,11 +171,10 @@ __device__ void bn_stats_partial(const T* __restrict__ x, T* __restrict__ part_m
     const int M = N * S;
     const int c = blockIdx.x, p = blockIdx.y;
     if (c >= C || p >= P) return;                        // block-uniform, before any barrier
-    const int start = p * chunk;
-    const int end = min(start + chunk, M);
+    const unsigned start = p * chunk, end = chunk_end(p, chunk, M);
     const T shift = x[c * S];                            // value 0 of the channel, see header
     Moments<T> m = {0, T(0), T(0)};
-    for (int j = start + (int)threadIdx.x; j < end; j += BN_THREADS) welford_add(m, x[offset(j, c, C, S)] - shift);
+    for (unsigned j = start + threadIdx.x; j < end; j += BN_THREADS) welford_add(m, x[offset(j, c, C, S)] - shift);
     m = block_merge(m);
     if (threadIdx.x == 0) {
         part_mean[c * P + p] = m.mean;
@@ -233,11 +242,10 @@ __device__ void bn_bwd_partial(const T* __restrict__ dy, const T* __restrict__ x
     const int M = N * S;
     const int c = blockIdx.x, p = blockIdx.y;
     if (c >= C || p >= P) return;                        // block-uniform, before any barrier
-    const int start = p * chunk;
-    const int end = min(start + chunk, M);
+    const unsigned start = p * chunk, end = chunk_end(p, chunk, M);
     const T mu = mean[c], inv = invstd[c];
     T sum_dy = T(0), sum_dy_xhat = T(0);
-    for (int j = start + (int)threadIdx.x; j < end; j += BN_THREADS) {
+    for (unsigned j = start + threadIdx.x; j < end; j += BN_THREADS) {
         const int o = offset(j, c, C, S);
         const T g = dy[o];
         sum_dy += g;

@@ -10,18 +10,25 @@
  * OH = (H + 2*ph - kh) / sh + 1, OW likewise (the launcher validates with gpunet.ops.geometry and the
  * kernels re-check the arithmetic themselves: a launch with inconsistent sizes writes nothing).
  *
- * INDEX FORMATS: every flat index is a 32-bit int (the launcher refuses tensors of 2^31 elements or
- * more). Flat offsets are row-major over the shapes above, e.g. x[((n*C_in + c)*H + h)*W + w].
+ * INDEX FORMATS: every flat index is 32-bit (the launcher refuses tensors of 2^31 elements or more,
+ * and every dimension of 2^28 or more; docs/kernel_limits.md). Flat offsets are row-major over the
+ * shapes above, e.g. x[((n*C_in + c)*H + h)*W + w]. The offsets of a window's first tap (and the tap
+ * offsets added to them) are formed in UNSIGNED 32-bit arithmetic: with padding or a kernel much larger
+ * than the image, a window row far outside the image times W exceeds 2^31 even though the tensors are
+ * small. Such rows are never read, and for the ones that are, the sum wraps back to the true offset
+ * (< 2^31) -- well defined for unsigned ints, undefined behaviour (that compilers exploit) for int.
  * Inside a GEMM:  m = (n*OH + oh)*OW + ow  (output pixel),  k = (ci*kh + r)*kw + s  (weight tap).
  *
  * GEMM MAPPINGS (C[M][N] = sum_k A[m][k] * B[k][n]; A and B are never materialised):
  *   forward  M = N*OH*OW, N = C_out, K = C_in*kh*kw
  *            A[m][k] = x[n, ci, oh*sh - ph + r, ow*sw - pw + s] (0 outside), B[k][co] = w[co][k]
  *            epilogue: + b[co], ReLU, store y[n, co, oh, ow].
- *   dx       one GEMM per stride phase (rh, rw) = ((ih+ph) % sh, (iw+pw) % sw), gridDim.z = sh*sw.
+ *   dx       one GEMM per stride phase (rh, rw) = ((ih+ph) % sh, (iw+pw) % sw).
  *            Input pixels of one phase: ih = qh*sh + rh - ph; the taps that reach them are
  *            r = rh + u*sh (u < khp = ceil((kh - rh)/sh)), s = rw + v*sw, and oh = qh - u, ow = qw - v.
- *            M = N*nqh*nqw (the phase's pixels), N = C_in, K = C_out*khp*kwp,
+ *            M = N*nqh*nqw (the phase's pixels), N = C_in, K = C_out*khp*kwp.
+ *            Only min(sh, H) x min(sw, W) phases hold pixels: phase (a, b) is rh = (ph + a) % sh,
+ *            rw = (pw + b) % sw, and the phases are folded into gridDim.x (see LAUNCH GEOMETRY).
  *            A[m][(co,u,v)] = dy[n, co, qh-u, qw-v] masked by y > 0 (0 outside),
  *            B[(co,u,v)][ci] = wt[ci, co, r, s].  A gather: no atomics, no wasted stride-zero taps.
  *   dW       M = C_in*kh*kw, N = C_out, K = N*OH*OW (the long reduction, split in fixed chunks)
@@ -49,11 +56,15 @@
  *
  * LAUNCH GEOMETRY (block = (256, 1, 1) always; kernels return at once for any other block shape):
  *   conv2d_fwd_*          grid (ceil(N*OH*OW / 128), ceil(C_out / 64), 1)
- *   conv2d_dgrad_*        grid (ceil(N*ceil(H/sh)*ceil(W/sw) / 128), ceil(C_in / 64), sh*sw)
+ *   conv2d_dgrad_*        grid (T * min(sh, H) * min(sw, W), ceil(C_in / 64), 1) with
+ *                         T = ceil(N*ceil(H/sh)*ceil(W/sw) / 128) row tiles per phase: block x is
+ *                         row tile x % T of phase x / T. (Phases on gridDim.z would hit its 65535
+ *                         limit at stride 256x256; folded into x they stay under x.size / 16.)
  *   conv2d_wgrad_*        grid (ceil(C_in*kh*kw / 128), ceil(C_out / 64), S) with chunk*S >= N*OH*OW
  *   conv2d_wgrad_reduce_* any 1-D grid, block REDUCE_THREADS (a grid-stride loop over dW then db)
- * Blocks past the end of a problem return before the first barrier; every load and store is bounds
- * checked, so a grid larger than needed is harmless.
+ * gridDim.y is at most 65535 on every GPU, so C_out (fwd, dW) and C_in (dx) are limited to
+ * 65535 * 64 = 4194240; the launcher refuses more. Blocks past the end of a problem return before the
+ * first barrier; every load and store is bounds checked, so a grid larger than needed is harmless.
  *
  * NUMERICS: ReLU is (v < 0 ? 0 : v): NaN propagates through the forward; the backward mask is y > 0,
  * so NaN or zero outputs pass no gradient. Each output element is summed by one thread in a fixed k
@@ -88,6 +99,7 @@ constexpr int REDUCE_THREADS = 256;            // block size of conv2d_wgrad_red
 // from int overflow and makes OUTSIDE (below) fail every bounds test.
 constexpr int DIM_LIMIT = 1 << 28;
 constexpr int OUTSIDE = -(1 << 30);            // coordinate given to rows past the end of the GEMM
+constexpr long long INT32_MAX_LL = 2147483647LL;
 
 static_assert(THREADS / WARP == BK, "M-major loads: warp w stages k row w");
 static_assert(A_PER_THREAD * WARP == BM, "M-major loads: 32 lanes x A_PER_THREAD rows cover BM");
@@ -106,7 +118,10 @@ __device__ __forceinline__ bool geometry_ok(int N, int C, int H, int W, int Cout
     if (kh >= DIM_LIMIT || kw >= DIM_LIMIT || sh >= DIM_LIMIT || sw >= DIM_LIMIT) return false;
     if (ph >= DIM_LIMIT || pw >= DIM_LIMIT) return false;
     if (H + 2 * ph < kh || W + 2 * pw < kw) return false;
-    return OH == (H + 2 * ph - kh) / sh + 1 && OW == (W + 2 * pw - kw) / sw + 1;
+    if (OH != (H + 2 * ph - kh) / sh + 1 || OW != (W + 2 * pw - kw) / sw + 1) return false;
+    // 32-bit flat indices (INDEX FORMATS): x, y and w below 2^31 elements.
+    return (long long)N * C * H * W <= INT32_MAX_LL && (long long)N * Cout * OH * OW <= INT32_MAX_LL &&
+           (long long)Cout * C * kh * kw <= INT32_MAX_LL;
 }
 
 __device__ __forceinline__ bool block_shape_ok() {
@@ -192,20 +207,21 @@ struct FwdTile : MajorMKStage<T> {
     const T* __restrict__ x;
     const T* __restrict__ w;
     int K, KHW, kw, H, W, HW, Cout;
-    int a_base[A_PER_THREAD];       // x offset of (n, 0, ih0, iw0), valid only when inside
+    unsigned a_base[A_PER_THREAD];  // x offset of (n, 0, ih0, iw0) mod 2^32 (see INDEX FORMATS)
     int a_ih0[A_PER_THREAD];        // oh*sh - ph, OUTSIDE past the last pixel
     int a_iw0[A_PER_THREAD];
 
     __device__ void load(int k0) {
         const int k = k0 + a_k;
         const bool kin = k < K;
-        int r = 0, s = 0, koff = 0;
+        int r = 0, s = 0;
+        unsigned koff = 0;
         if (kin) {
             const int ci = k / KHW;
             const int rs = k - ci * KHW;
             r = rs / kw;
             s = rs - r * kw;
-            koff = ci * HW + r * W + s;
+            koff = (unsigned)(ci * HW) + (unsigned)r * (unsigned)W + (unsigned)s;
         }
 #pragma unroll
         for (int i = 0; i < A_PER_THREAD; ++i) {
@@ -249,7 +265,7 @@ __device__ __forceinline__ void conv2d_fwd_impl(
             const int oh = p / OW, ow = p - oh * OW;
             t.a_ih0[i] = oh * sh - ph;
             t.a_iw0[i] = ow * sw - pw;
-            t.a_base[i] = n * C * t.HW + t.a_ih0[i] * W + t.a_iw0[i];
+            t.a_base[i] = (unsigned)(n * C * t.HW) + (unsigned)t.a_ih0[i] * (unsigned)W + (unsigned)t.a_iw0[i];
         } else {
             t.a_ih0[i] = OUTSIDE; t.a_iw0[i] = OUTSIDE; t.a_base[i] = 0;
         }
@@ -295,26 +311,27 @@ struct DgradTile : MajorMKStage<T> {
     int relu;
     int K, taps, kwp, OH, OW, OHW;            // K = Cout * taps, taps = khp * kwp
     int rh, rw, sh, sw, kw, KHW, CoutKHW, Cin;
-    int a_base[A_PER_THREAD];                 // dy offset of (n, 0, qh, qw)
+    unsigned a_base[A_PER_THREAD];            // dy offset of (n, 0, qh, qw) (unsigned: INDEX FORMATS)
     int a_qh[A_PER_THREAD];                   // OUTSIDE past the last pixel
     int a_qw[A_PER_THREAD];
 
     __device__ void load(int k0) {
         const int k = k0 + a_k;
         const bool kin = k < K;
-        int u = 0, v = 0, koff = 0;
+        int u = 0, v = 0;
+        unsigned koff = 0;                    // co*OHW - u*OW - v, mod 2^32
         if (kin) {
             const int co = k / taps;
             const int uv = k - co * taps;
             u = uv / kwp;
             v = uv - u * kwp;
-            koff = co * OHW - u * OW - v;
+            koff = (unsigned)(co * OHW) - (unsigned)u * (unsigned)OW - (unsigned)v;
         }
 #pragma unroll
         for (int i = 0; i < A_PER_THREAD; ++i) {
             T g = T(0);
             if (kin && inside(a_qh[i] - u, OH) && inside(a_qw[i] - v, OW)) {
-                const int o = a_base[i] + koff;
+                const unsigned o = a_base[i] + koff;
                 g = dy[o];
                 if (relu && !(y[o] > T(0))) g = T(0);
             }
@@ -354,8 +371,14 @@ __device__ __forceinline__ void conv2d_dgrad_impl(
         int N, int C, int H, int W, int Cout, int kh, int kw, int sh, int sw, int ph, int pw,
         int OH, int OW, int relu, T* As, T* Bs) {
     if (!block_shape_ok() || !geometry_ok(N, C, H, W, Cout, kh, kw, sh, sw, ph, pw, OH, OW)) return;
-    if ((int)blockIdx.z >= sh * sw) return;
-    const int rh = blockIdx.z / sw, rw = blockIdx.z % sw;
+    // Block x = (phase, row tile), phase-major; see LAUNCH GEOMETRY. Phases that hold no pixel (when
+    // the stride exceeds the image) are not launched: a runs over min(sh, H) row residues from ph.
+    const int nph_h = sh < H ? sh : H, nph_w = sw < W ? sw : W;
+    const int mmax = N * ((H - 1) / sh + 1) * ((W - 1) / sw + 1);   // the largest phase's M, <= N*H*W
+    const int row_tiles = (mmax - 1) / BM + 1;
+    const int phase = (int)(blockIdx.x / (unsigned)row_tiles);
+    if (phase >= nph_h * nph_w) return;       // block-uniform, before any barrier
+    const int rh = (ph + phase / nph_w) % sh, rw = (pw + phase % nph_w) % sw;
     int qh0, nqh, qw0, nqw;
     phase_range(H, sh, rh, ph, qh0, nqh);
     phase_range(W, sw, rw, pw, qw0, nqw);
@@ -363,7 +386,7 @@ __device__ __forceinline__ void conv2d_dgrad_impl(
     const int kwp = kw > rw ? (kw - rw + sw - 1) / sw : 0;
     const int nq = nqh * nqw;
     const int M = N * nq;
-    const int m0 = blockIdx.x * BM;
+    const int m0 = ((int)blockIdx.x - phase * row_tiles) * BM;
     const int n0 = blockIdx.y * BN;
     if (m0 >= M || n0 >= C) return;
 
@@ -384,7 +407,7 @@ __device__ __forceinline__ void conv2d_dgrad_impl(
             const int n = m / nq, p = m - n * nq;
             const int qh = qh0 + p / nqw, qw = qw0 + p % nqw;
             t.a_qh[i] = qh; t.a_qw[i] = qw;
-            t.a_base[i] = n * Cout * OHW + qh * OW + qw;
+            t.a_base[i] = (unsigned)(n * Cout * OHW) + (unsigned)qh * (unsigned)OW + (unsigned)qw;
         } else {
             t.a_qh[i] = OUTSIDE; t.a_qw[i] = OUTSIDE; t.a_base[i] = 0;
         }
@@ -425,7 +448,7 @@ struct WgradTile {
     int OHW, OW, sh, sw, ph, pw, H, W, CHW, CoutOHW;
     int k_l;                                  // tid % BK
     int row;                                  // tid / BK
-    int a_off[A_PER_THREAD];                  // ci*H*W + r*W + s
+    unsigned a_off[A_PER_THREAD];             // ci*H*W + r*W + s (unsigned: INDEX FORMATS)
     int a_r[A_PER_THREAD];                    // OUTSIDE past the last row
     int a_s[A_PER_THREAD];
     int b_off[B_PER_THREAD];                  // co*OH*OW, -1 past the last channel
@@ -434,13 +457,14 @@ struct WgradTile {
     __device__ void load(int k0) {
         const int k = kbeg + k0 + k_l;
         const bool kin = k < kend;
-        int ih0 = 0, iw0 = 0, xbase = 0, dbase = 0;
+        int ih0 = 0, iw0 = 0, dbase = 0;
+        unsigned xbase = 0;
         if (kin) {
             const int n = k / OHW, p = k - n * OHW;
             const int oh = p / OW, ow = p - oh * OW;
             ih0 = oh * sh - ph;
             iw0 = ow * sw - pw;
-            xbase = n * CHW + ih0 * W + iw0;
+            xbase = (unsigned)(n * CHW) + (unsigned)ih0 * (unsigned)W + (unsigned)iw0;
             dbase = n * CoutOHW + p;
         }
 #pragma unroll
@@ -480,6 +504,7 @@ __device__ __forceinline__ void conv2d_wgrad_impl(
     // The chunks must tile the reduction exactly once: otherwise part[] would be incomplete.
     if (splits < 1 || chunk < 1 || (int)blockIdx.z >= splits) return;
     if ((long long)chunk * splits < Kred || (long long)chunk * (splits - 1) >= Kred) return;
+    if ((long long)chunk * splits > INT32_MAX_LL) return;   // kbeg + chunk and k below must fit an int
     const int KHW = kh * kw;
     const int M = C * KHW;                    // rows: weight taps
     const int m0 = blockIdx.x * BM;
@@ -501,7 +526,7 @@ __device__ __forceinline__ void conv2d_wgrad_impl(
         if (m < M) {
             const int ci = m / KHW, rs = m - ci * KHW;
             const int r = rs / kw, s = rs - r * kw;
-            t.a_off[i] = ci * H * W + r * W + s;
+            t.a_off[i] = (unsigned)(ci * H * W) + (unsigned)r * (unsigned)W + (unsigned)s;
             t.a_r[i] = r; t.a_s[i] = s;
         } else {
             t.a_off[i] = 0; t.a_r[i] = OUTSIDE; t.a_s[i] = OUTSIDE;
@@ -542,6 +567,7 @@ __device__ __forceinline__ void conv2d_wgrad_reduce_impl(
         const T* __restrict__ part, const T* __restrict__ dbpart, T* __restrict__ dw, T* __restrict__ db,
         int splits, int total, int Cout, int has_bias) {
     if (splits < 1 || total < 1 || Cout < 1) return;
+    if ((long long)splits * total > INT32_MAX_LL) return;   // dbpart's z * Cout (<= splits * total) is an int
     const long long outputs = (long long)total + (has_bias ? Cout : 0);
     const long long stride = (long long)gridDim.x * blockDim.x;
     for (long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x; idx < outputs; idx += stride) {

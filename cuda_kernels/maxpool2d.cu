@@ -11,7 +11,8 @@
  *
  * INDEX FORMAT: argmax is the flat index h*W + w of the chosen input inside its own (n, c) plane
  * (PyTorch's format), always a real input position, never padding. All offsets are 32-bit: the
- * launcher keeps x and y below 2^31 elements, and the kernels re-check.
+ * launcher keeps x and y below 2^31 elements and the padded extents H + 2*PH, W + 2*PW below 2^31
+ * (window ends are ints), and the kernels re-check (docs/kernel_limits.md).
  *
  * TIE / NaN RULES (gpunet.ops.interface.Ops.max_pool2d_forward):
  *   - padding is -inf: it never wins, and every window holds at least one real input (padding <= K/2);

@@ -263,3 +263,32 @@ def test_refuses_tensors_beyond_32bit_indexing(device_backend):
     v = xp.ones(2, dtype=np.float32)
     with pytest.raises(ValueError, match="32-bit"):
         be.ops.batch_norm_eval(huge, v, v, v, v, EPS)
+
+
+@pytest.mark.slow
+def test_reductions_of_one_channel_with_2_31_minus_1_values():
+    """One channel of M = 2^31 - 1 values (the largest the 32-bit indexing allows), 512 chunks of 2^22.
+    The last chunk's end p*chunk + chunk = 2^31 once overflowed an int, so that block summed nothing
+    (and its loop index j + 256 would have wrapped too): dbeta and the statistics silently lost the
+    chunk. The arrays are np.zeros (untouched pages cost no memory) with values set at both ends.
+    Emulator only (about 30 s): the reduction kernels are launched directly."""
+    ctx = KernelContext(get_backend("emulator"))
+    m = 2**31 - 1
+    p, chunk = bn.split(1, m)
+    assert (p, chunk) == (512, 2**22) and (p - 1) * chunk + chunk == 2**31
+    x = np.zeros((m, 1), np.float32)
+    dy = np.zeros((m, 1), np.float32)
+    x[:3], x[-5:] = 2.0, 1.0
+    dy[:3], dy[-5:] = 2.0, 1.0
+    part_dy, part_dy_xhat, part_mean, part_m2 = (np.full((1, p), np.nan, np.float32) for _ in range(4))
+    ctx.kernel(bn.SOURCE, "bn_bwd_partial_f32")(
+        (1, p, 1), (bn.BN_THREADS, 1, 1), (dy, x, np.zeros(1, np.float32), np.ones(1, np.float32), part_dy,
+                                           part_dy_xhat, i32(m), i32(1), i32(1), i32(p), i32(chunk)))
+    assert part_dy[0, 0] == 6.0 and part_dy[0, -1] == 5.0 and (part_dy[0, 1:-1] == 0).all()
+    assert part_dy_xhat[0, 0] == 12.0 and part_dy_xhat[0, -1] == 5.0
+    ctx.kernel(bn.SOURCE, "bn_stats_partial_f32")(
+        (1, p, 1), (bn.BN_THREADS, 1, 1), (x, part_mean, part_m2, i32(m), i32(1), i32(1), i32(p), i32(chunk)))
+    last = np.full(m - (p - 1) * chunk, -2.0)       # the last chunk, shifted by the channel's x[0] = 2
+    last[-5:] = -1.0
+    np.testing.assert_allclose(part_mean[0, -1], last.mean(), rtol=1e-6)
+    np.testing.assert_allclose(part_m2[0, -1], ((last - last.mean()) ** 2).sum(), rtol=1e-5)

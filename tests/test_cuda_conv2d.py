@@ -291,6 +291,23 @@ def test_kernels_refuse_inconsistent_launches():
         assert np.all(y == 7.0), f"kernel wrote output for an inconsistent launch {bad}"
 
 
+def test_kernels_refuse_sizes_past_32bit_indexing():
+    """Consistent window arithmetic but x of 2^27 * 40 > 2^31 elements: the kernels index in 32 bits,
+    so they must refuse rather than compute wrapped offsets. Check mode, so that a kernel which did
+    compute would fault on the small arrays instead of corrupting memory."""
+    from gpunet.cuda import emulator
+    ctx = _ctx(get_backend("emulator"))
+    x = np.ones((1, 2, 5, 4), np.float32)
+    w = np.ones((3, 2, 3, 3), np.float32)
+    y = np.full((1, 3, 3, 2), 7.0, np.float32)
+    emulator.set_check_mode(True)
+    try:
+        _launch_fwd(ctx, x, w, y, N=2**27)
+    finally:
+        emulator.set_check_mode(None)
+    assert np.all(y == 7.0)
+
+
 def test_wgrad_reduce_sums_partials_in_order_with_any_grid():
     """The reduce is a grid-stride loop (grid_1d caps the grid); each output is summed z = 0, 1, 2."""
     from gpunet.cuda.loader import i32
@@ -325,3 +342,112 @@ def test_backward_without_input_grad_launches_no_dgrad(device_backend, monkeypat
     assert not any("dgrad" in name for name in launched) and any("wgrad" in name for name in launched)
     np.testing.assert_array_equal(be.asnumpy(dw), be.asnumpy(dw_full))
     np.testing.assert_array_equal(be.asnumpy(db), be.asnumpy(db_full))
+
+
+# ---------------------------------------------------------------- launch limits (docs/kernel_limits.md)
+class _NanEmpty:
+    """The array module, but `empty` fills NaN: an output element the kernels never write shows up."""
+
+    def __init__(self, xp):
+        self._xp = xp
+
+    def __getattr__(self, name):
+        return getattr(self._xp, name)
+
+    def empty(self, shape, dtype=float):
+        a = self._xp.empty(shape, dtype=dtype)
+        a.fill(np.nan)
+        return a
+
+
+def test_dx_with_more_stride_phases_than_grid_z_allows(monkeypatch):
+    """Stride 256x256 on a 256x256 image: 65536 stride phases, one more than grid.z allowed when dx put
+    the phases there (a launch error on a GPU). Folded into grid.x they run, and every dx pixel is
+    written (outputs start as NaN): the 2x2 window's own pixels get their gradient, the rest 0."""
+    ctx = KernelContext(get_backend("emulator"))
+    monkeypatch.setattr(ctx, "xp", _NanEmpty(ctx.xp))
+    rng = np.random.default_rng(5)
+    x, w, b = rng.standard_normal((1, 1, 256, 256)), rng.standard_normal((2, 1, 2, 2)), rng.standard_normal(2)
+    geom = conv.backward_geometry(conv2d_geometry(x.shape, w.shape, 256, 0), 2)
+    assert geom.dgrad_grid == (65536, 1, 1)
+    y, cache = conv.conv2d_forward(ctx, x, w, b, 256, 0, False)
+    dy = rng.standard_normal(y.shape)
+    dx, dw, db = conv.conv2d_backward(ctx, dy, cache)
+    _check_against_numpy(x, w, b, 256, 0, False, y, dy, dx, dw, db)
+
+
+@pytest.mark.parametrize("xs,ws,stride,padding", [
+    ((2, 3, 5, 7), (4, 3, 3, 2), (9, 2), (1, 0)),      # stride > H: 5 row phases of 9, odd tiles
+    ((3, 2, 20, 3), (5, 2, 1, 3), (6, 4), (0, 1)),     # H > stride: all 6 row phases; W < stride
+], ids=["stride-above-height", "stride-above-width"])
+def test_dx_folded_phases_cover_every_pixel(monkeypatch, xs, ws, stride, padding):
+    """With the stride larger than the image on one axis only min(s, size) phases are launched; dx
+    (starting as NaN) must still be written everywhere and match NumPy."""
+    ctx = KernelContext(get_backend("emulator"))
+    monkeypatch.setattr(ctx, "xp", _NanEmpty(ctx.xp))
+    rng = np.random.default_rng(6)
+    x, w = rng.standard_normal(xs), rng.standard_normal(ws)
+    y, cache = conv.conv2d_forward(ctx, x, w, None, stride, padding, True)
+    dy = rng.standard_normal(y.shape)
+    dx, dw, db = conv.conv2d_backward(ctx, dy, cache)
+    _check_against_numpy(x, w, None, stride, padding, True, y, dy, dx, dw, db)
+
+
+def _win(xs, ws, stride=1, padding=0):
+    return conv2d_geometry(xs, ws, stride, padding), ws[0]
+
+
+def test_grid_y_limit_on_channels_is_refused_by_name():
+    """Channel tiles of 64 lie on grid.y (<= 65535): C_out or C_in above 4194240 cannot launch. Shapes
+    only, nothing allocated."""
+    big = conv.MAX_CHANNELS
+    assert big == 65535 * 64
+    assert conv.forward_grid(*_win((1, 1, 1, 1), (big, 1, 1, 1)))[1] == 65535
+    with pytest.raises(ValueError, match=r"grid\.y = 65536 .*C_out = 4194241 must be at most 4194240"):
+        conv.forward_grid(*_win((1, 1, 1, 1), (big + 1, 1, 1, 1)))
+    with pytest.raises(ValueError, match=r"conv2d backward \(dW\).*C_out = 4194241"):
+        conv.backward_geometry(*_win((1, 1, 1, 1), (big + 1, 1, 1, 1)))
+    g, cout = _win((1, big + 1, 1, 1), (1, big + 1, 1, 1))
+    assert conv.forward_grid(g, cout) == (1, 1, 1)               # C_in is not on grid.y in the forward
+    with pytest.raises(ValueError, match=r"conv2d backward \(dx\): needs grid\.y = 65536.*C_in = 4194241"):
+        conv.backward_geometry(g, cout)
+
+
+def test_dx_grid_x_stays_in_range_at_the_largest_inputs():
+    """The folded dx grid is at most x.size / 16 blocks or the phase count (<= H*W), so within grid.x's
+    2^31 - 1 at the 32-bit element limit; the old layout needed grid.z = sh*sw."""
+    for xs, ws, stride in [((1, 1, 46340, 46340), (1, 1, 1, 1), 46340),    # 2147395600 phases of 1 pixel
+                           ((2**10, 1, 2**10, 2**11 - 1), (1, 1, 1, 1), 2),  # 2^31 - 2^20 pixels, 4 phases
+                           ((1, 1, 2, 2**27 - 1), (1, 1, 2, 1), (1, 2**27 - 1))]:
+        g, cout = _win(xs, ws, stride)
+        grid = conv.backward_geometry(g, cout).dgrad_grid
+        phases = min(g.sh, g.h) * min(g.sw, g.w)
+        assert grid[0] % phases == 0 and grid[0] <= 2**31 - 1 and grid[1:] == (1, 1), (xs, grid)
+
+
+def test_sizes_the_kernels_refuse_are_refused_by_the_launcher(device_backend):
+    """The kernels ignore a launch with any size, stride or padding >= 2^28 (DIM_LIMIT) and write
+    nothing; the launcher must refuse it rather than return the uninitialised output."""
+    be = device_backend
+    ctx = _ctx(be)
+    x = be.asarray(np.ones((1, 1, 1, 1), np.float32))
+    w = be.asarray(np.ones((1, 1, 1, 1), np.float32))
+    with pytest.raises(ValueError, match=r"stride height = 268435456 is not below the kernels' limit 268435456"):
+        conv.conv2d_forward(ctx, x, w, None, (2**28, 1), 0, False)
+    with pytest.raises(ValueError, match=r"padding width = 268435456"):
+        conv.conv2d_forward(ctx, x, w, None, 1, (0, 2**28), False)
+    y, _ = conv.conv2d_forward(ctx, x, w, None, (2**28 - 1, 1), 0, False)   # just below: computed
+    assert be.asnumpy(y).tolist() == [[[[1.0]]]]
+
+
+def test_32bit_limits_are_refused_by_name():
+    """Tensors of 2^31 elements, and a dW reduction whose whole chunks reach 2^31, are refused."""
+    with pytest.raises(ValueError, match=r"2147483648 elements exceed the kernels' 32-bit indexing"):
+        conv.forward_grid(*_win((2**4, 1, 2**13, 2**14), (1, 1, 1, 1)))
+    g, cout = _win((16, 1, 1, 2**27 - 1), (1, 1, 1, 1))             # N*OH*OW = 2^31 - 16 pixels
+    assert conv.forward_grid(g, cout) == (2**24, 1, 1)
+    assert conv.wgrad_split(2**31 - 16, 1) == (512, 2**22)          # 512 chunks of 2^22: 2^31 in all
+    with pytest.raises(ValueError, match=r"N\*OH\*OW = 2147483632 pixels in 512 chunks of 4194304"):
+        conv.backward_geometry(g, cout)
+    g, cout = _win((16, 1, 1, 2**27 - 1024), (1, 1, 1, 1))
+    assert conv.backward_geometry(g, cout).splits * conv.backward_geometry(g, cout).chunk <= 2**31 - 1

@@ -261,3 +261,61 @@ def test_refuses_tensors_beyond_32bit_indexing(device_backend):
         be.ops.max_pool2d_forward(huge, 1, 1, 0)
     with pytest.raises(ValueError, match="32-bit"):
         be.ops.avg_pool2d_forward(huge, 1, 1, 0)
+
+
+# ---------------------------------------------------------------- 32-bit limits (docs/kernel_limits.md)
+def test_huge_stride_backward_reads_only_covering_windows(device_backend):
+    """Stride 2^31 - 1 over 3 rows: one window, on row 0. The gather backward's ceil(first / S) once
+    computed first + S - 1 in int, which wrapped to a negative row and read dy[-1], argmax[-1]; in the
+    emulator's check mode (guard pages around every argument) that read faults."""
+    from gpunet.cuda import emulator
+    be = device_backend
+    if be.name == "emulator":
+        emulator.set_check_mode(True)
+    try:
+        x = _data((1, 2, 3, 1), np.float64)
+        stride = (2**31 - 1, 1)
+        y, am = be.ops.max_pool2d_forward(be.asarray(x), 1, stride, 0)
+        dy = np.array([[[[2.0]], [[-3.0]]]])
+        dx = be.asnumpy(be.ops.max_pool2d_backward(be.asarray(dy), am, x.shape, 1, stride, 0))
+        adx = be.asnumpy(be.ops.avg_pool2d_backward(be.asarray(dy), x.shape, 1, stride, 0))
+    finally:
+        if be.name == "emulator":
+            emulator.set_check_mode(None)
+    _bitwise("y", be.asnumpy(y), x[:, :, :1])
+    want = np.zeros(x.shape)
+    want[:, :, 0] = dy[:, :, 0]
+    _bitwise("max dx", dx, want)
+    _bitwise("avg dx", adx, want)
+
+
+def test_avg_pool_divisor_beyond_int32(device_backend):
+    """A 65536 x 65536 window fits a 1x1 image with padding 32768 (2 x 2 windows): the divisor 2^32
+    once overflowed the kernels' int product to 0, giving inf."""
+    be = device_backend
+    x = np.array([[[[3.0]]]])
+    y = be.asnumpy(be.ops.avg_pool2d_forward(be.asarray(x), 65536, 1, 32768))
+    _bitwise("y", y, np.full((1, 1, 2, 2), 3.0 / 2**32))
+    dy = np.arange(1.0, 5.0).reshape(1, 1, 2, 2)
+    dx = be.asnumpy(be.ops.avg_pool2d_backward(be.asarray(dy), x.shape, 65536, 1, 32768))
+    _bitwise("dx", dx, np.full(x.shape, 10.0 / 2**32))
+
+
+def test_padded_extent_limit(device_backend):
+    """Window ends need H + 2*padding < 2^31. At exactly 2^31 - 1 the largest window works; one row
+    more is refused by name (the kernels would ignore the launch and leave the output uninitialised)."""
+    be = device_backend
+    k, p = (2**31 - 1, 1), (2**30 - 1, 0)                 # padding at most half the kernel
+    x = np.array([[[[5.0]]]], np.float32)                # padded height 1 + 2^31 - 2 = 2^31 - 1
+    y, am = be.ops.max_pool2d_forward(be.asarray(x), k, 1, p)
+    assert be.asnumpy(y).tolist() == [[[[5.0]]]] and be.asnumpy(am).tolist() == [[[[0]]]]
+    dx = be.ops.max_pool2d_backward(be.asarray(np.full((1, 1, 1, 1), 7.0, np.float32)), am, x.shape, k, 1, p)
+    assert be.asnumpy(dx).tolist() == [[[[7.0]]]]
+    _bitwise("avg y", be.asnumpy(be.ops.avg_pool2d_forward(be.asarray(x), k, 1, p)),
+             np.full((1, 1, 1, 1), np.float32(5.0) / np.float32(2**31 - 1)))
+    two = be.asarray(np.zeros((1, 1, 2, 1), np.float32))
+    for op in (be.ops.max_pool2d_forward, be.ops.avg_pool2d_forward):
+        with pytest.raises(ValueError, match=r"padded height 2 \+ 2\*1073741823 = 2147483648 exceeds"):
+            op(two, k, 1, p)
+    with pytest.raises(ValueError, match=r"stride \(2147483648, 1\) exceeds"):
+        be.ops.max_pool2d_forward(two, 1, (2**31, 1), 0)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gpunet.cuda.loader import ceil_div, dtype_suffix, fscalar, grid_1d, i32
+from gpunet.cuda.loader import INT32_MAX, ceil_div, dtype_suffix, fscalar, grid_1d, i32
 from gpunet.ops.geometry import batch_norm_geometry
 
 SOURCE = "batchnorm.cu"
@@ -23,7 +23,6 @@ BN_THREADS = 256          # mirrors BN_THREADS in batchnorm.cu (threads per redu
 # BN_MIN_PER_BLOCK values (4 per thread) so that its work outweighs writing and merging its partial.
 BN_TARGET_BLOCKS = 512
 BN_MIN_PER_BLOCK = 4 * BN_THREADS
-_INT32_MAX = 2**31 - 1
 
 
 def split(c: int, m: int) -> tuple[int, int]:
@@ -38,8 +37,8 @@ def _geometry(op, x, training=False, **vectors):
     one value per channel when training), dtypes float32/float64 shared by every array, and the
     kernels' 32-bit indexing."""
     n, c, s = batch_norm_geometry(op, x.shape, training, **{k: v.shape for k, v in vectors.items()})
-    if n * c * s > _INT32_MAX:
-        raise ValueError(f"{op}: {n * c * s} elements exceed the kernels' 32-bit indexing (at most {_INT32_MAX})")
+    if n * c * s > INT32_MAX:
+        raise ValueError(f"{op}: {n * c * s} elements exceed the kernels' 32-bit indexing (at most {INT32_MAX})")
     try:
         suf = dtype_suffix(x.dtype)
     except TypeError:

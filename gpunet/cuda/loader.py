@@ -28,7 +28,7 @@ import numpy as np
 
 __all__ = [
     "KernelContext", "KernelCompileError", "kernel_dir", "COMPILE_OPTIONS", "BLOCK_1D", "MAX_GRID_1D",
-    "ceil_div", "grid_1d", "i32", "u32", "i64", "u64", "f32", "f64", "fscalar", "dtype_suffix",
+    "GRID_X_MAX", "GRID_YZ_MAX", "INT32_MAX", "ceil_div", "grid_1d", "check_grid", "i32", "u32", "i64", "u64", "f32", "f64", "fscalar", "dtype_suffix",
 ]
 
 COMPILE_OPTIONS = ("-std=c++17",)   # plus -I<kernel dir>; the NVRTC check (gpunet.cuda.nvrtc) uses the same
@@ -37,6 +37,11 @@ BLOCK_1D = 256                      # threads per block of the elementwise / gri
 # ~15 full waves on a 132-SM H100 (2048 threads/SM). A fixed cap (not a per-device one) keeps launch
 # geometry, and so any per-block work split, identical on every device.
 MAX_GRID_1D = 8192
+# CUDA's grid limits on every GPU since compute capability 3.0 (cudaDeviceProp.maxGridSize). A larger
+# grid.y or grid.z fails at launch; CuPy casts grid.x to a C int, so a larger grid.x would wrap.
+GRID_X_MAX = 2**31 - 1
+GRID_YZ_MAX = 65535
+INT32_MAX = 2**31 - 1               # the largest flat index of the kernels' 32-bit indexing
 
 _INT32 = (-2**31, 2**31 - 1)
 _UINT32 = (0, 2**32 - 1)
@@ -72,6 +77,17 @@ def grid_1d(n: int, block: int = BLOCK_1D, max_blocks: int = MAX_GRID_1D):
     at most `max_blocks` (the kernel's loop covers the rest)."""
     blocks = max(1, min(ceil_div(n, block), int(max_blocks)))
     return (blocks, 1, 1), (int(block), 1, 1)
+
+
+def check_grid(what: str, grid, limit_hint: str = "") -> tuple[int, int, int]:
+    """`grid` as a 3-tuple of ints after checking CUDA's limits; ValueError naming the dimension, its
+    size, the limit and `limit_hint` (what the caller's shape must satisfy) otherwise."""
+    grid = tuple(int(g) for g in grid) + (1,) * (3 - len(grid))
+    for axis, size, limit in zip("xyz", grid, (GRID_X_MAX, GRID_YZ_MAX, GRID_YZ_MAX)):
+        if not 1 <= size <= limit:
+            raise ValueError(f"{what}: needs grid.{axis} = {size} blocks, but CUDA allows 1..{limit}"
+                             + (f"; {limit_hint}" if limit_hint else ""))
+    return grid
 
 
 # --------------------------------------------------------------------- scalar marshalling

@@ -13,20 +13,28 @@ from __future__ import annotations
 
 import numpy as np
 
-from gpunet.cuda.loader import dtype_suffix, grid_1d, i32
+from gpunet.cuda.loader import INT32_MAX, dtype_suffix, grid_1d, i32
 from gpunet.ops.geometry import Window2d, pool2d_geometry
 
 MAXPOOL = "maxpool2d.cu"
 AVGPOOL = "avgpool2d.cu"
-_INT32_MAX = 2**31 - 1      # the kernels index with 32-bit ints
 
 
 def _geometry(op, x_shape, kernel, stride, padding) -> Window2d:
+    """The window, checked against the kernels' 32-bit indexing (docs/kernel_limits.md): tensors and
+    the padded extents H + 2*padding, W + 2*padding (window ends) below 2^31. The kernels re-check
+    the same and write nothing otherwise, so refusing here is what keeps an output from being garbage."""
     g = pool2d_geometry(op, x_shape, kernel, stride, padding)
     for what, size in (("input", g.n * g.c * g.h * g.w), ("output", g.n * g.c * g.oh * g.ow)):
-        if size > _INT32_MAX:
+        if size > INT32_MAX:
             raise ValueError(f"{op}: an {what} of {size} elements exceeds the kernels' 32-bit indexing "
-                             f"(at most {_INT32_MAX})")
+                             f"(at most {INT32_MAX})")
+    if max(g.sh, g.sw) > INT32_MAX:
+        raise ValueError(f"{op}: stride {(g.sh, g.sw)} exceeds the kernels' 32-bit arguments (at most {INT32_MAX})")
+    for axis, size, pad in (("height", g.h, g.ph), ("width", g.w, g.pw)):
+        if size + 2 * pad > INT32_MAX:
+            raise ValueError(f"{op}: padded {axis} {size} + 2*{pad} = {size + 2 * pad} exceeds the kernels' "
+                             f"32-bit indexing (at most {INT32_MAX})")
     return g
 
 
