@@ -120,3 +120,15 @@ def test_surface_file_is_well_formed():
     s = json.loads((REPO / "tests" / "cupy_standin" / "cupy_surface.json").read_text())
     assert s["cupy_version"] and len(s["modules"]["cupy"]) > 400 and "get" in s["ndarray"]
     assert s["ufunc"]["call"]["params"][-3:] == ["out", "casting", "dtype"]
+
+
+def test_ufunc_methods_exist_only_where_cupy_implements_them():
+    a = cp.arange(6.0).reshape(2, 3)
+    assert float(cp.add.reduce(a, axis=1)[1]) == 12.0
+    cp.maximum.at(a, np.array([0]), 100.0)              # host index arrays are copied up, as CuPy does
+    assert float(a[0, 0]) == 100.0
+    for call in (lambda: cp.maximum.reduce(a), lambda: cp.maximum.accumulate(a), lambda: cp.multiply.at(a, 0, 2.0),
+                 lambda: cp.multiply.reduceat(a, [0])):
+        with pytest.raises(NotImplementedError, match="is not supported yet"):
+            call()
+    assert format(a[1, 1], ".2f") == "4.00"

@@ -138,6 +138,12 @@ def _sync(kind: str = "sync"):
 
 
 # ------------------------------------------------------------------ ufuncs
+# CuPy implements these ufunc methods for a few ufuncs only (cupy/_core/_kernel.pyx: reduce and accumulate map
+# to sum/prod and cumsum/cumprod, reduceat to _add_reduceat, at to the ufuncs with a scatter_op).
+_METHOD_UFUNCS = {
+    "reduce": ("add", "multiply"), "accumulate": ("add", "multiply"), "reduceat": ("add",),
+    "at": ("add", "subtract", "maximum", "minimum", "bitwise_and", "bitwise_or", "bitwise_xor"),
+}
 class ufunc:
     """A CuPy ufunc: NumPy's loop, CuPy's argument rules (device arrays and scalars only; no `where=`)."""
 
@@ -187,6 +193,8 @@ class ufunc:
         sigs = SURFACE["ufunc"]["methods"]
         if method not in sigs:
             raise AttributeError(f"'cupy.ufunc' object has no attribute {method!r}")
+        if self.name not in _METHOD_UFUNCS.get(method, (self.name,)):
+            raise NotImplementedError(f"`cupy_{self.name}.{method}` is not supported yet")   # CuPy's words
         _check_kwargs(where, sigs[method], kwargs)
         un = _Unwrapper(where)
         args = [un(v) for v in args]
@@ -210,6 +218,8 @@ class ufunc:
     def at(self, a, indices, b=None):
         # CuPy's ufunc.at: a device array target, device or scalar values; indices may be host (copied up)
         where = f"cupy.{self.name}.at"
+        if self.name not in _METHOD_UFUNCS["at"]:
+            raise NotImplementedError(f"`cupy_{self.name}.at` is not supported yet")
         if not isinstance(a, ndarray):
             raise TypeError(f"{where}: the target must be a cupy.ndarray, got {type(a)}")
         un = _Unwrapper(where)
@@ -308,7 +318,7 @@ class ndarray:
 
     def __format__(self, spec):
         _sync()
-        return format(self._a if self._a.ndim else self._a[()], spec)
+        return format(self._a.copy(), spec)     # CuPy: format(self.get(), spec)
 
     # -------- NumPy protocols: dispatch to the stand-in's CuPy, as CuPy does
     def __array_ufunc__(self, np_ufunc, method, *inputs, **kwargs):
