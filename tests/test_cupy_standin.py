@@ -132,3 +132,14 @@ def test_ufunc_methods_exist_only_where_cupy_implements_them():
         with pytest.raises(NotImplementedError, match="is not supported yet"):
             call()
     assert format(a[1, 1], ".2f") == "4.00"
+
+
+def test_data_dependent_sizes_count_as_host_reads():
+    a = cp.arange(6.0)
+    a[a > 2]
+    cp.nonzero(a)
+    a.nonzero()
+    cp.where(a > 1)
+    cp.where(a > 1, a, 0.0)                              # the three-argument form needs no read
+    a[cp.arange(2)]
+    assert cupy_standin.syncs() == 4

@@ -347,6 +347,8 @@ class ndarray:
         un = _Unwrapper("cupy.ndarray.__getitem__")
         if _has_host_array(key):
             _sync("h2d")                      # CuPy copies host index arrays up
+        if _has_device_mask(key):
+            _sync()                           # a boolean mask's result size is read back before allocating
         return un.wrap(self._a[un(key, host_ok=True)])
 
     def __setitem__(self, key, value):
@@ -398,6 +400,8 @@ class ndarray:
 
         def method(*args, **kwargs):
             _check_kwargs(where, sig, kwargs)
+            if name in ("nonzero", "compress"):
+                _sync()                      # the output size depends on the data
             un = _Unwrapper(where)
             un.seen[id(self._a)] = self
             args = [un(v) for v in args]
@@ -409,6 +413,11 @@ class ndarray:
 
 
 ndarray.__module__ = "cupy"
+
+
+def _has_device_mask(key) -> bool:
+    keys = key if isinstance(key, tuple) else (key,)
+    return any(isinstance(k, ndarray) and k._a.dtype == np.bool_ and k._a.ndim for k in keys)
 
 
 def _has_host_array(key) -> bool:
@@ -458,11 +467,19 @@ for _short, _uf in _UNARY.items():
 
 
 # ------------------------------------------------------------------ module functions
+# Functions whose output size depends on the data: CuPy reads a count back before it allocates the result.
+_SIZE_FROM_DATA = {"nonzero", "argwhere", "flatnonzero", "unique", "compress", "extract", "unique_values",
+                   "unique_counts", "unique_inverse", "unique_all", "trim_zeros"}
+
+
 def function(qualname: str, np_func, sig):
     """A CuPy function backed by `np_func`: keyword names checked, host arrays refused, results on the device."""
+    reads_back = qualname.rsplit(".", 1)[-1] in _SIZE_FROM_DATA
 
     def f(*args, **kwargs):
         _check_kwargs(qualname, sig, kwargs)
+        if reads_back or (qualname == "cupy.where" and len(args) == 1):
+            _sync()
         un = _Unwrapper(qualname)
         args = [un(v) for v in args]
         kwargs = {k: un(v) for k, v in kwargs.items()}
