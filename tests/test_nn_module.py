@@ -97,6 +97,19 @@ def test_to_moves_and_casts(backend):
         model.to(dtype=np.int32)
 
 
+def test_load_state_dict_takes_arrays_on_the_models_device_or_the_host(backend):
+    """Copying weights between two models on one device must not go through np.asarray (CuPy refuses that)."""
+    src, dst, host = small_cnn().to(backend), small_cnn().to(backend), small_cnn()
+    on_device = {k: backend.asarray(v) for k, v in src.state_dict().items()}
+    for model in (dst, host):
+        assert model.load_state_dict(on_device) == ([], [])
+        for k, v in model.state_dict().items():
+            np.testing.assert_array_equal(v, src.state_dict()[k], err_msg=k)
+    assert all(type(p.data).__module__.startswith("cupy") == backend.is_gpu for p in dst.parameters())
+    assert not any(type(p.data).__module__.startswith("cupy") for p in host.parameters())
+    assert dst[0].weight.data is not on_device["0.weight"]          # the model owns its copy
+
+
 def test_layers_built_on_a_backend_draw_from_its_rng(numpy_backend):
     numpy_backend.seed(7)
     a = nn.Conv2d(2, 3, 3)

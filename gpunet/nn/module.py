@@ -16,7 +16,7 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
-from gpunet.backend import Backend, DeviceError, get_backend
+from gpunet.backend import Backend, DeviceError, _is_cupy_array, get_backend
 
 
 class Parameter:
@@ -208,7 +208,7 @@ class Module:
         return out
 
     def load_state_dict(self, state_dict, strict: bool = True) -> IncompatibleKeys:
-        """Copy arrays (NumPy, or anything np.asarray accepts, e.g. CPU torch tensors) into this model,
+        """Copy arrays (NumPy, CuPy, or anything np.asarray accepts, e.g. CPU torch tensors) into this model,
         moving them to its device and dtype. Shapes must match always; with strict=True the key sets must
         match too. Returns (missing_keys, unexpected_keys)."""
         entries = {key: (owner, name, is_param) for key, owner, name, is_param in self._state_entries()}
@@ -221,7 +221,9 @@ class Module:
         for key, (owner, name, is_param) in entries.items():
             if key not in state_dict:
                 continue
-            value = np.asarray(state_dict[key])
+            value = state_dict[key]
+            if not _is_cupy_array(value):   # device arrays move device to device; np.asarray would refuse them
+                value = np.asarray(value)
             current = owner._parameters[name].data if is_param else owner._buffers[name]
             if tuple(value.shape) != tuple(current.shape):
                 raise ValueError(f"load_state_dict: shape mismatch for {key!r}: checkpoint has "
