@@ -94,6 +94,15 @@ def _is_cupy_array(a) -> bool:
     return type(a).__module__.startswith("cupy")
 
 
+def require_host(a, what: str):
+    """`a` itself, unless it is a device array: host-side consumers (loaders, dataset builders) refuse those by
+    name rather than with CuPy's generic 'implicit conversion' TypeError, and never copy behind the user's back."""
+    if _is_cupy_array(a):
+        raise DeviceError(f"{what}: got a CuPy (device) array of shape {tuple(a.shape)}; this takes host data "
+                          "(NumPy arrays); copy it explicitly with a.get() or cupy.asnumpy(a)")
+    return a
+
+
 def _numpy_ops(backend):
     from gpunet.ops.numpy_ops import NumpyOps
     return NumpyOps(backend)

@@ -258,6 +258,23 @@ def test_loader_moves_batches_to_backend(backend):
         assert xb.dtype == np.float32 and yb.dtype == np.int64
 
 
+def test_host_side_builders_refuse_device_arrays_by_name(backend):
+    """DataLoader and from_arrays batch on the host: a device array gets a DeviceError naming it and the remedy,
+    not CuPy's generic 'implicit conversion' TypeError (and is never copied behind the user's back)."""
+    if not backend.is_gpu:
+        pytest.skip("only device arrays are refused")
+    from gpunet.backend import DeviceError
+    X, y = backend.asarray(np.ones((4, 1, 2, 2), np.float32)), backend.asarray(np.arange(4))
+    with pytest.raises(DeviceError, match=r"DataLoader X: got a CuPy \(device\) array of shape \(4, 1, 2, 2\).*\.get\(\)"):
+        DataLoader(X, np.arange(4), 2, backend=backend)
+    with pytest.raises(DeviceError, match="DataLoader y: got a CuPy"):
+        DataLoader(np.ones((4, 1, 2, 2), np.float32), y, 2, backend=backend)
+    with pytest.raises(DeviceError, match="mine: images: got a CuPy"):
+        from_arrays(X, np.arange(4), np.ones((4, 1, 2, 2)), np.arange(4), name="mine")
+    with pytest.raises(DeviceError, match="mine: y_test: got a CuPy"):
+        from_arrays(np.ones((4, 1, 2, 2)), np.arange(4), np.ones((4, 1, 2, 2)), y, name="mine")
+
+
 # --- augmentation -------------------------------------------------------------------------------------
 
 def test_crop_flip_matches_a_naive_loop():

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gpunet.backend import require_host
 from gpunet.data import cifar, download
 from gpunet.data.idx import read_images, read_labels
 
@@ -101,14 +102,15 @@ def from_arrays(x_train, y_train, x_test, y_test, name: str = "custom", classes=
     """Build a Dataset from raw arrays (N, C, H, W) or (N, H, W): divide by `scale`, then normalise with
     the train split's per-channel statistics (or the given `stats` = (mean, std))."""
     def prep(x):
-        x = np.asarray(x, dtype=np.float32) / np.float32(scale)
+        x = np.asarray(require_host(x, f"{name}: images"), dtype=np.float32) / np.float32(scale)
         return x[:, None] if x.ndim == 3 else x
 
     xtr, xte = prep(x_train), prep(x_test)
     if xtr.ndim != 4 or xtr.shape[1:] != xte.shape[1:]:
         raise ValueError(f"{name}: expected images shaped (N, C, H, W) or (N, H, W) alike in both splits, got "
                          f"train {xtr.shape} and test {xte.shape}")
-    ytr, yte = np.asarray(y_train, dtype=np.int64), np.asarray(y_test, dtype=np.int64)
+    ytr = np.asarray(require_host(y_train, f"{name}: y_train"), dtype=np.int64)
+    yte = np.asarray(require_host(y_test, f"{name}: y_test"), dtype=np.int64)
     if len(ytr) != len(xtr) or len(yte) != len(xte):
         raise ValueError(f"{name}: {len(xtr)} train images but {len(ytr)} labels, {len(xte)} test images but "
                          f"{len(yte)} labels")

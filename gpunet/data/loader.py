@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from gpunet.backend import get_backend
+from gpunet.backend import get_backend, require_host
 
 _DEVICE_RESIDENT_MAX_BYTES = 2 << 30
 
@@ -24,7 +24,7 @@ class DataLoader:
 
     def __init__(self, X, y, batch_size: int = 64, shuffle: bool = True, seed: int = 0, drop_last: bool = False,
                  backend=None, augment=None):
-        X, y = np.asarray(X), np.asarray(y)
+        X, y = np.asarray(require_host(X, "DataLoader X")), np.asarray(require_host(y, "DataLoader y"))
         if len(X) != len(y):
             raise ValueError(f"DataLoader: X has {len(X)} samples but y has {len(y)}")
         if len(X) == 0:
