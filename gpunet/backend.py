@@ -63,9 +63,7 @@ class Backend:
 
     def asnumpy(self, a):
         """Copy to a host NumPy array."""
-        if _is_cupy_array(a):
-            return a.get()
-        return np.asarray(a)
+        return to_host(a)
 
     def synchronize(self) -> None:
         if self.name == "cupy":
@@ -92,6 +90,16 @@ class Backend:
 
 def _is_cupy_array(a) -> bool:
     return type(a).__module__.startswith("cupy")
+
+
+def to_host(a) -> np.ndarray:
+    """A host NumPy array of `a` (NumPy, CuPy, a torch tensor, or anything np.asarray takes): the one place
+    a device array is copied down."""
+    if _is_cupy_array(a):
+        return a.get()
+    if hasattr(a, "detach"):  # torch
+        return a.detach().cpu().numpy()
+    return np.asarray(a)
 
 
 def require_host(a, what: str):

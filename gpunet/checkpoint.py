@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gpunet.backend import _is_cupy_array, to_host
+
 FORMAT = "gpunet-checkpoint"
 VERSION = 1
 
@@ -47,17 +49,13 @@ class Checkpoint:
 
 # --- encoding arbitrary state trees: arrays go to the archive, the rest to JSON -----------------------
 
-def _host(a) -> np.ndarray:
-    return a.get() if type(a).__module__.startswith("cupy") else np.asarray(a)
-
-
 def _is_array(v) -> bool:
-    return isinstance(v, np.ndarray) or type(v).__module__.startswith("cupy")
+    return isinstance(v, np.ndarray) or _is_cupy_array(v)
 
 
 def _encode(obj, path: str, arrays: dict):
     if _is_array(obj):
-        arrays[path] = np.array(_host(obj), copy=True)
+        arrays[path] = np.array(to_host(obj), copy=True)
         return {"__array__": path}
     if isinstance(obj, dict):
         if all(isinstance(k, str) for k in obj):
@@ -110,7 +108,7 @@ def save_checkpoint(path, model, optimizer=None, scheduler=None, epoch: int = 0,
                     history=None, extra=None) -> Path:
     """Write model/optimizer/scheduler state, epoch, config, RNG state and history to `path` atomically."""
     path = Path(path)
-    arrays = {f"model/{k}": np.array(_host(v), copy=True) for k, v in model.state_dict().items()}
+    arrays = {f"model/{k}": np.array(to_host(v), copy=True) for k, v in model.state_dict().items()}
     meta = {
         "format": FORMAT, "version": VERSION, "epoch": int(epoch),
         "model_keys": [k for k in model.state_dict()],

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gpunet.backend import to_host
+
 FORMATS = (".safetensors", ".npz", ".pt", ".pth")
 
 
@@ -49,11 +51,7 @@ def to_numpy_state_dict(obj) -> "OrderedDict[str, np.ndarray]":
     for k, v in obj.items():
         if not isinstance(k, str):
             raise WeightsFormatError(f"state dict keys must be strings, got {k!r}")
-        if hasattr(v, "detach"):  # a torch tensor
-            v = v.detach().cpu().numpy()
-        elif hasattr(v, "get") and type(v).__module__.startswith("cupy"):
-            v = v.get()
-        out[k] = np.asarray(v, order="C")  # (not ascontiguousarray: it turns 0-d counters into 1-d)
+        out[k] = np.asarray(to_host(v), order="C")  # (not ascontiguousarray: it turns 0-d counters into 1-d)
     return out
 
 

@@ -21,7 +21,7 @@ import tracemalloc
 
 import numpy as np
 
-from gpunet.backend import get_backend
+from gpunet.backend import get_backend, to_host
 from gpunet.bench import workloads
 from gpunet.bench.machine import loadavg, machine_info
 from gpunet.bench.timing import measure
@@ -185,14 +185,6 @@ def peak_torch(torch, device: str, fn) -> int:
 
 # --- one row ----------------------------------------------------------------------------------------
 
-def _host(a):
-    if hasattr(a, "detach"):  # torch
-        return a.detach().cpu().numpy()
-    if type(a).__module__.startswith("cupy"):
-        return a.get()
-    return np.asarray(a)
-
-
 def _flatten(out):
     if isinstance(out, (tuple, list)):
         return [x for o in out for x in _flatten(o)]
@@ -212,7 +204,7 @@ def output_diffs(g_out, t_out) -> dict:
         return {"max_rel": [math.inf], "l2_rel": [math.inf]}
     out = {"max_rel": [], "l2_rel": []}
     for g, t in zip(g_list, t_list):
-        g, t = _host(g).astype(np.float64).ravel(), _host(t).astype(np.float64).ravel()
+        g, t = to_host(g).astype(np.float64).ravel(), to_host(t).astype(np.float64).ravel()
         if g.shape != t.shape:
             out["max_rel"].append(math.inf)
             out["l2_rel"].append(math.inf)
