@@ -195,3 +195,16 @@ def test_conv_blas_share_times_given_shapes_and_rejects_bad_ones(capsys):
     with pytest.raises(SystemExit):
         share.main(["--conv", "2,3,4"])
     assert "seven integers" in capsys.readouterr().err
+
+
+def test_quick_bench_on_a_kernel_device_records_gpunet_rows_and_peak_memory(device_backend, monkeypatch):
+    """The bench's device path (timing with device syncs, the CuPy memory-hook peak on a GPU) runs end to end;
+    PyTorch is left out so only gpunet's side is exercised."""
+    monkeypatch.setitem(sys.modules, "torch", None)
+    dev = "cuda" if device_backend.name == "cupy" else device_backend.name
+    res = run_bench(dev, quick=True, reps=1, only="maxpool,memory")
+    assert {r["group"] for r in res["rows"]} == {"maxpool", "memory"}
+    for r in res["rows"]:
+        assert r["errors"] == {}, (r["id"], r["errors"])
+    peak = [r for r in res["rows"] if r["group"] == "memory"]
+    assert peak and all(r["gpunet"]["peak"] > 0.1 for r in peak), peak     # MiB held at the step's peak
