@@ -143,3 +143,12 @@ def test_data_dependent_sizes_count_as_host_reads():
     cp.where(a > 1, a, 0.0)                              # the three-argument form needs no read
     a[cp.arange(2)]
     assert cupy_standin.syncs() == 4
+
+
+def test_sequences_of_device_arrays_are_assembled_on_the_device():
+    a, b = cp.ones(2), cp.zeros(2)
+    both = cp.asarray([a, b])
+    assert both.shape == (2, 2) and cupy_standin.syncs() == 0 and _core.COUNTS["h2d"] == 0
+    for mixed in ([a, np.zeros(2)], [a, 1.0], [a, cp.ones(3)]):     # CuPy falls back to NumPy, which refuses
+        with pytest.raises(TypeError, match="Implicit conversion"):
+            cp.array(mixed)

@@ -492,6 +492,31 @@ def function(qualname: str, np_func, sig):
     return f
 
 
+def _concat_info(obj):
+    """(shape, array type) when `obj` is a nested sequence of arrays of one type and shape, else None: the
+    only sequences CuPy assembles from arrays (cupy/_core/core.pyx: _compute_concat_info_impl)."""
+    if isinstance(obj, (ndarray, np.ndarray)):
+        return tuple(obj.shape), type(obj)
+    if not isinstance(obj, (list, tuple)) or not obj:
+        return None
+    infos = [_concat_info(o) for o in obj]
+    if any(i is None or i != infos[0] for i in infos):
+        return None
+    return (len(obj),) + infos[0][0], infos[0][1]
+
+
+def _from_sequence(obj):
+    """Host data for cupy.array/asarray: a nested sequence of device arrays of one shape is stacked on the
+    device, as CuPy does; any other sequence goes through NumPy, where a device array inside refuses."""
+    info = _concat_info(obj) if isinstance(obj, (list, tuple)) else None
+    if info is not None and info[1] is ndarray:
+        def unwrap(o):
+            return o._a if isinstance(o, ndarray) else [unwrap(x) for x in o]
+        return unwrap(obj)
+    _sync("h2d")
+    return obj
+
+
 def asarray(a, dtype=None, order=None, copy=None, blocking=False):
     if isinstance(a, ndarray):
         if (dtype is None or np.dtype(dtype) == a._a.dtype) and not copy:
@@ -499,15 +524,13 @@ def asarray(a, dtype=None, order=None, copy=None, blocking=False):
         return _device(np.array(a._a, dtype=dtype, order=order or "K", copy=True))
     if copy is False:
         raise ValueError("cupy.asarray(copy=False) of host data would need a copy")
-    _sync("h2d")
-    return _device(np.array(a, dtype=dtype, order=order or "K", copy=True))
+    return _device(np.array(_from_sequence(a), dtype=dtype, order=order or "K", copy=True))
 
 
 def array(obj, dtype=None, copy=True, order="K", subok=False, ndmin=0, blocking=False):
     if isinstance(obj, ndarray):
         return _device(np.array(obj._a, dtype=dtype, copy=True, order=order, ndmin=ndmin))
-    _sync("h2d")
-    return _device(np.array(obj, dtype=dtype, copy=True, order=order, ndmin=ndmin))
+    return _device(np.array(_from_sequence(obj), dtype=dtype, copy=True, order=order, ndmin=ndmin))
 
 
 def asnumpy(a, stream=None, order="C", out=None, blocking=True):
