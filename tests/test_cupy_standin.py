@@ -152,3 +152,13 @@ def test_sequences_of_device_arrays_are_assembled_on_the_device():
     for mixed in ([a, np.zeros(2)], [a, 1.0], [a, cp.ones(3)]):     # CuPy falls back to NumPy, which refuses
         with pytest.raises(TypeError, match="Implicit conversion"):
             cp.array(mixed)
+
+
+def test_users_can_never_pick_the_stand_in():
+    from gpunet.backend import get_backend
+    for name in ("standin", "stand-in", "cupy_standin"):
+        with pytest.raises(ValueError, match="unknown device"):
+            get_backend(name)
+    r = subprocess.run([sys.executable, "-c", "import cupy_standin"], capture_output=True, text=True,
+                       cwd=REPO.parent, env={"PATH": "/usr/bin:/bin"})
+    assert r.returncode != 0 and "No module named 'cupy_standin'" in r.stderr    # not on a user's path
