@@ -5,16 +5,21 @@
     k(grid, block, (x, y, i32(n)))          # cupy.RawKernel calling convention on both backends
 
 `ctx.xp` is the array module (cupy or numpy). `ctx.module(filename)` returns the module compiled from
-`<kernel dir>/<filename>` (see `kernel_dir`: the wheel's `gpunet/_kernels/`, the checkout's
-`cuda_kernels/`, or `GPUNET_KERNEL_DIR`): a `cupy.RawModule` on the cupy backend, a `gpunet.cuda.emulator.EmulatedModule` on the emulator, built from the same source with
-the same options (`COMPILE_OPTIONS` plus `-I<kernel dir>`). Modules are memoized per process; CuPy's
-and the emulator's disk caches make a new process cheap too. That choice of module class is the only
-place where the two backends differ: launch code is shared.
+`<kernel dir>/<filename>`: a `cupy.RawModule` on the cupy backend, a `gpunet.cuda.emulator.EmulatedModule`
+on the emulator, built from the same source with the same options (`COMPILE_OPTIONS` plus
+`-I<kernel dir>`). Modules are memoized per process; CuPy's and the emulator's disk caches make a new
+process cheap too. That choice of module class is the only place where the two backends differ: launch
+code is shared.
 
-A missing source raises `KernelSourceNotFoundError` (the CLI prints it as one line); compile errors
-(NVRTC's or g++'s) are re-raised as `KernelCompileError`, naming the kernel file and the first error's line. Kernels take strictly typed scalars (the emulator rejects a Python int for an `int`
-parameter, as a mistyped argument corrupts memory on a GPU); build them with `i32`, `f32`, `f64`,
-`u64` or `fscalar(dtype, v)`.
+The kernel dir (`kernel_dir`) is `GPUNET_KERNEL_DIR` when set; else `gpunet/_kernels/`, where a wheel
+installs the repository's `cuda_kernels/` (setup.py); else the checkout's `cuda_kernels/` (a source tree or
+an editable install). A missing source raises `KernelSourceNotFoundError`, which the CLI prints as one
+line; compile errors (NVRTC's or g++'s) are re-raised as `KernelCompileError`, naming the kernel file and
+the first error's line.
+
+Kernels take strictly typed scalars (the emulator rejects a Python int for an `int` parameter, as a
+mistyped argument corrupts memory on a GPU); build them with `i32`, `f32`, `f64`, `u64` or
+`fscalar(dtype, v)`.
 """
 from __future__ import annotations
 
@@ -27,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "KernelContext", "KernelCompileError", "KernelSourceNotFoundError", "kernel_dir", "kernel_dirs", "COMPILE_OPTIONS", "BLOCK_1D", "MAX_GRID_1D",
+    "KernelContext", "KernelCompileError", "KernelSourceNotFoundError", "kernel_dir", "kernel_dirs",
+    "COMPILE_OPTIONS", "BLOCK_1D", "MAX_GRID_1D",
     "ceil_div", "grid_1d", "i32", "u32", "i64", "u64", "f32", "f64", "fscalar", "dtype_suffix",
 ]
 
