@@ -1,6 +1,8 @@
 """The `gpunet` command line: train, eval, info, resume, errors (offline, small runs)."""
 import importlib.util
 import json
+import os
+import shutil
 import subprocess
 import sys
 
@@ -35,10 +37,51 @@ def test_commands_are_modules_with_add_parser():
 
 
 def test_info_says_what_auto_picks_and_why(capsys):
-    assert main(["info"]) == 0
+    compiler = shutil.which(os.environ.get("GPUNET_EMU_CXX", "g++"))
+    assert main(["info"]) == (0 if compiler else 1)  # 1: the emulator cannot compile a kernel
     out = capsys.readouterr().out
     assert "auto device: " in out and "(auto:" in out or "GPUNET_DEVICE" in out
     assert f"NumPy {np.__version__}" in out and "BLAS: " in out and "CuPy" in out
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="the CUDA emulator needs g++")
+def test_info_checks_the_kernel_sources(tmp_path, capsys, monkeypatch):
+    from gpunet.cuda.loader import kernel_dir
+    monkeypatch.delenv("GPUNET_EMU_CXX", raising=False)
+    sources = kernel_dir()
+    assert main(["info"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"kernel sources: 5 found in {sources}" in lines
+    assert lines[-1].startswith("emulator: compiles dropout.cu (")
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("GPUNET_KERNEL_DIR", str(empty))
+    assert main(["info"]) == 1
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"kernel sources: error: kernel source 'conv2d_relu.cu' not found in {empty.resolve()} (GPUNET_KERNEL_DIR)")
+
+    broken = tmp_path / "broken"
+    shutil.copytree(sources, broken)
+    with open(broken / "dropout.cu", "a") as f:
+        f.write("\nthis is not C++;\n")
+    monkeypatch.setenv("GPUNET_KERNEL_DIR", str(broken))
+    assert main(["info"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2] == f"kernel sources: 5 found in {broken.resolve()}"
+    assert out[-1].startswith("emulator: error: dropout.cu: cannot compile") and "dropout.cu:" in out[-1]
+
+
+def test_missing_kernel_source_is_one_line_error(tmp_path):
+    """An install without its kernels (here an empty GPUNET_KERNEL_DIR) fails with one line naming the file
+    and the folder, exit 1, no traceback. In a subprocess: a backend keeps the kernel folder it started with."""
+    env = {k: v for k, v in os.environ.items() if k != "GPUNET_DEBUG"}
+    env["GPUNET_KERNEL_DIR"] = str(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "gpunet.cli.main", "parity", "--device", "emulator", "--quiet"],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        f"gpunet parity: error: kernel source 'conv2d_relu.cu' not found in {tmp_path.resolve()} (GPUNET_KERNEL_DIR)"]
 
 
 def test_train_then_eval(tmp_path, capsys):

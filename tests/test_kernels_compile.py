@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from gpunet.cuda import nvrtc
-from gpunet.cuda.loader import COMPILE_OPTIONS, KernelCompileError, KernelContext, kernel_dir
+from gpunet.cuda.loader import (COMPILE_OPTIONS, KernelCompileError, KernelContext, KernelSourceNotFoundError,
+                                kernel_dir, kernel_dirs)
 
 KERNEL_DIR = kernel_dir()
 FILES = sorted(p.name for p in KERNEL_DIR.glob("*.cu"))
@@ -115,8 +116,17 @@ def test_kernel_sources_open_with_a_header():
 
 
 def test_loader_path_is_the_repository(monkeypatch):
+    """In a checkout (or an editable install) there is no gpunet/_kernels/: the sources are read from
+    cuda_kernels/, and a missing one names both folders searched."""
     monkeypatch.delenv("GPUNET_KERNEL_DIR", raising=False)
-    assert kernel_dir() == Path(__file__).resolve().parents[1] / "cuda_kernels"
+    repo = Path(__file__).resolve().parents[1]
+    assert kernel_dirs() == (repo / "gpunet" / "_kernels", repo / "cuda_kernels")
+    assert kernel_dir() == repo / "cuda_kernels"
+    with pytest.raises(KernelSourceNotFoundError) as info:
+        KernelContext("emulator").source_path("missing.cu")
+    assert str(info.value) == (f"kernel source 'missing.cu' not found in {repo / 'cuda_kernels'}; folders searched: "
+                               f"{repo / 'gpunet' / '_kernels'}, {repo / 'cuda_kernels'} (the first that exists is "
+                               "used; GPUNET_KERNEL_DIR overrides)")
 
 
 def test_loader_cupy_path_without_a_gpu(tmp_path, monkeypatch):

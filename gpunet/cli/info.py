@@ -1,10 +1,12 @@
-"""`gpunet info`: which device `auto` picks and why, and the versions that matter."""
+"""`gpunet info`: which device `auto` picks and why, the versions that matter, and whether the CUDA kernel
+sources are found and compile on the CPU emulator (exit status 1 when they are not)."""
 from __future__ import annotations
 
 import os
 import platform
+import time
 
-HELP = "show the device auto would pick and why, library versions, GPU and BLAS"
+HELP = "show the device auto would pick and why, library versions, GPU, BLAS, and check the kernel sources"
 
 
 def add_parser(subparsers) -> None:
@@ -45,6 +47,29 @@ def _gpu() -> list[str]:
     return lines
 
 
+def _kernels() -> tuple[list[str], bool]:
+    """The kernel folder with the sources the launchers load, and one of them compiled by the emulator:
+    an install without its kernels, a wrong GPUNET_KERNEL_DIR or a missing g++ shows here, not at the
+    first launch. Returns the lines to print and whether both checks passed."""
+    from gpunet.cuda import batchnorm, conv2d, dropout, pool
+    from gpunet.cuda.loader import KernelCompileError, KernelContext, KernelSourceNotFoundError
+
+    ctx = KernelContext("emulator")
+    needed = (conv2d.SOURCE, pool.MAXPOOL, pool.AVGPOOL, batchnorm.SOURCE, dropout.SOURCE)
+    try:
+        for name in needed:
+            ctx.source_path(name)
+    except KernelSourceNotFoundError as e:
+        return [f"kernel sources: error: {e}"], False
+    lines = [f"kernel sources: {len(needed)} found in {ctx.dir}"]
+    t0 = time.perf_counter()
+    try:
+        ctx.module(dropout.SOURCE)
+    except KernelCompileError as e:
+        return lines + [f"emulator: error: {str(e).splitlines()[0]}"], False
+    return lines + [f"emulator: compiles {dropout.SOURCE} ({time.perf_counter() - t0:.1f} s)"], True
+
+
 def run(args) -> int:
     import numpy as np
 
@@ -70,4 +95,7 @@ def run(args) -> int:
     for i, line in enumerate(_blas()):
         print(("BLAS: " if i == 0 else "      ") + line)
     print(f"CPU cores: {os.cpu_count()}")
-    return 0
+    lines, kernels_ok = _kernels()
+    for line in lines:
+        print(line)
+    return 0 if kernels_ok else 1

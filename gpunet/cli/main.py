@@ -1,7 +1,7 @@
 """`gpunet` entry point: argparse with one sub-command per module of `gpunet.cli`.
 
-Expected failures (missing data, bad checkpoint, divergence, unusable device) print one line naming the
-problem and exit with status 1; set GPUNET_DEBUG=1 to see the traceback instead."""
+Expected failures (missing data, bad checkpoint, divergence, unusable device, missing kernel sources) print
+one line naming the problem and exit with status 1; set GPUNET_DEBUG=1 to see the traceback instead."""
 from __future__ import annotations
 
 import argparse
@@ -41,13 +41,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from gpunet.backend import DeviceError
     from gpunet.checkpoint import CheckpointError
+    from gpunet.cuda.loader import KernelSourceNotFoundError
     from gpunet.data import DataUnavailableError, IDXError
     from gpunet.data.cifar import CIFARError
     from gpunet.training.trainer import TrainingError
     try:
         return int(args.func(args) or 0)
     except (DeviceError, CheckpointError, DataUnavailableError, IDXError, CIFARError, TrainingError, ValueError,
-            ImportError) as e:
+            ImportError, KernelSourceNotFoundError) as e:
         if os.environ.get("GPUNET_DEBUG"):  # developers: the full traceback
             raise
         print(f"gpunet {args.command}: error: {e}", file=sys.stderr)

@@ -5,16 +5,21 @@
     k(grid, block, (x, y, i32(n)))          # cupy.RawKernel calling convention on both backends
 
 `ctx.xp` is the array module (cupy or numpy). `ctx.module(filename)` returns the module compiled from
-`cuda_kernels/<filename>` (the directory is `GPUNET_KERNEL_DIR` when set): a `cupy.RawModule` on the
-cupy backend, a `gpunet.cuda.emulator.EmulatedModule` on the emulator, built from the same source with
-the same options (`COMPILE_OPTIONS` plus `-I<kernel dir>`). Modules are memoized per process; CuPy's
-and the emulator's disk caches make a new process cheap too. That choice of module class is the only
-place where the two backends differ: launch code is shared.
+`<kernel dir>/<filename>`: a `cupy.RawModule` on the cupy backend, a `gpunet.cuda.emulator.EmulatedModule`
+on the emulator, built from the same source with the same options (`COMPILE_OPTIONS` plus
+`-I<kernel dir>`). Modules are memoized per process; CuPy's and the emulator's disk caches make a new
+process cheap too. That choice of module class is the only place where the two backends differ: launch
+code is shared.
 
-Compile errors (NVRTC's or g++'s) are re-raised as `KernelCompileError`, naming the kernel file and the
-first error's line. Kernels take strictly typed scalars (the emulator rejects a Python int for an `int`
-parameter, as a mistyped argument corrupts memory on a GPU); build them with `i32`, `f32`, `f64`,
-`u64` or `fscalar(dtype, v)`.
+The kernel dir (`kernel_dir`) is `GPUNET_KERNEL_DIR` when set; else `gpunet/_kernels/`, where a wheel
+installs the repository's `cuda_kernels/` (setup.py); else the checkout's `cuda_kernels/` (a source tree or
+an editable install). A missing source raises `KernelSourceNotFoundError`, which the CLI prints as one
+line; compile errors (NVRTC's or g++'s) are re-raised as `KernelCompileError`, naming the kernel file and
+the first error's line.
+
+Kernels take strictly typed scalars (the emulator rejects a Python int for an `int` parameter, as a
+mistyped argument corrupts memory on a GPU); build them with `i32`, `f32`, `f64`, `u64` or
+`fscalar(dtype, v)`.
 """
 from __future__ import annotations
 
@@ -27,8 +32,9 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "KernelContext", "KernelCompileError", "kernel_dir", "COMPILE_OPTIONS", "BLOCK_1D", "MAX_GRID_1D",
-    "GRID_X_MAX", "GRID_YZ_MAX", "INT32_MAX", "ceil_div", "grid_1d", "check_grid", "i32", "u32", "i64", "u64", "f32", "f64", "fscalar", "dtype_suffix",
+    "KernelContext", "KernelCompileError", "KernelSourceNotFoundError", "kernel_dir", "kernel_dirs",
+    "COMPILE_OPTIONS", "BLOCK_1D", "MAX_GRID_1D", "GRID_X_MAX", "GRID_YZ_MAX", "INT32_MAX",
+    "ceil_div", "grid_1d", "check_grid", "i32", "u32", "i64", "u64", "f32", "f64", "fscalar", "dtype_suffix",
 ]
 
 COMPILE_OPTIONS = ("-std=c++17",)   # plus -I<kernel dir>; the NVRTC check (gpunet.cuda.nvrtc) uses the same
@@ -57,10 +63,35 @@ class KernelCompileError(RuntimeError):
         self.file, self.line = file, line
 
 
-def kernel_dir() -> Path:
-    """`GPUNET_KERNEL_DIR` if set, else the repository's `cuda_kernels/`."""
+class KernelSourceNotFoundError(FileNotFoundError):
+    """A kernel source is not in the kernel folder: an install without its kernels, or a wrong
+    GPUNET_KERNEL_DIR. The message names the file and the folders searched."""
+
+
+def kernel_dirs() -> tuple[Path, ...]:
+    """The folders that may hold the kernel sources, in the order `kernel_dir` tries them:
+    `GPUNET_KERNEL_DIR` alone when set; else `gpunet/_kernels/` (where a wheel installs `cuda_kernels/`,
+    see setup.py), then the checkout's `cuda_kernels/` (a source tree or an editable install)."""
     env = os.environ.get("GPUNET_KERNEL_DIR", "").strip()
-    return Path(env).resolve() if env else Path(__file__).resolve().parents[2] / "cuda_kernels"
+    if env:
+        return (Path(env).resolve(),)
+    here = Path(__file__).resolve()
+    return here.parents[1] / "_kernels", here.parents[2] / "cuda_kernels"
+
+
+def kernel_dir() -> Path:
+    """The one folder every kernel and header is read from: the first of `kernel_dirs()` that exists
+    (the first one when none does, so that the error names it)."""
+    dirs = kernel_dirs()
+    return next((d for d in dirs if d.is_dir()), dirs[0])
+
+
+def _not_found(filename: str, directory: Path) -> KernelSourceNotFoundError:
+    if os.environ.get("GPUNET_KERNEL_DIR", "").strip():
+        return KernelSourceNotFoundError(f"kernel source {filename!r} not found in {directory} (GPUNET_KERNEL_DIR)")
+    searched = ", ".join(map(str, kernel_dirs()))
+    return KernelSourceNotFoundError(f"kernel source {filename!r} not found in {directory}; folders searched: "
+                                     f"{searched} (the first that exists is used; GPUNET_KERNEL_DIR overrides)")
 
 
 # --------------------------------------------------------------------- launch geometry
@@ -199,8 +230,7 @@ class KernelContext:
     def source_path(self, filename: str) -> Path:
         p = self.dir / filename
         if not p.is_file():
-            raise FileNotFoundError(f"kernel source {filename!r} not found in {self.dir} "
-                                    "(set GPUNET_KERNEL_DIR to the cuda_kernels/ directory)")
+            raise _not_found(filename, self.dir)
         return p
 
     def module(self, filename: str):

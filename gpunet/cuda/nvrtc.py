@@ -212,7 +212,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m gpunet.cuda.nvrtc", description=__doc__.split("\n\n")[0])
     ap.add_argument("files", nargs="*", help="kernel files (default: every *.cu in the kernel directory)")
     ap.add_argument("--arch", action="append", help=f"virtual architecture (repeatable; default {', '.join(ARCHS)})")
-    ap.add_argument("--dir", help="kernel directory (default: GPUNET_KERNEL_DIR or the repository's cuda_kernels/)")
+    ap.add_argument("--dir", help="kernel directory (default: the loader's, see gpunet.cuda.loader.kernel_dirs)")
     ap.add_argument("-v", "--verbose", action="store_true", help="print warnings and PTX sizes too")
     args = ap.parse_args(argv)
     try:
