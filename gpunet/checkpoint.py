@@ -181,6 +181,10 @@ def load_model_state(model, ckpt: Checkpoint) -> None:
         if tuple(ckpt.model[k].shape) != tuple(v.shape):
             raise CheckpointError(f"{ckpt.path}: '{k}' has shape {tuple(ckpt.model[k].shape)} in the checkpoint "
                                   f"but the model expects {tuple(v.shape)}")
+    bad = [k for k, v in ckpt.model.items() if v.dtype.kind in "fc" and not np.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{ckpt.path}: non-finite weights (NaN/inf) in {', '.join(bad)}; the run that wrote "
+                              f"it had diverged")
     model.load_state_dict(ckpt.model)
 
 

@@ -80,3 +80,69 @@ def test_limit_train_above_the_dataset_says_it_uses_all(tmp_path, capsys):
     assert main(["train", *QUICK[2:], "--limit-train", "100000", "--out", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
     assert "--limit-train 100000 is not below the 1438 training images of digits: using all 1438" in out
+
+
+# --- item 5: NaN/inf in the data or the weights is named, exit 1 ------------------------------------------
+
+def _digits_with(monkeypatch, value, index):
+    """Make sklearn's digits hold `value` in one pixel of image `index`."""
+    import sklearn.datasets
+    real = sklearn.datasets.load_digits
+
+    def patched(*a, **k):
+        d = real(*a, **k)
+        d.images = d.images.copy()
+        d.images[index, 3, 4] = value
+        return d
+    monkeypatch.setattr(sklearn.datasets, "load_digits", patched)
+
+
+def test_train_stops_before_training_on_nan_pixels(tmp_path, capsys, monkeypatch):
+    from gpunet.data.datasets import DIGITS_SPLIT_SEED, DIGITS_TEST_FRACTION, stratified_split
+    import sklearn.datasets
+    tr, _ = stratified_split(sklearn.datasets.load_digits().target, DIGITS_TEST_FRACTION, DIGITS_SPLIT_SEED)
+    _digits_with(monkeypatch, np.nan, tr[5])
+    assert train(tmp_path) == 1
+    one_line_error(capsys, "digits", "train split", "non-finite", "image 5")
+    assert not (tmp_path / "run").exists()
+
+
+def test_eval_of_inf_test_data_is_an_error(tmp_path, capsys, monkeypatch):
+    assert train(tmp_path) == 0
+    from gpunet.data.datasets import DIGITS_SPLIT_SEED, DIGITS_TEST_FRACTION, stratified_split
+    import sklearn.datasets
+    _, te = stratified_split(sklearn.datasets.load_digits().target, DIGITS_TEST_FRACTION, DIGITS_SPLIT_SEED)
+    _digits_with(monkeypatch, np.inf, te[7])
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run" / "checkpoint.npz"), "--device", "cpu"]) == 1
+    one_line_error(capsys, "digits", "test split", "non-finite", "image 7")
+
+
+def test_eval_of_nan_weights_is_an_error(tmp_path, capsys):
+    assert train(tmp_path) == 0
+    ck = tmp_path / "run" / "checkpoint.npz"
+    with np.load(ck) as z:
+        arrays = {k: z[k] for k in z.files}
+    name = next(k for k in arrays if k.startswith("model/") and k.endswith("weight"))
+    arrays[name] = arrays[name].copy()
+    arrays[name].flat[3] = np.nan
+    bad = tmp_path / "nan.npz"
+    np.savez(bad, **arrays)
+    capsys.readouterr()
+    assert main(["eval", str(bad), "--device", "cpu"]) == 1
+    one_line_error(capsys, str(bad), name[len("model/"):], "non-finite")
+
+
+def test_eval_whose_outputs_overflow_is_an_error(tmp_path, capsys):
+    """Finite weights and data can still give a NaN loss (outputs beyond float32): never print `test loss nan`."""
+    assert train(tmp_path) == 0
+    ck = tmp_path / "run" / "checkpoint.npz"
+    with np.load(ck) as z:
+        arrays = {k: z[k] for k in z.files}
+    last = [k for k in arrays if k.startswith("model/") and k.endswith("weight")][-1]
+    arrays[last] = np.full_like(arrays[last], 3e38)
+    big = tmp_path / "big.npz"
+    np.savez(big, **arrays)
+    capsys.readouterr()
+    assert main(["eval", str(big), "--device", "cpu"]) == 1
+    one_line_error(capsys, str(big), "non-finite test loss")

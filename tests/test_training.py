@@ -160,6 +160,20 @@ def test_nan_in_first_epoch_says_no_checkpoint(tmp_path):
         trainer.fit(loader, epochs=1)
 
 
+def test_nonfinite_weights_at_epoch_end_are_never_checkpointed(tmp_path):
+    """The last step's loss is finite, but its update made a weight NaN: the checkpoint of epoch 1 stays."""
+    trainer, loader = tiny_setup(tmp_path)
+
+    class Poison:
+        def on_after_step(self, tr):
+            if tr.epoch == 1 and tr.optimizer.state[0]["step"] == 16:  # the last step of epoch 2
+                tr.model[0].weight.data[0, 0] = np.nan
+    trainer.callbacks.append(Poison())
+    with pytest.raises(TrainingError, match=r"weights became non-finite \(0\.weight\) at epoch 2.*epoch 1\), is kept"):
+        trainer.fit(loader, epochs=3)
+    assert load_checkpoint(tmp_path / "ck.npz").epoch == 1
+
+
 def test_nonfinite_gradient_norm_with_clipping(tmp_path):
     trainer, loader = tiny_setup(tmp_path, nan_at=(1, 2))
     trainer.clip_grad_norm = 1.0

@@ -96,6 +96,16 @@ def normalize(x, mean, std) -> np.ndarray:
     return (x - m) / s
 
 
+def check_finite(x, what: str) -> None:
+    """Refuse images holding NaN/inf, once at load: a single NaN pixel turns the normalisation statistics,
+    then every activation, into NaN."""
+    bad = ~np.isfinite(x)
+    if bad.any():
+        images = np.flatnonzero(bad.reshape(len(x), -1).any(axis=1))
+        raise ValueError(f"{what} holds {int(bad.sum())} non-finite values (NaN/inf) in {len(images)} image(s), "
+                         f"first in image {int(images[0])}")
+
+
 def from_arrays(x_train, y_train, x_test, y_test, name: str = "custom", classes=None, scale: float = 1.0,
                 stats=None) -> Dataset:
     """Build a Dataset from raw arrays (N, C, H, W) or (N, H, W): divide by `scale`, then normalise with
@@ -108,6 +118,8 @@ def from_arrays(x_train, y_train, x_test, y_test, name: str = "custom", classes=
     if xtr.ndim != 4 or xtr.shape[1:] != xte.shape[1:]:
         raise ValueError(f"{name}: expected images shaped (N, C, H, W) or (N, H, W) alike in both splits, got "
                          f"train {xtr.shape} and test {xte.shape}")
+    for split, x in (("train", xtr), ("test", xte)):
+        check_finite(x, f"{name}: the {split} split")
     ytr, yte = np.asarray(y_train, dtype=np.int64), np.asarray(y_test, dtype=np.int64)
     if len(ytr) != len(xtr) or len(yte) != len(xte):
         raise ValueError(f"{name}: {len(xtr)} train images but {len(ytr)} labels, {len(xte)} test images but "

@@ -3,8 +3,9 @@
 One step: forward, loss, backward, optional gradient clipping, optimizer step, scheduler step (the
 schedule advances once per batch). Losses and correct counts stay on the device and are read back
 every `sync_every` steps (one host synchronisation for many steps); a non-finite loss then stops
-training with a TrainingError naming the epoch and step, before anything is saved, so the last
-checkpoint (written at the end of every epoch when `checkpoint_path` is set) is the last good state.
+training with a TrainingError naming the epoch and step, before anything is saved, and so do weights
+that became NaN/inf in the epoch's last update: the last checkpoint (written at the end of every epoch
+when `checkpoint_path` is set) is the last good state.
 
 `fit` trains until `epochs` epochs have run in total, so a trainer restored with `resume()` continues
 where the checkpoint left off, and N epochs + resume to N+M equals N+M straight, bit for bit.
@@ -93,6 +94,13 @@ class Trainer:
                 raise TrainingError(self._diverged(f"the loss became {float(v)}", epoch, first_step + i))
         return vals
 
+    def _nonfinite_parameters(self) -> list[str]:
+        """Names of parameters holding NaN/inf (one host synchronisation)."""
+        xp = self.backend.xp
+        names, params = zip(*self.model.named_parameters())
+        finite = self.backend.asnumpy(xp.stack([xp.isfinite(p.data).all() for p in params]))
+        return [n for n, ok in zip(names, finite) if not ok]
+
     def _diverged(self, what: str, epoch: int, step: int) -> str:
         last = (f"the last good checkpoint, {self.checkpoint_path} (epoch {self.epoch}), is kept"
                 if self.checkpoint_path is not None and self.checkpoint_path.exists() and self.epoch > 0
@@ -158,6 +166,10 @@ class Trainer:
                 else:
                     stats.update(val_loss=None, val_acc=None)
                 self._call("on_epoch_end", stats)
+                bad = self._nonfinite_parameters()
+                if bad:  # the last step's loss was finite but its update was not: keep the previous checkpoint
+                    raise TrainingError(self._diverged(f"the weights became non-finite ({', '.join(bad)})", epoch,
+                                                       len(train_loader)))
                 self.epoch = epoch
                 self.history.append(stats)
                 if self.checkpoint_path is not None:
