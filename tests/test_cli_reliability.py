@@ -133,6 +133,7 @@ def test_eval_of_nan_weights_is_an_error(tmp_path, capsys):
     one_line_error(capsys, str(bad), name[len("model/"):], "non-finite")
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_eval_whose_outputs_overflow_is_an_error(tmp_path, capsys):
     """Finite weights and data can still give a NaN loss (outputs beyond float32): never print `test loss nan`."""
     assert train(tmp_path) == 0
