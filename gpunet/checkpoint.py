@@ -9,19 +9,19 @@ Layout of the archive (no pickles; it loads with `allow_pickle=False`):
 
 Arrays are stored as host NumPy arrays, so a checkpoint written on the GPU loads on a CPU and back
 (Chainer's rule). Writes go to a temporary file in the same folder, are fsynced, then `os.replace`d
-over the target: a crash mid-write leaves the previous checkpoint intact. Every load error names the
+over the target (gpunet.atomic): a crash mid-write leaves the previous checkpoint intact. Every load error names the
 file and the offending key or shape.
 """
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from gpunet.atomic import atomic_write
 
 FORMAT = "gpunet-checkpoint"
 VERSION = 1
@@ -122,17 +122,8 @@ def save_checkpoint(path, model, optimizer=None, scheduler=None, epoch: int = 0,
         "extra": _encode(dict(extra or {}), "state/extra", arrays),
     }
     arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
     return path
 
 

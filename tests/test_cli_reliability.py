@@ -147,3 +147,123 @@ def test_eval_whose_outputs_overflow_is_an_error(tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", str(big), "--device", "cpu"]) == 1
     one_line_error(capsys, str(big), "non-finite test loss")
+
+
+# --- tracebacks where a one-line error belongs --------------------------------------------------------------
+
+def test_damaged_gz_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch):
+    from test_data import make_idx_dir
+    monkeypatch.setenv("GPUNET_DATA", str(tmp_path / "cache"))
+    make_idx_dir(tmp_path / "mnist")
+    p = tmp_path / "mnist" / "t10k-images-idx3-ubyte.gz"
+    raw = bytearray(p.read_bytes())
+    raw[10] ^= 0xFF  # the first byte of the deflate stream: zlib.error, not gzip's own OSError
+    p.write_bytes(bytes(raw))
+    assert main(["train", "--dataset", "mnist", "--data-dir", str(tmp_path / "mnist"), *QUICK[2:],
+                 "--out", str(tmp_path / "r")]) == 1
+    one_line_error(capsys, str(p), "cannot read IDX data")
+
+
+@pytest.mark.parametrize("content", [b"not a tarball at all", "truncated"])
+def test_bad_cifar_tarball_is_one_line_naming_it(tmp_path, capsys, monkeypatch, content):
+    import gzip
+    monkeypatch.setenv("GPUNET_DATA", str(tmp_path / "cache"))
+    (tmp_path / "d").mkdir()
+    archive = tmp_path / "d" / "cifar-10-python.tar.gz"
+    if content == "truncated":
+        content = _cifar_tarball()[:-300]
+    archive.write_bytes(content)
+    assert main(["train", "--dataset", "cifar10", "--data-dir", str(tmp_path / "d"), *QUICK[2:],
+                 "--out", str(tmp_path / "r")]) == 1
+    one_line_error(capsys, str(archive), "not a readable CIFAR-10 tarball")
+    assert not (tmp_path / "cache" / "cifar10" / "cifar-10-batches-py").exists()
+
+
+def _cifar_tarball(labels=None, n=4) -> bytes:
+    """A CIFAR-10-shaped tarball of n images per batch (labels: the test batch's labels)."""
+    import io
+    import pickle
+    import tarfile
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"):
+            lab = labels if (labels is not None and name == "test_batch") else [i % 10 for i in range(n)]
+            blob = pickle.dumps({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": lab})
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return buf.getvalue()
+
+
+def test_cifar_string_labels_name_the_file(tmp_path, capsys, monkeypatch):
+    import pickle
+    from test_data import write_cifar
+    monkeypatch.setenv("GPUNET_DATA", str(tmp_path / "cache"))
+    folder = tmp_path / "d" / "cifar-10-batches-py"
+    write_cifar(folder)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": ["cat", "dog"]}, f)
+    assert main(["train", "--dataset", "cifar10", "--data-dir", str(tmp_path / "d"), *QUICK[2:],
+                 "--out", str(tmp_path / "r")]) == 1
+    one_line_error(capsys, str(folder / "test_batch"), "labels")
+
+
+def test_full_disk_keeps_the_previous_checkpoint_and_says_so(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import gpunet.checkpoint
+    real, calls = gpunet.checkpoint.np.savez, []
+
+    def savez(f, **arrays):
+        calls.append(1)
+        if len(calls) == 2:
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(f, **arrays)
+    monkeypatch.setattr(gpunet.checkpoint.np, "savez", savez)
+    assert train(tmp_path, "--epochs", "2") == 1
+    run = tmp_path / "run"
+    one_line_error(capsys, str(run / "checkpoint.npz"), "No space left on device",
+                   "the previous checkpoint (epoch 1) is kept")
+    assert load_checkpoint(run / "checkpoint.npz").epoch == 1
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.npz", "history.json"]
+
+
+def test_os_errors_name_the_path(tmp_path, capsys, monkeypatch):
+    """Any OSError reaching the CLI boundary is one line naming its path (here: history.json not writable)."""
+    import gpunet.training.recipe as recipe
+    real = recipe._write_json
+
+    def refuse(path, obj):
+        raise PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr(recipe, "_write_json", refuse)
+    assert train(tmp_path) == 1
+    one_line_error(capsys, f"{tmp_path / 'run' / 'history.json'}: Permission denied")
+    monkeypatch.setattr(recipe, "_write_json", real)
+
+
+# --- item 8: temporaries of killed writes are removed, run files share one mode -------------------------------
+
+def test_stale_temporaries_are_removed_and_run_files_share_one_mode(tmp_path):
+    import os
+    import subprocess
+    import sys
+    old_umask = os.umask(0o022)
+    try:
+        assert train(tmp_path) == 0
+        run = tmp_path / "run"
+        modes = {p.name: p.stat().st_mode & 0o777 for p in run.iterdir()}
+        assert set(modes.values()) == {0o644}, modes  # checkpoint.npz was 0600
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        stale = [run / f".checkpoint.npz.{dead.pid}.0badf00d.tmp", run / ".checkpoint.npz.k3j4h5ab.tmp",
+                 run / f".history.json.{dead.pid}.0badf00d.tmp", run / f".metrics.json.{dead.pid}.0badf00d.tmp"]
+        live = run / f".checkpoint.npz.{os.getppid()}.0badf00d.tmp"  # a writer that still runs: left alone
+        for p in stale + [live]:
+            p.write_bytes(b"half a file")
+        assert main(["train", "--resume", str(run / "checkpoint.npz"), "--epochs", "2", "--quiet"]) == 0
+        assert [p.name for p in stale if p.exists()] == [] and live.exists()
+        assert {p.stat().st_mode & 0o777 for p in run.iterdir() if not p.name.startswith(".")} == {0o644}
+    finally:
+        os.umask(old_umask)

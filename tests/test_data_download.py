@@ -156,3 +156,41 @@ def test_real_sources_are_pinned_sha256():
         assert src.mirrors and src.files
         for name, digest in src.files.items():
             assert len(digest) == 64 and int(digest, 16) >= 0, (dataset, name)
+
+
+def test_cifar_damaged_extraction_is_detected_and_extracted_again(tmp_path, cache, monkeypatch, capsys):
+    """A partial test_batch in the cache (a killed copy, a disk error) is never trusted: its size differs from
+    the archive's record, so the batches are extracted again from the tarball, or the error says which file."""
+    from test_cli_reliability import _cifar_tarball
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "cifar-10-python.tar.gz").write_bytes(_cifar_tarball())
+    first = load_dataset("cifar10", tmp_path / "d", download_missing=False, quiet=True)
+    batch = cache / "cifar10" / "cifar-10-batches-py" / "test_batch"
+    whole = batch.read_bytes()
+    batch.write_bytes(whole[:len(whole) // 2])
+    again = load_dataset("cifar10", tmp_path / "d", download_missing=False)
+    assert "test_batch" in capsys.readouterr().err and batch.read_bytes() == whole
+    np.testing.assert_array_equal(first.x_test, again.x_test)
+    assert _leftovers(cache / "cifar10" / "cifar-10-batches-py") == [".sizes.json"]
+    assert [p.name for p in (cache / "cifar10").iterdir()] == ["cifar-10-batches-py"]
+    batch.write_bytes(whole[:100])
+    (tmp_path / "d" / "cifar-10-python.tar.gz").unlink()
+    with pytest.raises(DataUnavailableError, match="no intact cifar-10-batches-py"):
+        load_dataset("cifar10", tmp_path / "d", download_missing=False, quiet=True)
+
+
+def test_cifar_extraction_killed_midway_leaves_no_folder(tmp_path, cache, monkeypatch):
+    """Extraction happens in a temporary folder: an exception mid-way leaves neither batches nor temporaries."""
+    import tarfile as tarfile_mod
+    from test_cli_reliability import _cifar_tarball
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "cifar-10-python.tar.gz").write_bytes(_cifar_tarball())
+    real = tarfile_mod.TarFile.extractall
+
+    def dies(self, path, members=None, **kw):
+        real(self, path, members[:3], **kw)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(tarfile_mod.TarFile, "extractall", dies)
+    with pytest.raises(KeyboardInterrupt):
+        load_dataset("cifar10", tmp_path / "d", download_missing=False, quiet=True)
+    assert list((cache / "cifar10").iterdir()) == []

@@ -36,6 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe(e: BaseException) -> str:
+    """The one-line message of an expected failure. An OSError from the system (errno set) names its path:
+    'runs/a/history.json: No space left on device'; the library's own errors carry their message."""
+    if isinstance(e, OSError) and e.errno is not None and e.strerror:
+        where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+        return f"{where}: {e.strerror}" if where else e.strerror
+    return str(e)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -47,10 +56,10 @@ def main(argv=None) -> int:
     try:
         return int(args.func(args) or 0)
     except (DeviceError, CheckpointError, DataUnavailableError, IDXError, CIFARError, TrainingError, ValueError,
-            ImportError) as e:
+            ImportError, OSError) as e:
         if os.environ.get("GPUNET_DEBUG"):  # developers: the full traceback
             raise
-        print(f"gpunet {args.command}: error: {e}", file=sys.stderr)
+        print(f"gpunet {args.command}: error: {describe(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"gpunet {args.command}: interrupted", file=sys.stderr)

@@ -12,6 +12,7 @@ normalisation a model was trained with.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -198,6 +199,11 @@ def load_fashion_mnist(data_dir=None, download_missing=True, base_url=None, stat
 def load_cifar10(data_dir=None, download_missing=True, base_url=None, stats=None, quiet=False) -> Dataset:
     dirs = _search_dirs("cifar10", data_dir)
     folder = next((c for d in dirs for c in (d, d / cifar.FOLDER) if cifar.has_batches(c)), None)
+    bad = cifar.damaged(folder) if folder is not None else []
+    if bad:  # an extraction changed since (partial copy, disk error): extract it again from the tarball
+        if not quiet:
+            print(f"gpunet: {folder} is damaged ({'; '.join(bad)}); extracting it again", file=sys.stderr, flush=True)
+        folder = None
     if folder is None:
         cache = download.data_home() / "cifar10"
         archive = "cifar-10-python.tar.gz"
@@ -205,7 +211,7 @@ def load_cifar10(data_dir=None, download_missing=True, base_url=None, stats=None
         if local is None:
             if not download_missing:
                 raise download.DataUnavailableError(
-                    f"cifar10: no {cifar.FOLDER} folder (data_batch_1..5, test_batch) in "
+                    f"cifar10: no {'intact ' if bad else ''}{cifar.FOLDER} folder (data_batch_1..5, test_batch) in "
                     f"{', '.join(map(str, dirs))}; put it (or {archive}) there.")
             try:
                 local = download.fetch("cifar10", [archive], base_url=base_url, quiet=quiet)[archive]

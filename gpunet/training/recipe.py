@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from gpunet import optim
+from gpunet.atomic import atomic_write, remove_stale
 from gpunet.backend import get_backend, resolve_name
 from gpunet.checkpoint import CheckpointError, load_checkpoint
 from gpunet.data import DataLoader, RandomCropFlip, load_dataset, stratified_split
@@ -213,9 +214,8 @@ def _train_val_split(y, cfg: TrainConfig, classes):
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
 
 
 def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: str = "auto", log=print,
@@ -300,6 +300,8 @@ def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: 
         out_dir.mkdir(parents=True, exist_ok=True)
         for path in replaced:
             path.unlink()
+        for name in RUN_FILES:  # temporaries of writes killed mid-way (checkpoint.npz's: the Trainer's)
+            remove_stale(out_dir / name)
     try:
         history = trainer.fit(train_loader, val_loader, cfg.epochs)
     except TrainingError:

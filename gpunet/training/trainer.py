@@ -22,13 +22,15 @@ import time
 from pathlib import Path
 
 from gpunet import checkpoint as ckpt_mod
+from gpunet.atomic import remove_stale
 from gpunet.nn import SoftmaxCrossEntropy
 from gpunet.optim import clip_grad_norm_
 from gpunet.training.progress import Progress
 
 
 class TrainingError(RuntimeError):
-    """Training diverged (NaN/inf loss or gradient norm)."""
+    """Training stopped: it diverged (NaN/inf loss, gradient norm or weights), or a checkpoint could not
+    be written."""
 
 
 def evaluate(model, loader, loss_fn=None) -> dict:
@@ -101,6 +103,11 @@ class Trainer:
         finite = self.backend.asnumpy(xp.stack([xp.isfinite(p.data).all() for p in params]))
         return [n for n, ok in zip(names, finite) if not ok]
 
+    def _kept(self) -> str:
+        return (f"the previous checkpoint (epoch {self.epoch}) is kept"
+                if self.checkpoint_path is not None and self.checkpoint_path.exists() and self.epoch > 0
+                else "no checkpoint had been written yet")
+
     def _diverged(self, what: str, epoch: int, step: int) -> str:
         last = (f"the last good checkpoint, {self.checkpoint_path} (epoch {self.epoch}), is kept"
                 if self.checkpoint_path is not None and self.checkpoint_path.exists() and self.epoch > 0
@@ -152,6 +159,8 @@ class Trainer:
         """Train until `epochs` epochs have run in total; return the history (one dict per epoch:
         epoch, train_loss, train_acc, val_loss, val_acc, lr, seconds, images_per_s)."""
         self._loader = train_loader
+        if self.checkpoint_path is not None:  # temporaries of checkpoint writes killed mid-way
+            remove_stale(self.checkpoint_path)
         self._call("on_train_begin")
         try:
             while self.epoch < epochs:
@@ -173,7 +182,12 @@ class Trainer:
                 self.epoch = epoch
                 self.history.append(stats)
                 if self.checkpoint_path is not None:
-                    self.save(self.checkpoint_path)
+                    try:
+                        self.save(self.checkpoint_path)
+                    except OSError as e:  # e.g. a full disk: the atomic write left the previous file in place
+                        self.epoch, self.history = epoch - 1, self.history[:-1]  # back to what is on disk
+                        raise TrainingError(f"cannot write {self.checkpoint_path} at epoch {epoch}: "
+                                            f"{e.strerror or e}; {self._kept()}") from e
                 self.progress.end_epoch(stats, epochs)
         finally:
             self.progress.close()
