@@ -91,11 +91,49 @@ def test_n_then_resume_to_n_plus_m_is_bitwise(tmp_path):
     assert straight.trainer.optimizer.lr == resumed.trainer.optimizer.lr
 
 
-def test_extending_a_cosine_run_replans_the_schedule(tmp_path):
-    run(quick(epochs=2), out_dir=tmp_path, progress="none", log=None)
-    r = run(TrainConfig(epochs=4), out_dir=tmp_path, resume=tmp_path / "checkpoint.npz", progress="none", log=None)
+def _killed_in_epoch(monkeypatch, dies_at, fn):
+    """Run fn() with training interrupted (KeyboardInterrupt) when epoch `dies_at` starts."""
+    real = _Trainer.train_epoch
+
+    def dies(self, loader, epoch, epochs):
+        if epoch == dies_at:
+            raise KeyboardInterrupt
+        return real(self, loader, epoch, epochs)
+    monkeypatch.setattr(_Trainer, "train_epoch", dies)
+    with pytest.raises(KeyboardInterrupt):
+        fn()
+    monkeypatch.setattr(_Trainer, "train_epoch", real)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "warmup-cosine", "step"])
+def test_extending_a_run_continues_from_its_lr_without_a_jump(tmp_path, monkeypatch, schedule):
+    """A 4-epoch run stopped after epoch 2 and resumed to 6: the lr goes on from where it was (never up)."""
+    lines = []
+    _killed_in_epoch(monkeypatch, 3, lambda: run(quick(epochs=4, schedule=schedule), out_dir=tmp_path,
+                                                  progress="none", log=None))
+    at_stop = load_checkpoint(tmp_path / "checkpoint.npz").optimizer["param_groups"][0]["lr"]
+    r = run(TrainConfig(epochs=6), out_dir=tmp_path, resume=tmp_path / "checkpoint.npz", progress="none",
+            log=lines.append)
     lrs = [h["lr"] for h in r.history]
-    assert len(lrs) == 4 and lrs[2] > lrs[3] > 0 and r.trainer.optimizer.lr < 1e-4  # decays to ~0 at epoch 4
+    assert len(lrs) == 6 and lrs[2] == at_stop > 0
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:])), lrs  # from the stop on, never up
+    assert [l for l in lines if f"continues from lr {at_stop:.2e}" in l and "remaining 4 epochs" in l]
+
+
+def test_extended_run_resumed_at_its_new_length_is_bitwise(tmp_path, monkeypatch):
+    """After an extension, the bit-for-bit promise holds again for the new length."""
+    for name in ("a", "b"):
+        _killed_in_epoch(monkeypatch, 3, lambda: run(quick(epochs=4), out_dir=tmp_path / name, progress="none",
+                                                      log=None))
+    extend = TrainConfig(epochs=5)
+    straight = run(extend, out_dir=tmp_path / "a", resume=tmp_path / "a" / "checkpoint.npz", progress="none", log=None)
+    _killed_in_epoch(monkeypatch, 4, lambda: run(extend, out_dir=tmp_path / "b", resume=tmp_path / "b" /
+                                                  "checkpoint.npz", progress="none", log=None))
+    resumed = run(TrainConfig(), out_dir=tmp_path / "b", resume=tmp_path / "b" / "checkpoint.npz",
+                  progress="none", log=None)
+    assert resumed.history[2]["lr"] > 0 and len(resumed.history) == 5
+    assert_same_weights(weights(straight.model), weights(resumed.model))
+    assert [h["lr"] for h in straight.history] == [h["lr"] for h in resumed.history]
 
 
 def test_resume_refuses_changed_options(tmp_path):

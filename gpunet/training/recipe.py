@@ -12,6 +12,12 @@ Schedules advance once per batch:
     inverse-time   lr / (1 + 0.5 * epoch), smoothly
     cosine         cosine decay to 0 over the run
     warmup-cosine  linear warm-up over the first max(1, epochs // 10) epochs, then cosine to 0
+
+A run resumed with its own length (`--resume` with the same or no --epochs) ends bit for bit where the
+uninterrupted run does. Changing the length re-plans step, cosine and warmup-cosine from the lr the
+checkpoint reached over the remaining epochs (no warm-up, so the lr never jumps back up; one log line
+says so): not the longer run straight. none, exp and inverse-time do not depend on the length and go on
+unchanged, so for them N epochs plus a resume to N+M equals N+M straight.
 """
 from __future__ import annotations
 
@@ -128,8 +134,9 @@ def build_optimizer(cfg: TrainConfig, params):
     return optim.AdamW(params, lr=cfg.lr, weight_decay=wd)
 
 
-def build_scheduler(cfg: TrainConfig, optimizer, steps_per_epoch: int):
-    """The schedule of `cfg.schedule`, stepped once per batch (see the module docstring)."""
+def build_scheduler(cfg: TrainConfig, optimizer, steps_per_epoch: int, warmup: bool = True):
+    """The schedule of `cfg.schedule` over cfg.epochs epochs, starting at the optimizer's lr, stepped once
+    per batch (see the module docstring). warmup=False drops warm-up (a run being extended is warm)."""
     sched = optim.lr_scheduler
     spe, total = steps_per_epoch, steps_per_epoch * cfg.epochs
     if cfg.schedule == "none":
@@ -142,8 +149,26 @@ def build_scheduler(cfg: TrainConfig, optimizer, steps_per_epoch: int):
         return sched.InverseTimeLR(optimizer, k=0.5 / spe)
     if cfg.schedule == "cosine":
         return sched.CosineAnnealingLR(optimizer, T_max=total)
-    warmup = spe * max(1, cfg.epochs // 10)
-    return sched.LinearWarmup(optimizer, warmup, after=sched.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup)))
+    warm = spe * max(1, cfg.epochs // 10) if warmup else 0
+    return sched.LinearWarmup(optimizer, warm, after=sched.CosineAnnealingLR(optimizer, T_max=max(1, total - warm)))
+
+
+# Schedules planned over the run's length: extending a run re-plans them (the others go on unchanged).
+LENGTH_DEPENDENT = ("step", "cosine", "warmup-cosine")
+
+
+def _replan(cfg: TrainConfig, ckpt, optimizer, steps_per_epoch: int, log):
+    """The schedule for extending (or shortening) a run: from the lr the checkpoint reached, re-planned over
+    the remaining epochs, so the lr never jumps back up. Not bit for bit the longer run straight."""
+    remaining = cfg.epochs - ckpt.epoch
+    lr = float(optimizer.lr)  # restored from the checkpoint's optimizer state
+    scheduler = build_scheduler(dataclasses.replace(cfg, epochs=remaining), optimizer, steps_per_epoch, warmup=False)
+    note = (f"; it had all but finished, so little will change: for a longer schedule start a new run with "
+            f"--epochs {cfg.epochs}" if lr < 0.01 * cfg.lr else "")
+    log(f"gpunet: --epochs {cfg.epochs} changes the run's length ({ckpt.config.get('epochs')} epochs): the "
+        f"{cfg.schedule} schedule continues from lr {lr:.2e}, re-planned over the remaining {remaining} epochs "
+        f"({remaining * steps_per_epoch} steps){note}")
+    return scheduler
 
 
 @dataclass
@@ -279,16 +304,14 @@ def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: 
                       progress=progress, extra={"mean": data.mean, "std": data.std,
                                                 "in_shape": list(data.in_shape), "num_classes": data.num_classes},
                       callbacks=callbacks)
-    replan = ckpt is not None and cfg.epochs != ckpt.config.get("epochs")
     if ckpt is not None:
-        if replan:  # the schedule is planned for the new length and fast-forwarded past the epochs done
+        replan = (cfg.epochs != ckpt.config.get("epochs") and cfg.epochs > ckpt.epoch and scheduler is not None
+                  and cfg.schedule in LENGTH_DEPENDENT)
+        if replan:
             trainer.scheduler = None
         trainer.resume(ckpt, train_loader)
-        if replan and scheduler is not None:
-            optimizer.lr = cfg.lr
-            trainer.scheduler = scheduler = build_scheduler(cfg, optimizer, len(train_loader))
-            for _ in range(ckpt.epoch * len(train_loader)):
-                scheduler.step()
+        if replan:
+            trainer.scheduler = _replan(cfg, ckpt, optimizer, len(train_loader), log)
 
     n_params = sum(int(np.prod(p.shape)) for p in model.parameters())
     log(f"gpunet: device {be.name} ({why}); {cfg.dataset}: {len(tr)} train / {0 if va is None else len(va)} val / "

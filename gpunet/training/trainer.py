@@ -8,7 +8,9 @@ that became NaN/inf in the epoch's last update: the last checkpoint (written at 
 when `checkpoint_path` is set) is the last good state.
 
 `fit` trains until `epochs` epochs have run in total, so a trainer restored with `resume()` continues
-where the checkpoint left off, and N epochs + resume to N+M equals N+M straight, bit for bit.
+where the checkpoint left off: a run interrupted and resumed with the same length and schedule ends bit
+for bit where the uninterrupted run does. (A schedule planned over the run's length, such as cosine,
+differs once the length changes; `gpunet train` then re-plans it, see gpunet.training.recipe.)
 
 Callbacks (`callbacks=[...]`) are objects with any of `on_train_begin(trainer)`,
 `on_before_step(trainer)` (after backward and clipping, before `optimizer.step()`),
