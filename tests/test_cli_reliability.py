@@ -267,3 +267,32 @@ def test_stale_temporaries_are_removed_and_run_files_share_one_mode(tmp_path):
         assert {p.stat().st_mode & 0o777 for p in run.iterdir() if not p.name.startswith(".")} == {0o644}
     finally:
         os.umask(old_umask)
+
+
+# --- item 9: eval reads the test split only -----------------------------------------------------------------
+
+def test_eval_needs_only_the_test_files(tmp_path, capsys, monkeypatch):
+    """The normalisation statistics are in the checkpoint: eval never reads (or downloads) the train files."""
+    import shutil
+    import socket
+    from test_data import make_idx_dir, write_cifar
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    monkeypatch.setenv("GPUNET_DATA_URL", f"http://127.0.0.1:{s.getsockname()[1]}")  # nothing listens
+    s.close()
+    monkeypatch.setenv("GPUNET_DATA", str(tmp_path / "cache"))
+    make_idx_dir(tmp_path / "full", n_train=200, hw=(8, 8))
+    write_cifar(tmp_path / "cfull" / "cifar-10-batches-py", n=100)
+    for dataset, full, files in (("mnist", "full", ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]),
+                                 ("cifar10", "cfull", ["cifar-10-batches-py/test_batch"])):
+        assert main(["train", "--dataset", dataset, "--data-dir", str(tmp_path / full), "--model", "mlp",
+                     *QUICK[2:], "--limit-train", "100", "--out", str(tmp_path / dataset)]) == 0
+        m = json.loads((tmp_path / dataset / "metrics.json").read_text())
+        test_only = tmp_path / f"{dataset}-test-only"
+        for f in files:
+            (test_only / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(tmp_path / full / f, test_only / f)
+        capsys.readouterr()
+        assert main(["eval", str(tmp_path / dataset / "checkpoint.npz"), "--data-dir", str(test_only),
+                     "--device", "cpu"]) == 0, capsys.readouterr().err
+        assert f"test accuracy {100 * m['test_accuracy']:.2f}%" in capsys.readouterr().out

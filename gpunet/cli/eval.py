@@ -35,7 +35,7 @@ def evaluate_checkpoint(path, dataset=None, device="auto", data_dir=None, batch_
     except KeyError as e:
         raise CheckpointError(f"{ck.path}: missing {e} in its config; was it written by `gpunet train`?") from None
     dataset = dataset or ck.config.get("dataset")
-    data = load_dataset(dataset, data_dir, stats=stats)
+    data = load_dataset(dataset, data_dir, stats=stats, test_only=True)  # the train split's statistics: in ck
     if data.in_shape != in_shape or data.num_classes != num_classes:
         raise CheckpointError(f"{ck.path}: the model takes {in_shape} images in {num_classes} classes but "
                               f"{dataset} has {data.in_shape} in {data.num_classes}")

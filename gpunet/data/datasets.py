@@ -144,6 +144,11 @@ def load_digits(stats=None, **_) -> Dataset:
     return from_arrays(x[tr], y[tr], x[te], y[te], "digits", tuple(str(i) for i in range(10)), 16.0, stats)
 
 
+def _no_train(x_test, y_test):
+    """An empty train split shaped like the test split (test_only loads)."""
+    return np.zeros((0, *x_test.shape[1:]), x_test.dtype), np.zeros(0, y_test.dtype)
+
+
 def _search_dirs(dataset: str, data_dir) -> list[Path]:
     dirs = []
     if data_dir is not None:
@@ -160,9 +165,9 @@ def _find_idx(dirs, stem: str) -> Path | None:
 
 
 def _load_idx_dataset(dataset: str, classes, data_dir=None, download_missing: bool = True, base_url=None,
-                      stats=None, quiet=False) -> Dataset:
+                      stats=None, quiet=False, test_only=False) -> Dataset:
     dirs = _search_dirs(dataset, data_dir)
-    found = {stem: _find_idx(dirs, stem) for stem in IDX_FILES}
+    found = {stem: _find_idx(dirs, stem) for stem in (IDX_FILES[2:] if test_only else IDX_FILES)}
     missing = [stem + ".gz" for stem, p in found.items() if p is None]
     if missing:
         if not download_missing:
@@ -175,30 +180,37 @@ def _load_idx_dataset(dataset: str, classes, data_dir=None, download_missing: bo
             raise download.DataUnavailableError(f"{e}\nLooked for them in: {', '.join(map(str, dirs))}") from None
         for name, path in got.items():
             found[name[:-3]] = path
-    xtr, ytr = read_images(found[IDX_FILES[0]]), read_labels(found[IDX_FILES[1]])
     xte, yte = read_images(found[IDX_FILES[2]]), read_labels(found[IDX_FILES[3]])
+    if test_only:
+        xtr, ytr = _no_train(xte, yte)
+    else:
+        xtr, ytr = read_images(found[IDX_FILES[0]]), read_labels(found[IDX_FILES[1]])
     for (xs, ys), (fx, fy) in (((xtr, ytr), IDX_FILES[:2]), ((xte, yte), IDX_FILES[2:])):
-        if len(xs) != len(ys):
+        if len(xs) != len(ys) and fx in found:
             raise ValueError(f"{dataset}: {found[fx]} holds {len(xs)} images but {found[fy]} holds {len(ys)} labels")
     return from_arrays(xtr, ytr, xte, yte, dataset, classes, 255.0, stats)
 
 
-def load_mnist(data_dir=None, download_missing=True, base_url=None, stats=None, quiet=False) -> Dataset:
+def load_mnist(data_dir=None, download_missing=True, base_url=None, stats=None, quiet=False,
+               test_only=False) -> Dataset:
     return _load_idx_dataset("mnist", tuple(str(i) for i in range(10)), data_dir, download_missing, base_url,
-                             stats, quiet)
+                             stats, quiet, test_only)
 
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot")
 
 
-def load_fashion_mnist(data_dir=None, download_missing=True, base_url=None, stats=None, quiet=False) -> Dataset:
-    return _load_idx_dataset("fashion-mnist", FASHION_CLASSES, data_dir, download_missing, base_url, stats, quiet)
+def load_fashion_mnist(data_dir=None, download_missing=True, base_url=None, stats=None, quiet=False,
+                       test_only=False) -> Dataset:
+    return _load_idx_dataset("fashion-mnist", FASHION_CLASSES, data_dir, download_missing, base_url, stats, quiet,
+                             test_only)
 
 
-def load_cifar10(data_dir=None, download_missing=True, base_url=None, stats=None, quiet=False) -> Dataset:
+def load_cifar10(data_dir=None, download_missing=True, base_url=None, stats=None, quiet=False,
+                 test_only=False) -> Dataset:
     dirs = _search_dirs("cifar10", data_dir)
-    folder = next((c for d in dirs for c in (d, d / cifar.FOLDER) if cifar.has_batches(c)), None)
+    folder = next((c for d in dirs for c in (d, d / cifar.FOLDER) if cifar.has_batches(c, test_only)), None)
     bad = cifar.damaged(folder) if folder is not None else []
     if bad:  # an extraction changed since (partial copy, disk error): extract it again from the tarball
         if not quiet:
@@ -220,7 +232,7 @@ def load_cifar10(data_dir=None, download_missing=True, base_url=None, stats=None
                     f"{e}\nAlternatively put the extracted {cifar.FOLDER} folder into one of: "
                     f"{', '.join(map(str, dirs))}") from None
         folder = cifar.extract(local, cache)
-    xtr, ytr, xte, yte = cifar.read_folder(folder)
+    xtr, ytr, xte, yte = cifar.read_folder(folder, test_only)
     return from_arrays(xtr, ytr, xte, yte, "cifar10", cifar.CLASSES, 255.0, stats)
 
 
@@ -229,12 +241,15 @@ _LOADERS = {"digits": load_digits, "mnist": load_mnist, "fashion-mnist": load_fa
 
 
 def load_dataset(name: str = "digits", data_dir=None, download_missing: bool = True, base_url=None, stats=None,
-                 quiet: bool = False) -> Dataset:
-    """Load a dataset by name (see DATASETS). `stats=(mean, std)` reuses a trained model's normalisation."""
+                 quiet: bool = False, test_only: bool = False) -> Dataset:
+    """Load a dataset by name (see DATASETS). `stats=(mean, std)` reuses a trained model's normalisation;
+    with it, `test_only` reads (and downloads) only the test split, leaving the train split empty."""
     key = str(name).lower()
     if key not in _LOADERS:
         raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
+    if test_only and stats is None:
+        raise ValueError("load_dataset: test_only needs the training statistics (stats=(mean, std))")
     if key == "digits":
         return load_digits(stats=stats)
     return _LOADERS[key](data_dir=data_dir, download_missing=download_missing, base_url=base_url, stats=stats,
-                         quiet=quiet)
+                         quiet=quiet, test_only=test_only)
