@@ -296,3 +296,15 @@ def test_eval_needs_only_the_test_files(tmp_path, capsys, monkeypatch):
         assert main(["eval", str(tmp_path / dataset / "checkpoint.npz"), "--data-dir", str(test_only),
                      "--device", "cpu"]) == 0, capsys.readouterr().err
         assert f"test accuracy {100 * m['test_accuracy']:.2f}%" in capsys.readouterr().out
+
+
+# --- item 10: --help says what the environment variables do --------------------------------------------------
+
+def test_help_explains_the_environment_variables(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for var, what in (("GPUNET_DEBUG", "traceback"), ("GPUNET_DATA", "download cache"),
+                      ("GPUNET_DATA_URL", "mirror"), ("GPUNET_KERNEL_DIR", ".cu"), ("GPUNET_DEVICE", "auto")):
+        line = next((l for l in out.splitlines() if l.strip().startswith(var + " ")), "")
+        assert what in line, (var, line)

@@ -12,6 +12,13 @@ import sys
 
 import gpunet.cli
 
+ENVIRONMENT = """environment variables:
+  GPUNET_DEVICE      what --device auto means: cpu, cuda or emulator (an explicit --device wins)
+  GPUNET_DATA        the dataset download cache (default ~/.cache/gpunet; one folder per dataset)
+  GPUNET_DATA_URL    a mirror to download datasets from instead: <url>/<dataset>/<file>
+  GPUNET_KERNEL_DIR  the folder of the CUDA kernel sources (.cu) to load instead of cuda_kernels/
+  GPUNET_DEBUG       when set (e.g. to 1): show the full traceback instead of a one-line error"""
+
 FIRST = ("train", "eval", "info")  # listed first in --help; other commands follow alphabetically
 
 
@@ -28,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     from gpunet import __version__
     parser = argparse.ArgumentParser(
         prog="gpunet", description="Deep learning on CuPy with a NumPy fallback. `gpunet train` trains a small CNN "
-                                   "on the embedded digits dataset, offline.")
+                                   "on the embedded digits dataset, offline.",
+        epilog=ENVIRONMENT, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"gpunet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for mod in command_modules():
