@@ -7,6 +7,7 @@ import pickle
 import socket
 import tarfile
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -194,3 +195,104 @@ def test_cifar_extraction_killed_midway_leaves_no_folder(tmp_path, cache, monkey
     with pytest.raises(KeyboardInterrupt):
         load_dataset("cifar10", tmp_path / "d", download_missing=False, quiet=True)
     assert list((cache / "cifar10").iterdir()) == []
+
+
+# --- stalls, trickles, progress, leftovers, SIGTERM ---------------------------------------------------------
+
+@pytest.fixture
+def trickle(tmp_path):
+    """A server sending 1 KB every `pause` seconds of a 1 MB file, forever within the test's time."""
+    state = {"pause": 0.05}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(1 << 20))
+            self.end_headers()
+            try:
+                for _ in range(1 << 10):
+                    self.wfile.write(b"x" * 1024)
+                    self.wfile.flush()
+                    time.sleep(state["pause"])
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+        def log_message(self, *args):
+            pass
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", state
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_a_trickling_mirror_is_given_up_on(trickle, tmp_path, monkeypatch):
+    """1 KB every 50 ms never trips the per-read timeout; the minimum-progress rule stops it."""
+    url, _ = trickle
+    monkeypatch.setattr(download, "PROGRESS_WINDOW_S", 0.5)
+    monkeypatch.setattr(download, "MIN_RATE", 100_000.0)
+    t = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"bytes/s over the last .* below the minimum of 100000 bytes/s"):
+        download.download_file(f"{url}/f.bin", tmp_path / "out" / "f.bin", "0" * 64, quiet=True)
+    assert time.monotonic() - t < 5 and list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_download_past_its_deadline_is_given_up_on(trickle, tmp_path, monkeypatch):
+    url, _ = trickle
+    monkeypatch.setattr(download, "MIN_RATE", 0.0)
+    monkeypatch.setattr(download, "DEADLINE_S", 0.5)
+    t = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"not complete after 0.5 s"):
+        download.download_file(f"{url}/f.bin", tmp_path / "out" / "f.bin", "0" * 64, quiet=True)
+    assert time.monotonic() - t < 5 and list((tmp_path / "out").iterdir()) == []
+
+
+def test_download_shows_bytes_and_rate_and_removes_dead_part_files(server, tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    root, url = server
+    (root / "f.bin").write_bytes(b"x" * 300_000)
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    leftovers = [out / f".f.bin.{dead.pid}.0badf00d.part", out / ".f.bin.k3j4h5ab.part"]
+    for p in leftovers:
+        p.write_bytes(b"x" * 1000)
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    download.download_file(f"{url}/f.bin", out / "f.bin", hashlib.sha256(b"x" * 300_000).hexdigest())
+    shown = sys.stderr.getvalue()
+    assert "f.bin" in shown and "293k" in shown.replace("K", "k") and "B/s" in shown  # tqdm: size and rate
+    assert "0.3 MB in" in shown and "MB/s" in shown                                   # the summary line
+    assert sorted(p.name for p in out.iterdir()) == ["f.bin"]
+
+
+def test_sigterm_during_a_download_cleans_up_and_exits_143(trickle, tmp_path):
+    """SIGTERM is handled like Ctrl-C: a one-line message, the .part file removed, exit status 143."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+    url, _ = trickle
+    env = {**os.environ, "GPUNET_DATA": str(tmp_path / "cache"), "GPUNET_DATA_URL": url}
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-m", "gpunet.cli.main", "train", "--dataset", "mnist", "--out",
+                             str(tmp_path / "r")], cwd=repo, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not list((tmp_path / "cache" / "mnist").glob(".*.part")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list((tmp_path / "cache" / "mnist").glob(".*.part")), "the download never started"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "gpunet train: terminated (SIGTERM)"
+    assert list((tmp_path / "cache" / "mnist").iterdir()) == []

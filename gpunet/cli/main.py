@@ -1,14 +1,17 @@
 """`gpunet` entry point: argparse with one sub-command per module of `gpunet.cli`.
 
-Expected failures (missing data, bad checkpoint, divergence, unusable device) print one line naming the
-problem and exit with status 1; set GPUNET_DEBUG=1 to see the traceback instead."""
+Expected failures (missing data, bad checkpoint, divergence, unusable device, OS errors such as a full
+disk) print one line naming the problem and exit with status 1; set GPUNET_DEBUG=1 to see the traceback
+instead. Ctrl-C exits 130 and SIGTERM 143, both after the same clean-up."""
 from __future__ import annotations
 
 import argparse
 import importlib
 import os
 import pkgutil
+import signal
 import sys
+import threading
 
 import gpunet.cli
 
@@ -53,9 +56,27 @@ def describe(e: BaseException) -> str:
     return str(e)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so the same clean-up runs (temporary files removed, checkpoint kept)."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
+    try:
+        return _run(args)
+    finally:
+        if in_main_thread and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args) -> int:
     from gpunet.backend import DeviceError
     from gpunet.checkpoint import CheckpointError
     from gpunet.data import DataUnavailableError, IDXError
@@ -69,6 +90,9 @@ def main(argv=None) -> int:
             raise
         print(f"gpunet {args.command}: error: {describe(e)}", file=sys.stderr)
         return 1
+    except Terminated:
+        print(f"gpunet {args.command}: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"gpunet {args.command}: interrupted", file=sys.stderr)
         return 130
