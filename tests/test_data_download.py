@@ -296,3 +296,35 @@ def test_sigterm_during_a_download_cleans_up_and_exits_143(trickle, tmp_path):
     assert proc.returncode == 143, err
     assert err.strip().splitlines()[-1] == "gpunet train: terminated (SIGTERM)"
     assert list((tmp_path / "cache" / "mnist").iterdir()) == []
+
+
+def test_a_corrupt_cached_download_is_fetched_again(server, cache, monkeypatch, capsys):
+    """A cached file that no longer has its pinned SHA-256 (truncated by a full disk, altered) and no longer
+    reads is downloaded again, with a line saying so; without a mirror the error names the file."""
+    root, url = server
+    make_idx_dir(root / "mnist")
+    _pin(monkeypatch, "mnist", root / "mnist")
+    monkeypatch.setenv("GPUNET_DATA_URL", url)
+    first = load_dataset("mnist", quiet=True)
+    cached = cache / "mnist" / "t10k-images-idx3-ubyte.gz"
+    whole = cached.read_bytes()
+    cached.write_bytes(whole[:len(whole) // 2])
+    again = load_dataset("mnist")
+    assert f"{cached} is damaged" in capsys.readouterr().err and cached.read_bytes() == whole
+    np.testing.assert_array_equal(first.x_test, again.x_test)
+    cached.write_bytes(whole[:len(whole) // 2])
+    monkeypatch.setenv("GPUNET_DATA_URL", f"http://127.0.0.1:{_closed_port()}")
+    with pytest.raises(DataUnavailableError, match="t10k-images-idx3-ubyte.gz"):
+        load_dataset("mnist", quiet=True)
+
+
+def test_a_corrupt_cached_cifar_tarball_is_fetched_again(server, cache, monkeypatch):
+    from test_cli_reliability import _cifar_tarball
+    root, url = server
+    (root / "cifar10").mkdir()
+    (root / "cifar10" / "cifar-10-python.tar.gz").write_bytes(_cifar_tarball())
+    _pin(monkeypatch, "cifar10", root / "cifar10")
+    monkeypatch.setenv("GPUNET_DATA_URL", url)
+    (cache / "cifar10").mkdir(parents=True)
+    (cache / "cifar10" / "cifar-10-python.tar.gz").write_bytes(_cifar_tarball()[:-500])  # a killed copy
+    assert load_dataset("cifar10", quiet=True).x_test.shape == (4, 3, 32, 32)

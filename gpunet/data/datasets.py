@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from gpunet.data import cifar, download
-from gpunet.data.idx import read_images, read_labels
+from gpunet.data.idx import IDXError, read_images, read_labels
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -180,11 +180,19 @@ def _load_idx_dataset(dataset: str, classes, data_dir=None, download_missing: bo
             raise download.DataUnavailableError(f"{e}\nLooked for them in: {', '.join(map(str, dirs))}") from None
         for name, path in got.items():
             found[name[:-3]] = path
-    xte, yte = read_images(found[IDX_FILES[2]]), read_labels(found[IDX_FILES[3]])
+    def read(stem, reader):
+        try:
+            return reader(found[stem])
+        except IDXError:  # a damaged download in the cache is fetched again; anything else is reported
+            if download_missing and download.refetch_if_corrupt(dataset, found[stem], base_url, quiet):
+                return reader(found[stem])
+            raise
+
+    xte, yte = read(IDX_FILES[2], read_images), read(IDX_FILES[3], read_labels)
     if test_only:
         xtr, ytr = _no_train(xte, yte)
     else:
-        xtr, ytr = read_images(found[IDX_FILES[0]]), read_labels(found[IDX_FILES[1]])
+        xtr, ytr = read(IDX_FILES[0], read_images), read(IDX_FILES[1], read_labels)
     for (xs, ys), (fx, fy) in (((xtr, ytr), IDX_FILES[:2]), ((xte, yte), IDX_FILES[2:])):
         if len(xs) != len(ys) and fx in found:
             raise ValueError(f"{dataset}: {found[fx]} holds {len(xs)} images but {found[fy]} holds {len(ys)} labels")
@@ -231,7 +239,12 @@ def load_cifar10(data_dir=None, download_missing=True, base_url=None, stats=None
                 raise download.DataUnavailableError(
                     f"{e}\nAlternatively put the extracted {cifar.FOLDER} folder into one of: "
                     f"{', '.join(map(str, dirs))}") from None
-        folder = cifar.extract(local, cache)
+        try:
+            folder = cifar.extract(local, cache)
+        except cifar.CIFARError:  # a damaged tarball in the cache is fetched again; anything else is reported
+            if not (download_missing and download.refetch_if_corrupt("cifar10", local, base_url, quiet)):
+                raise
+            folder = cifar.extract(local, cache)
     xtr, ytr, xte, yte = cifar.read_folder(folder, test_only)
     return from_arrays(xtr, ytr, xte, yte, "cifar10", cifar.CLASSES, 255.0, stats)
 

@@ -175,3 +175,22 @@ def fetch(dataset: str, names, dest_dir=None, base_url: str | None = None, quiet
             + f"Put these files (from {mirrors(dataset, base_url)[0]}) into {dest_dir} "
               f"(or any folder passed as --data-dir), or set GPUNET_DATA_URL to a mirror.")
     return paths
+
+
+def refetch_if_corrupt(dataset: str, path, base_url: str | None = None, quiet: bool = False) -> bool:
+    """When `path` is a file of the download cache that no longer has its pinned SHA-256 (a copy cut short,
+    a disk error), delete it and download it again; True when it did. Files elsewhere (a --data-dir) are
+    the user's and never touched. Raises DataUnavailableError when the new download fails."""
+    path = Path(path)
+    pinned = SOURCES[dataset].files.get(path.name) if dataset in SOURCES else None
+    if pinned is None or path.parent.resolve() != (data_home() / dataset).resolve() or not path.is_file():
+        return False
+    digest = sha256_file(path)
+    if digest == pinned.lower():
+        return False
+    if not quiet:
+        print(f"gpunet: {path} is damaged (SHA-256 {digest[:12]}..., expected {pinned[:12]}...); downloading it "
+              f"again", file=sys.stderr, flush=True)
+    path.unlink()
+    fetch(dataset, [path.name], base_url=base_url, quiet=quiet)
+    return True
