@@ -350,12 +350,15 @@ def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: 
     return RunResult(out_dir, metrics, history, model, trainer)
 
 
-def fit(dataset="digits", out_dir=None, progress: str = "auto", log=print, **options) -> RunResult:
+def fit(dataset="digits", out_dir=None, progress: str = "auto", log=print, overwrite: bool = False,
+        **options) -> RunResult:
     """Python shortcut for `gpunet train`: `fit("digits", epochs=5, device="cpu")`. `dataset` is a name or
-    a Dataset (e.g. from gpunet.data.from_arrays); options are TrainConfig's."""
+    a Dataset (e.g. from gpunet.data.from_arrays); options are TrainConfig's; `overwrite` as in run()."""
     if isinstance(dataset, str):
-        return run(TrainConfig(dataset=dataset, **options), out_dir=out_dir, progress=progress, log=log)
-    return run(TrainConfig(**options), out_dir=out_dir, progress=progress, log=log, data=dataset)
+        return run(TrainConfig(dataset=dataset, **options), out_dir=out_dir, progress=progress, log=log,
+                   overwrite=overwrite)
+    return run(TrainConfig(**options), out_dir=out_dir, progress=progress, log=log, data=dataset,
+               overwrite=overwrite)
 
 
 __all__ = ["TrainConfig", "RunResult", "RunFolderError", "run", "fit", "build_optimizer", "build_scheduler", "default_out_dir",
