@@ -9,8 +9,8 @@ Layout of the archive (no pickles; it loads with `allow_pickle=False`):
 
 Arrays are stored as host NumPy arrays, so a checkpoint written on the GPU loads on a CPU and back
 (Chainer's rule). Writes go to a temporary file in the same folder, are fsynced, then `os.replace`d
-over the target (gpunet.atomic): a crash mid-write leaves the previous checkpoint intact. Every load error names the
-file and the offending key or shape.
+over the target (gpunet.atomic): a crash mid-write leaves the previous checkpoint intact. Every load
+error names the file and the offending key or shape; weights holding NaN/inf are refused.
 """
 from __future__ import annotations
 

@@ -166,7 +166,6 @@ def test_damaged_gz_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch):
 
 @pytest.mark.parametrize("content", [b"not a tarball at all", "truncated"])
 def test_bad_cifar_tarball_is_one_line_naming_it(tmp_path, capsys, monkeypatch, content):
-    import gzip
     monkeypatch.setenv("GPUNET_DATA", str(tmp_path / "cache"))
     (tmp_path / "d").mkdir()
     archive = tmp_path / "d" / "cifar-10-python.tar.gz"

@@ -2,7 +2,6 @@
 every kill leaves a loadable checkpoint (or none yet), the next run removes the killed writer's temporary
 files, and resuming ends bit for bit where the uninterrupted run does."""
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -62,13 +62,11 @@ def read_batch(path) -> tuple[np.ndarray, np.ndarray]:
     return x.reshape(-1, 3, 32, 32), y
 
 
-def read_folder(folder, test_only: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(x_train, y_train, x_test, y_test) from a `cifar-10-batches-py` folder (test_only: an empty train split)."""
+def read_folder(folder) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x_train, y_train, x_test, y_test) from a `cifar-10-batches-py` folder."""
     folder = Path(folder)
-    x_test, y_test = read_batch(folder / TEST_BATCH)
-    if test_only:
-        return np.zeros((0, *x_test.shape[1:]), np.uint8), np.zeros(0, np.int64), x_test, y_test
     parts = [read_batch(folder / name) for name in TRAIN_BATCHES]
+    x_test, y_test = read_batch(folder / TEST_BATCH)
     return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), x_test, y_test)
 
 

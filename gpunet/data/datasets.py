@@ -119,8 +119,9 @@ def from_arrays(x_train, y_train, x_test, y_test, name: str = "custom", classes=
     if xtr.ndim != 4 or xtr.shape[1:] != xte.shape[1:]:
         raise ValueError(f"{name}: expected images shaped (N, C, H, W) or (N, H, W) alike in both splits, got "
                          f"train {xtr.shape} and test {xte.shape}")
-    for split, x in (("train", xtr), ("test", xte)):
-        check_finite(x, f"{name}: the {split} split")
+    for split, raw, x in (("train", x_train, xtr), ("test", x_test, xte)):
+        if np.asarray(raw).dtype.kind not in "iub":  # integer pixels (IDX, CIFAR) are finite by construction
+            check_finite(x, f"{name}: the {split} split")
     ytr, yte = np.asarray(y_train, dtype=np.int64), np.asarray(y_test, dtype=np.int64)
     if len(ytr) != len(xtr) or len(yte) != len(xte):
         raise ValueError(f"{name}: {len(xtr)} train images but {len(ytr)} labels, {len(xte)} test images but "
@@ -245,7 +246,11 @@ def load_cifar10(data_dir=None, download_missing=True, base_url=None, stats=None
             if not (download_missing and download.refetch_if_corrupt("cifar10", local, base_url, quiet)):
                 raise
             folder = cifar.extract(local, cache)
-    xtr, ytr, xte, yte = cifar.read_folder(folder, test_only)
+    if test_only:
+        xte, yte = cifar.read_batch(folder / cifar.TEST_BATCH)
+        xtr, ytr = _no_train(xte, yte)
+    else:
+        xtr, ytr, xte, yte = cifar.read_folder(folder)
     return from_arrays(xtr, ytr, xte, yte, "cifar10", cifar.CLASSES, 255.0, stats)
 
 

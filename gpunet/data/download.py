@@ -5,9 +5,9 @@ streams into a temporary `.part` file in the destination folder, is hashed on th
 into place (gpunet.atomic) only when the hash matches: an interrupted or corrupt download never leaves a
 file that looks complete, and the `.part` files of killed downloads are removed by the next one. A
 mirror that stalls (TIMEOUT_S per read), trickles (below MIN_RATE over PROGRESS_WINDOW_S) or outlasts
-DEADLINE_S per file is given up on. On a terminal a tqdm bar shows bytes and rate. Mirrors are tried in order; `$GPUNET_DATA_URL` (a root holding one folder
-per dataset, `<root>/<dataset>/<file>`) or the `base_url` argument replaces them, e.g. for a local
-mirror or a test server.
+DEADLINE_S per file is given up on. On a terminal a tqdm bar shows bytes and rate. Mirrors are tried
+in order; `$GPUNET_DATA_URL` (a root holding one folder per dataset, `<root>/<dataset>/<file>`) or the
+`base_url` argument replaces them, e.g. for a local mirror or a test server.
 """
 from __future__ import annotations
 

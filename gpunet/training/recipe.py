@@ -59,6 +59,7 @@ CUSTOM = "custom"  # the name of a Dataset passed to run(data=...) that is none 
 AUGMENTATIONS = {"digits": dict(padding=1, flip=False), "mnist": dict(padding=2, flip=False),
                  "fashion-mnist": dict(padding=2, flip=True), "cifar10": dict(padding=4, flip=True)}
 
+
 class RunFolderError(ValueError):
     """The run folder is not usable: it is a file, or it holds another run."""
 
@@ -361,5 +362,5 @@ def fit(dataset="digits", out_dir=None, progress: str = "auto", log=print, overw
                overwrite=overwrite)
 
 
-__all__ = ["TrainConfig", "RunResult", "RunFolderError", "run", "fit", "build_optimizer", "build_scheduler", "default_out_dir",
-           "DEFAULTS", "OPTIMIZERS", "SCHEDULES"]
+__all__ = ["TrainConfig", "RunResult", "RunFolderError", "run", "fit", "build_optimizer", "build_scheduler",
+           "default_out_dir", "DEFAULTS", "OPTIMIZERS", "SCHEDULES"]
