@@ -287,8 +287,9 @@ def test_trainer_callbacks_run_in_order_and_extend_the_checkpointed_history(tmp_
 
 
 def test_monitor_option_logs_health_without_changing_training(tmp_path):
-    plain = run(quick(), out_dir=tmp_path / "plain", progress="none", log=None)
-    mon = run(quick(monitor=3), out_dir=tmp_path / "mon", progress="none", log=None)
+    # exp: a schedule the later extension continues unchanged (a finished cosine run would go on at lr 0)
+    plain = run(quick(schedule="exp"), out_dir=tmp_path / "plain", progress="none", log=None)
+    mon = run(quick(monitor=3, schedule="exp"), out_dir=tmp_path / "mon", progress="none", log=None)
     assert_same_weights(weights(plain.model), weights(mon.model))  # observing does not perturb
     hist = json.loads((tmp_path / "mon" / "history.json").read_text())
     for h in hist:
@@ -301,7 +302,7 @@ def test_monitor_option_logs_health_without_changing_training(tmp_path):
     with pytest.raises(ValueError, match="monitor must be >= 1"):
         quick(monitor=0).resolved()
     # a resumed run may switch the monitor on (it does not change the training)
-    more = run(quick(epochs=3, monitor=2), out_dir=tmp_path / "plain", resume=tmp_path / "plain" / "checkpoint.npz",
+    more = run(quick(epochs=3, monitor=2, schedule="exp"), out_dir=tmp_path / "plain", resume=tmp_path / "plain" / "checkpoint.npz",
                progress="none", log=None, explicit={"epochs", "monitor"})
     hist = json.loads((tmp_path / "plain" / "history.json").read_text())
     assert "update_ratio" not in hist[1] and "update_ratio" in hist[2] and more.trainer.epoch == 3

@@ -324,8 +324,8 @@ def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: 
         out_dir.mkdir(parents=True, exist_ok=True)
         for path in replaced:
             path.unlink()
-        for name in RUN_FILES:  # temporaries of writes killed mid-way (checkpoint.npz's: the Trainer's)
-            remove_stale(out_dir / name)
+        for name in ("history.json", "metrics.json"):  # temporaries of writes killed mid-way (the Trainer
+            remove_stale(out_dir / name)                  # removes checkpoint.npz's)
     try:
         history = trainer.fit(train_loader, val_loader, cfg.epochs)
     except TrainingError:
