@@ -70,6 +70,11 @@ def test_out_of_range_options_name_the_option(tmp_path, capsys, option, value):
     assert not (tmp_path / "run").exists()
 
 
+def test_parity_lr_names_the_option(capsys):
+    assert main(["parity", "--lr", "nan", "--device", "cpu", "--quiet"]) == 1
+    one_line_error(capsys, "--lr nan: SGD: invalid lr nan")
+
+
 @pytest.mark.parametrize("n", [2, 4, 50])
 def test_limit_train_too_small_needs_one_image_per_class_and_split(tmp_path, capsys, n):
     assert main(["train", *QUICK[2:], "--limit-train", str(n), "--out", str(tmp_path / "r")]) == 1

@@ -47,12 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def describe(e: BaseException) -> str:
+def describe(e: BaseException, args=None) -> str:
     """The one-line message of an expected failure. An OSError from the system (errno set) names its path:
-    'runs/a/history.json: No space left on device'; the library's own errors carry their message."""
+    'runs/a/history.json: No space left on device'; an optimizer's hyper-parameter error names the command's
+    option of that name: '--lr nan: Adam: invalid lr nan (...)'; the library's other errors carry their own."""
+    from gpunet.optim import HyperParameterError
     if isinstance(e, OSError) and e.errno is not None and e.strerror:
         where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
         return f"{where}: {e.strerror}" if where else e.strerror
+    if isinstance(e, HyperParameterError) and args is not None and hasattr(args, e.name):
+        return f"--{e.name.replace('_', '-')} {e.value}: {e}"
     return str(e)
 
 
@@ -88,7 +92,7 @@ def _run(args) -> int:
             ImportError, OSError) as e:
         if os.environ.get("GPUNET_DEBUG"):  # developers: the full traceback
             raise
-        print(f"gpunet {args.command}: error: {describe(e)}", file=sys.stderr)
+        print(f"gpunet {args.command}: error: {describe(e, args)}", file=sys.stderr)
         return 1
     except Terminated:
         print(f"gpunet {args.command}: terminated (SIGTERM)", file=sys.stderr)

@@ -109,10 +109,8 @@ class TrainConfig:
                 raise ValueError(f"--{key.replace('_', '-')} must be >= {lo}, got {v}")
         if c.clip_grad_norm is not None and not (math.isfinite(c.clip_grad_norm) and c.clip_grad_norm > 0):
             raise ValueError(f"--clip-grad-norm must be a finite number > 0, got {c.clip_grad_norm}")
-        try:  # the optimizer's constructor is where hyper-parameters are validated: ask it now, before any work
-            build_optimizer(c, [Parameter(np.zeros(1, np.float32))])
-        except optim.HyperParameterError as e:
-            raise ValueError(f"--{e.name.replace('_', '-')} {e.value}: {e}") from None
+        # the optimizers validate hyper-parameters (HyperParameterError): ask one now, before any work
+        build_optimizer(c, [Parameter(np.zeros(1, np.float32))])
         if not 0 <= c.val_fraction < 1:
             raise ValueError(f"val_fraction must lie in [0, 1), got {c.val_fraction}")
         return c
