@@ -228,8 +228,8 @@ def test_full_disk_keeps_the_previous_checkpoint_and_says_so(tmp_path, capsys, m
     monkeypatch.setattr(gpunet.checkpoint.np, "savez", savez)
     assert train(tmp_path, "--epochs", "2") == 1
     run = tmp_path / "run"
-    one_line_error(capsys, str(run / "checkpoint.npz"), "No space left on device",
-                   "the previous checkpoint (epoch 1) is kept")
+    one_line_error(capsys, "No space left on device", f"the last good checkpoint, {run / 'checkpoint.npz'} "
+                   "(epoch 1), is kept")
     assert load_checkpoint(run / "checkpoint.npz").epoch == 1
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint.npz", "history.json"]
 

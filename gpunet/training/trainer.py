@@ -106,15 +106,13 @@ class Trainer:
         return [n for n, ok in zip(names, finite) if not ok]
 
     def _kept(self) -> str:
-        return (f"the previous checkpoint (epoch {self.epoch}) is kept"
+        """What a stopped run leaves: the checkpoint on disk is always the last good state."""
+        return (f"the last good checkpoint, {self.checkpoint_path} (epoch {self.epoch}), is kept"
                 if self.checkpoint_path is not None and self.checkpoint_path.exists() and self.epoch > 0
                 else "no checkpoint had been written yet")
 
     def _diverged(self, what: str, epoch: int, step: int) -> str:
-        last = (f"the last good checkpoint, {self.checkpoint_path} (epoch {self.epoch}), is kept"
-                if self.checkpoint_path is not None and self.checkpoint_path.exists() and self.epoch > 0
-                else "no checkpoint had been written yet")
-        return (f"training diverged: {what} at epoch {epoch}, step {step}; stopped ({last}). "
+        return (f"training diverged: {what} at epoch {epoch}, step {step}; stopped ({self._kept()}). "
                 f"Try a lower --lr, --clip-grad-norm, or check the data for NaN/inf.")
 
     def train_epoch(self, loader, epoch: int, epochs: int) -> dict:
@@ -188,8 +186,8 @@ class Trainer:
                         self.save(self.checkpoint_path)
                     except OSError as e:  # e.g. a full disk: the atomic write left the previous file in place
                         self.epoch, self.history = epoch - 1, self.history[:-1]  # back to what is on disk
-                        raise TrainingError(f"cannot write {self.checkpoint_path} at epoch {epoch}: "
-                                            f"{e.strerror or e}; {self._kept()}") from e
+                        raise TrainingError(f"cannot write the checkpoint of epoch {epoch}: {e.strerror or e}; "
+                                            f"{self._kept()}") from e
                 self.progress.end_epoch(stats, epochs)
         finally:
             self.progress.close()
