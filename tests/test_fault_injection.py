@@ -117,3 +117,23 @@ def test_killed_training_resumes_bitwise(tmp_path, straight, point):
                          + [f"replace:{i}" for i in range(1, 6)] + [f"replaced:{i}" for i in (1, 2, 4, 5)])
 def test_killed_training_resumes_bitwise_at_every_point(tmp_path, straight, point):
     check_kill_and_recovery(tmp_path, straight, point)
+
+
+def test_sigterm_during_training_exits_143_keeping_the_checkpoint(tmp_path):
+    """SIGTERM is Ctrl-C's twin: one line, exit 143, the last checkpoint loadable, no temporaries; a resume
+    then ends where the uninterrupted run does (checked above), so only the state left behind is checked."""
+    out = tmp_path / "run"
+    epochs_50 = [*ARGS[:4], "50", *ARGS[5:]]  # ARGS with --epochs 50
+    proc = subprocess.Popen([sys.executable, "-m", "gpunet.cli.main", *epochs_50, "--out", str(out)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:  # the first epoch is done and checkpointed
+            if line.startswith("epoch 1/50"):
+                break
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "gpunet train: terminated (SIGTERM)"
+    assert 1 <= load_checkpoint(out / "checkpoint.npz").epoch < 50 and temporaries(out) == []
