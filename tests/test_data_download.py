@@ -201,8 +201,7 @@ def test_cifar_extraction_killed_midway_leaves_no_folder(tmp_path, cache, monkey
 
 @pytest.fixture
 def trickle(tmp_path):
-    """A server sending 1 KB every `pause` seconds of a 1 MB file, forever within the test's time."""
-    state = {"pause": 0.05}
+    """A server sending a 1 MB file 1 KB at a time, every 50 ms (51 s in all: longer than any test waits)."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
@@ -213,7 +212,7 @@ def trickle(tmp_path):
                 for _ in range(1 << 10):
                     self.wfile.write(b"x" * 1024)
                     self.wfile.flush()
-                    time.sleep(state["pause"])
+                    time.sleep(0.05)
             except (BrokenPipeError, ConnectionResetError):
                 pass
 
@@ -222,29 +221,22 @@ def trickle(tmp_path):
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     httpd.daemon_threads = True
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", state
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
     httpd.shutdown()
     httpd.server_close()
 
 
-def test_a_trickling_mirror_is_given_up_on(trickle, tmp_path, monkeypatch):
-    """1 KB every 50 ms never trips the per-read timeout; the minimum-progress rule stops it."""
-    url, _ = trickle
-    monkeypatch.setattr(download, "PROGRESS_WINDOW_S", 0.5)
-    monkeypatch.setattr(download, "MIN_RATE", 100_000.0)
+@pytest.mark.parametrize("rule, message", [
+    (dict(PROGRESS_WINDOW_S=0.5, MIN_RATE=100_000.0), r"bytes/s over the last .* below the minimum of 100000 bytes/s"),
+    (dict(MIN_RATE=0.0, DEADLINE_S=0.5), r"not complete after 0.5 s")])
+def test_a_trickling_mirror_is_given_up_on(trickle, tmp_path, monkeypatch, rule, message):
+    """1 KB every 50 ms never trips the per-read timeout; the minimum-progress rule, or else the deadline
+    per file, stops it, leaving nothing behind."""
+    for name, value in rule.items():
+        monkeypatch.setattr(download, name, value)
     t = time.monotonic()
-    with pytest.raises(TimeoutError, match=r"bytes/s over the last .* below the minimum of 100000 bytes/s"):
-        download.download_file(f"{url}/f.bin", tmp_path / "out" / "f.bin", "0" * 64, quiet=True)
-    assert time.monotonic() - t < 5 and list((tmp_path / "out").iterdir()) == []
-
-
-def test_a_download_past_its_deadline_is_given_up_on(trickle, tmp_path, monkeypatch):
-    url, _ = trickle
-    monkeypatch.setattr(download, "MIN_RATE", 0.0)
-    monkeypatch.setattr(download, "DEADLINE_S", 0.5)
-    t = time.monotonic()
-    with pytest.raises(TimeoutError, match=r"not complete after 0.5 s"):
-        download.download_file(f"{url}/f.bin", tmp_path / "out" / "f.bin", "0" * 64, quiet=True)
+    with pytest.raises(TimeoutError, match=message):
+        download.download_file(f"{trickle}/f.bin", tmp_path / "out" / "f.bin", "0" * 64, quiet=True)
     assert time.monotonic() - t < 5 and list((tmp_path / "out").iterdir()) == []
 
 
@@ -279,7 +271,7 @@ def test_sigterm_during_a_download_cleans_up_and_exits_143(trickle, tmp_path):
     import subprocess
     import sys
     from pathlib import Path
-    url, _ = trickle
+    url = trickle
     env = {**os.environ, "GPUNET_DATA": str(tmp_path / "cache"), "GPUNET_DATA_URL": url}
     repo = Path(__file__).resolve().parents[1]
     proc = subprocess.Popen([sys.executable, "-m", "gpunet.cli.main", "train", "--dataset", "mnist", "--out",
