@@ -195,7 +195,7 @@ def _load_idx_dataset(dataset: str, classes, data_dir=None, download_missing: bo
     else:
         xtr, ytr = read(IDX_FILES[0], read_images), read(IDX_FILES[1], read_labels)
     for (xs, ys), (fx, fy) in (((xtr, ytr), IDX_FILES[:2]), ((xte, yte), IDX_FILES[2:])):
-        if len(xs) != len(ys) and fx in found:
+        if len(xs) != len(ys):
             raise ValueError(f"{dataset}: {found[fx]} holds {len(xs)} images but {found[fy]} holds {len(ys)} labels")
     return from_arrays(xtr, ytr, xte, yte, dataset, classes, 255.0, stats)
 
