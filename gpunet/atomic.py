@@ -60,9 +60,11 @@ def remove_stale(target, suffix: str = ".tmp") -> list[Path]:
     target = Path(target)
     removed = []
     for p in target.parent.glob(f".{glob.escape(target.name)}.*{suffix}"):
-        pid = p.name[len(target.name) + 2:].split(".", 1)[0]
-        if pid.isdigit() and _alive(int(pid)):
-            continue
+        pid, dot, token = p.name[len(target.name) + 2:len(p.name) - len(suffix)].partition(".")
+        if dot and not (pid.isdigit() and len(token) == 8 and all(c in "0123456789abcdef" for c in token)):
+            continue  # another file's temporary (".a.b.<pid>.<random>" is b's, not a's)
+        if dot and _alive(int(pid)):
+            continue  # no dot: an older gpunet's mkstemp name, its writer long gone
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)
         else:
