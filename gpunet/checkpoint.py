@@ -9,20 +9,19 @@ Layout of the archive (no pickles; it loads with `allow_pickle=False`):
 
 Arrays are stored as host NumPy arrays, so a checkpoint written on the GPU loads on a CPU and back
 (Chainer's rule). Writes go to a temporary file in the same folder, are fsynced, then `os.replace`d
-over the target: a crash mid-write leaves the previous checkpoint intact. Every load error names the
-file and the offending key or shape.
+over the target (gpunet.atomic): a crash mid-write leaves the previous checkpoint intact. Every load
+error names the file and the offending key or shape; weights holding NaN/inf are refused.
 """
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from gpunet.atomic import atomic_write
 from gpunet.backend import _is_cupy_array, to_host
 
 FORMAT = "gpunet-checkpoint"
@@ -120,17 +119,8 @@ def save_checkpoint(path, model, optimizer=None, scheduler=None, epoch: int = 0,
         "extra": _encode(dict(extra or {}), "state/extra", arrays),
     }
     arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
     return path
 
 
@@ -179,6 +169,10 @@ def load_model_state(model, ckpt: Checkpoint) -> None:
         if tuple(ckpt.model[k].shape) != tuple(v.shape):
             raise CheckpointError(f"{ckpt.path}: '{k}' has shape {tuple(ckpt.model[k].shape)} in the checkpoint "
                                   f"but the model expects {tuple(v.shape)}")
+    bad = [k for k, v in ckpt.model.items() if v.dtype.kind in "fc" and not np.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{ckpt.path}: non-finite weights (NaN/inf) in {', '.join(bad)}; the run that wrote "
+                              f"it had diverged")
     model.load_state_dict(ckpt.model)
 
 

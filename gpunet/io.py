@@ -16,17 +16,16 @@ PyTorch tooling expects; `.npz` is NumPy's archive, read with `allow_pickle=Fals
 their own dtype (float32 stays float32; `load_into` casts to the model's dtype); safetensors files list
 their keys sorted, so `load` returns them in that order, not the model's. `.pt`/`.pth` files are
 read with `torch.load(weights_only=True)` when torch is installed. Writes are atomic (temporary file in
-the same folder, then os.replace).
+the same folder, then os.replace: gpunet.atomic).
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
+from gpunet.atomic import atomic_write
 from gpunet.backend import to_host
 
 FORMATS = (".safetensors", ".npz", ".pt", ".pth")
@@ -80,22 +79,15 @@ def save(obj, path, metadata: dict | None = None) -> Path:
         raise WeightsFormatError(f"{path}: gpunet writes .safetensors or .npz (PyTorch reads both); "
                                  f"use torch.save yourself for a pickle-based .pt file")
     sd = to_numpy_state_dict(obj)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=fmt, dir=path.parent)
-    os.close(fd)
-    try:
-        if fmt == ".safetensors":
-            save_file = _safetensors_numpy(path).save_file
+    save_file = _safetensors_numpy(path).save_file if fmt == ".safetensors" else None
+    with atomic_write(path, suffix=fmt) as tmp:
+        if save_file is not None:
             meta = {"format": "pt"}
             meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
-            save_file(dict(sd), tmp, metadata=meta)
+            save_file(dict(sd), str(tmp), metadata=meta)
         else:
             with open(tmp, "wb") as f:
                 np.savez(f, **sd)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

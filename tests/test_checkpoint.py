@@ -195,3 +195,24 @@ def test_dropout_streams_are_saved(tmp_path):
     model2 = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5))
     restore(load_checkpoint(path), model2)
     assert (model2[1].seed, model2[1].counter) == (model[1].seed, 17)
+
+
+def test_atomic_remove_stale_touches_only_dead_writers_of_its_target(tmp_path):
+    import subprocess
+    import sys
+
+    from gpunet.atomic import atomic_write, remove_stale, temp_path
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    mine = temp_path(tmp_path / "a")                                   # this process: alive
+    gone = [tmp_path / f".a.{dead.pid}.0badf00d.tmp", tmp_path / ".a.k3j4h5ab.tmp"]
+    other = [tmp_path / f".a.b.{dead.pid}.0badf00d.tmp", tmp_path / f".ab.{dead.pid}.0badf00d.tmp"]
+    for p in [mine, *gone, *other]:
+        p.write_text("x")
+    assert sorted(remove_stale(tmp_path / "a")) == sorted(gone)
+    assert mine.exists() and all(p.exists() for p in other)
+    with pytest.raises(KeyError), atomic_write(tmp_path / "a") as tmp:
+        tmp.write_text("half")
+        raise KeyError("interrupted")
+    assert not (tmp_path / "a").exists() and sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        p.name for p in [mine, *other])

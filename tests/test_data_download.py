@@ -7,6 +7,7 @@ import pickle
 import socket
 import tarfile
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -156,3 +157,166 @@ def test_real_sources_are_pinned_sha256():
         assert src.mirrors and src.files
         for name, digest in src.files.items():
             assert len(digest) == 64 and int(digest, 16) >= 0, (dataset, name)
+
+
+def test_cifar_damaged_extraction_is_detected_and_extracted_again(tmp_path, cache, monkeypatch, capsys):
+    """A partial test_batch in the cache (a killed copy, a disk error) is never trusted: its size differs from
+    the archive's record, so the batches are extracted again from the tarball, or the error says which file."""
+    from test_cli_reliability import _cifar_tarball
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "cifar-10-python.tar.gz").write_bytes(_cifar_tarball())
+    first = load_dataset("cifar10", tmp_path / "d", download_missing=False, quiet=True)
+    batch = cache / "cifar10" / "cifar-10-batches-py" / "test_batch"
+    whole = batch.read_bytes()
+    batch.write_bytes(whole[:len(whole) // 2])
+    again = load_dataset("cifar10", tmp_path / "d", download_missing=False)
+    assert "test_batch" in capsys.readouterr().err and batch.read_bytes() == whole
+    np.testing.assert_array_equal(first.x_test, again.x_test)
+    assert _leftovers(cache / "cifar10" / "cifar-10-batches-py") == [".sizes.json"]
+    assert [p.name for p in (cache / "cifar10").iterdir()] == ["cifar-10-batches-py"]
+    batch.write_bytes(whole[:100])
+    (tmp_path / "d" / "cifar-10-python.tar.gz").unlink()
+    with pytest.raises(DataUnavailableError, match="no intact cifar-10-batches-py"):
+        load_dataset("cifar10", tmp_path / "d", download_missing=False, quiet=True)
+
+
+def test_cifar_extraction_killed_midway_leaves_no_folder(tmp_path, cache, monkeypatch):
+    """Extraction happens in a temporary folder: an exception mid-way leaves neither batches nor temporaries."""
+    import tarfile as tarfile_mod
+    from test_cli_reliability import _cifar_tarball
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "cifar-10-python.tar.gz").write_bytes(_cifar_tarball())
+    real = tarfile_mod.TarFile.extractall
+
+    def dies(self, path, members=None, **kw):
+        real(self, path, members[:3], **kw)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(tarfile_mod.TarFile, "extractall", dies)
+    with pytest.raises(KeyboardInterrupt):
+        load_dataset("cifar10", tmp_path / "d", download_missing=False, quiet=True)
+    assert list((cache / "cifar10").iterdir()) == []
+
+
+# --- stalls, trickles, progress, leftovers, SIGTERM ---------------------------------------------------------
+
+@pytest.fixture
+def trickle(tmp_path):
+    """A server sending a 1 MB file 1 KB at a time, every 50 ms (51 s in all: longer than any test waits)."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(1 << 20))
+            self.end_headers()
+            try:
+                for _ in range(1 << 10):
+                    self.wfile.write(b"x" * 1024)
+                    self.wfile.flush()
+                    time.sleep(0.05)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+        def log_message(self, *args):
+            pass
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.mark.parametrize("rule, message", [
+    (dict(PROGRESS_WINDOW_S=0.5, MIN_RATE=100_000.0), r"bytes/s over the last .* below the minimum of 100000 bytes/s"),
+    (dict(MIN_RATE=0.0, DEADLINE_S=0.5), r"not complete after 0.5 s")])
+def test_a_trickling_mirror_is_given_up_on(trickle, tmp_path, monkeypatch, rule, message):
+    """1 KB every 50 ms never trips the per-read timeout; the minimum-progress rule, or else the deadline
+    per file, stops it, leaving nothing behind."""
+    for name, value in rule.items():
+        monkeypatch.setattr(download, name, value)
+    t = time.monotonic()
+    with pytest.raises(TimeoutError, match=message):
+        download.download_file(f"{trickle}/f.bin", tmp_path / "out" / "f.bin", "0" * 64, quiet=True)
+    assert time.monotonic() - t < 5 and list((tmp_path / "out").iterdir()) == []
+
+
+def test_download_shows_bytes_and_rate_and_removes_dead_part_files(server, tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    root, url = server
+    (root / "f.bin").write_bytes(b"x" * 300_000)
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    leftovers = [out / f".f.bin.{dead.pid}.0badf00d.part", out / ".f.bin.k3j4h5ab.part"]
+    for p in leftovers:
+        p.write_bytes(b"x" * 1000)
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    download.download_file(f"{url}/f.bin", out / "f.bin", hashlib.sha256(b"x" * 300_000).hexdigest())
+    shown = sys.stderr.getvalue()
+    assert "f.bin" in shown and "293k" in shown.replace("K", "k") and "B/s" in shown  # tqdm: size and rate
+    assert "0.3 MB in" in shown and "MB/s" in shown                                   # the summary line
+    assert sorted(p.name for p in out.iterdir()) == ["f.bin"]
+
+
+def test_sigterm_during_a_download_cleans_up_and_exits_143(trickle, tmp_path):
+    """SIGTERM is handled like Ctrl-C: a one-line message, the .part file removed, exit status 143."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+    url = trickle
+    env = {**os.environ, "GPUNET_DATA": str(tmp_path / "cache"), "GPUNET_DATA_URL": url}
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-m", "gpunet.cli.main", "train", "--dataset", "mnist", "--out",
+                             str(tmp_path / "r")], cwd=repo, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not list((tmp_path / "cache" / "mnist").glob(".*.part")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list((tmp_path / "cache" / "mnist").glob(".*.part")), "the download never started"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "gpunet train: terminated (SIGTERM)"
+    assert list((tmp_path / "cache" / "mnist").iterdir()) == []
+
+
+def test_a_corrupt_cached_download_is_fetched_again(server, cache, monkeypatch, capsys):
+    """A cached file that no longer has its pinned SHA-256 (truncated by a full disk, altered) and no longer
+    reads is downloaded again, with a line saying so; without a mirror the error names the file."""
+    root, url = server
+    make_idx_dir(root / "mnist")
+    _pin(monkeypatch, "mnist", root / "mnist")
+    monkeypatch.setenv("GPUNET_DATA_URL", url)
+    first = load_dataset("mnist", quiet=True)
+    cached = cache / "mnist" / "t10k-images-idx3-ubyte.gz"
+    whole = cached.read_bytes()
+    cached.write_bytes(whole[:len(whole) // 2])
+    again = load_dataset("mnist")
+    assert f"{cached} is damaged" in capsys.readouterr().err and cached.read_bytes() == whole
+    np.testing.assert_array_equal(first.x_test, again.x_test)
+    cached.write_bytes(whole[:len(whole) // 2])
+    monkeypatch.setenv("GPUNET_DATA_URL", f"http://127.0.0.1:{_closed_port()}")
+    with pytest.raises(DataUnavailableError, match="t10k-images-idx3-ubyte.gz"):
+        load_dataset("mnist", quiet=True)
+
+
+def test_a_corrupt_cached_cifar_tarball_is_fetched_again(server, cache, monkeypatch):
+    from test_cli_reliability import _cifar_tarball
+    root, url = server
+    (root / "cifar10").mkdir()
+    (root / "cifar10" / "cifar-10-python.tar.gz").write_bytes(_cifar_tarball())
+    _pin(monkeypatch, "cifar10", root / "cifar10")
+    monkeypatch.setenv("GPUNET_DATA_URL", url)
+    (cache / "cifar10").mkdir(parents=True)
+    (cache / "cifar10" / "cifar-10-python.tar.gz").write_bytes(_cifar_tarball()[:-500])  # a killed copy
+    assert load_dataset("cifar10", quiet=True).x_test.shape == (4, 3, 32, 32)

@@ -149,9 +149,23 @@ def test_skips_frozen_and_gradless_parameters_and_lr_is_settable():
     assert a.grad is None
 
 
+@pytest.mark.parametrize("cls, hyper", [
+    (optim.Adam, dict(lr=float("nan"))), (optim.AdamW, dict(lr=float("inf"))), (optim.SGD, dict(lr=1e309)),
+    (optim.SGD, dict(lr=0.1, weight_decay=float("nan"))), (optim.Adam, dict(weight_decay=-1e-4)),
+    (optim.SGD, dict(lr=0.1, momentum=1.5)), (optim.SGD, dict(lr=0.1, momentum=float("nan"))),
+    (optim.RMSprop, dict(alpha=float("nan"))), (optim.RMSprop, dict(eps=float("inf"))),
+    (optim.Adam, dict(eps=-1.0)), (optim.SGD, dict(lr="0.1"))])
+def test_hyper_parameters_must_be_finite_and_in_range(cls, hyper):
+    """A NaN or infinite hyper-parameter would turn every weight into NaN at the first step."""
+    (name, value), = hyper.items() if len(hyper) == 1 else [kv for kv in hyper.items() if kv[0] != "lr"]
+    with pytest.raises(optim.HyperParameterError, match=f"{cls.__name__}: invalid {name} ") as e:
+        cls([nn.Parameter(np.ones(1))], **hyper)
+    assert e.value.name == name and e.value.value is value
+
+
 def test_argument_errors():
     p = nn.Parameter(np.ones(1))
-    with pytest.raises(ValueError, match="invalid learning rate -1"):
+    with pytest.raises(ValueError, match="invalid lr -1"):
         optim.SGD([p], lr=-1)
     with pytest.raises(ValueError, match="Nesterov momentum requires momentum > 0 and dampening = 0"):
         optim.SGD([p], lr=0.1, nesterov=True)

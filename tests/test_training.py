@@ -91,11 +91,49 @@ def test_n_then_resume_to_n_plus_m_is_bitwise(tmp_path):
     assert straight.trainer.optimizer.lr == resumed.trainer.optimizer.lr
 
 
-def test_extending_a_cosine_run_replans_the_schedule(tmp_path):
-    run(quick(epochs=2), out_dir=tmp_path, progress="none", log=None)
-    r = run(TrainConfig(epochs=4), out_dir=tmp_path, resume=tmp_path / "checkpoint.npz", progress="none", log=None)
+def _killed_in_epoch(monkeypatch, dies_at, fn):
+    """Run fn() with training interrupted (KeyboardInterrupt) when epoch `dies_at` starts."""
+    real = _Trainer.train_epoch
+
+    def dies(self, loader, epoch, epochs):
+        if epoch == dies_at:
+            raise KeyboardInterrupt
+        return real(self, loader, epoch, epochs)
+    monkeypatch.setattr(_Trainer, "train_epoch", dies)
+    with pytest.raises(KeyboardInterrupt):
+        fn()
+    monkeypatch.setattr(_Trainer, "train_epoch", real)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "warmup-cosine", "step"])
+def test_extending_a_run_continues_from_its_lr_without_a_jump(tmp_path, monkeypatch, schedule):
+    """A 4-epoch run stopped after epoch 2 and resumed to 6: the lr goes on from where it was (never up)."""
+    lines = []
+    _killed_in_epoch(monkeypatch, 3, lambda: run(quick(epochs=4, schedule=schedule), out_dir=tmp_path,
+                                                  progress="none", log=None))
+    at_stop = load_checkpoint(tmp_path / "checkpoint.npz").optimizer["param_groups"][0]["lr"]
+    r = run(TrainConfig(epochs=6), out_dir=tmp_path, resume=tmp_path / "checkpoint.npz", progress="none",
+            log=lines.append)
     lrs = [h["lr"] for h in r.history]
-    assert len(lrs) == 4 and lrs[2] > lrs[3] > 0 and r.trainer.optimizer.lr < 1e-4  # decays to ~0 at epoch 4
+    assert len(lrs) == 6 and lrs[2] == at_stop > 0
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:])), lrs  # from the stop on, never up
+    assert [l for l in lines if f"continues from lr {at_stop:.2e}" in l and "remaining 4 epochs" in l]
+
+
+def test_extended_run_resumed_at_its_new_length_is_bitwise(tmp_path, monkeypatch):
+    """After an extension, the bit-for-bit promise holds again for the new length."""
+    for name in ("a", "b"):
+        _killed_in_epoch(monkeypatch, 3, lambda: run(quick(epochs=4), out_dir=tmp_path / name, progress="none",
+                                                      log=None))
+    extend = TrainConfig(epochs=5)
+    straight = run(extend, out_dir=tmp_path / "a", resume=tmp_path / "a" / "checkpoint.npz", progress="none", log=None)
+    _killed_in_epoch(monkeypatch, 4, lambda: run(extend, out_dir=tmp_path / "b", resume=tmp_path / "b" /
+                                                  "checkpoint.npz", progress="none", log=None))
+    resumed = run(TrainConfig(), out_dir=tmp_path / "b", resume=tmp_path / "b" / "checkpoint.npz",
+                  progress="none", log=None)
+    assert resumed.history[2]["lr"] > 0 and len(resumed.history) == 5
+    assert_same_weights(weights(straight.model), weights(resumed.model))
+    assert [h["lr"] for h in straight.history] == [h["lr"] for h in resumed.history]
 
 
 def test_resume_refuses_changed_options(tmp_path):
@@ -158,6 +196,20 @@ def test_nan_in_first_epoch_says_no_checkpoint(tmp_path):
     trainer, loader = tiny_setup(tmp_path, nan_at=(1, 1))
     with pytest.raises(TrainingError, match="epoch 1, step 1.*no checkpoint had been written yet"):
         trainer.fit(loader, epochs=1)
+
+
+def test_nonfinite_weights_at_epoch_end_are_never_checkpointed(tmp_path):
+    """The last step's loss is finite, but its update made a weight NaN: the checkpoint of epoch 1 stays."""
+    trainer, loader = tiny_setup(tmp_path)
+
+    class Poison:
+        def on_after_step(self, tr):
+            if tr.epoch == 1 and tr.optimizer.state[0]["step"] == 16:  # the last step of epoch 2
+                tr.model[0].weight.data[0, 0] = np.nan
+    trainer.callbacks.append(Poison())
+    with pytest.raises(TrainingError, match=r"weights became non-finite \(0\.weight\) at epoch 2.*epoch 1\), is kept"):
+        trainer.fit(loader, epochs=3)
+    assert load_checkpoint(tmp_path / "ck.npz").epoch == 1
 
 
 def test_nonfinite_gradient_norm_with_clipping(tmp_path):
@@ -235,8 +287,9 @@ def test_trainer_callbacks_run_in_order_and_extend_the_checkpointed_history(tmp_
 
 
 def test_monitor_option_logs_health_without_changing_training(tmp_path):
-    plain = run(quick(), out_dir=tmp_path / "plain", progress="none", log=None)
-    mon = run(quick(monitor=3), out_dir=tmp_path / "mon", progress="none", log=None)
+    # exp: a schedule the later extension continues unchanged (a finished cosine run would go on at lr 0)
+    plain = run(quick(schedule="exp"), out_dir=tmp_path / "plain", progress="none", log=None)
+    mon = run(quick(monitor=3, schedule="exp"), out_dir=tmp_path / "mon", progress="none", log=None)
     assert_same_weights(weights(plain.model), weights(mon.model))  # observing does not perturb
     hist = json.loads((tmp_path / "mon" / "history.json").read_text())
     for h in hist:
@@ -249,7 +302,7 @@ def test_monitor_option_logs_health_without_changing_training(tmp_path):
     with pytest.raises(ValueError, match="monitor must be >= 1"):
         quick(monitor=0).resolved()
     # a resumed run may switch the monitor on (it does not change the training)
-    more = run(quick(epochs=3, monitor=2), out_dir=tmp_path / "plain", resume=tmp_path / "plain" / "checkpoint.npz",
+    more = run(quick(epochs=3, monitor=2, schedule="exp"), out_dir=tmp_path / "plain", resume=tmp_path / "plain" / "checkpoint.npz",
                progress="none", log=None, explicit={"epochs", "monitor"})
     hist = json.loads((tmp_path / "plain" / "history.json").read_text())
     assert "update_ratio" not in hist[1] and "update_ratio" in hist[2] and more.trainer.epoch == 3

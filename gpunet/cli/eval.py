@@ -17,6 +17,8 @@ def add_parser(subparsers) -> None:
 def evaluate_checkpoint(path, dataset=None, device="auto", data_dir=None, batch_size=256) -> dict:
     """Rebuild the checkpoint's model on `device` and evaluate it on the test split of `dataset`
     (default: the one it was trained on), normalised as in training."""
+    import math
+
     import numpy as np
 
     from gpunet.backend import get_backend
@@ -33,7 +35,7 @@ def evaluate_checkpoint(path, dataset=None, device="auto", data_dir=None, batch_
     except KeyError as e:
         raise CheckpointError(f"{ck.path}: missing {e} in its config; was it written by `gpunet train`?") from None
     dataset = dataset or ck.config.get("dataset")
-    data = load_dataset(dataset, data_dir, stats=stats)
+    data = load_dataset(dataset, data_dir, stats=stats, test_only=True)  # the train split's statistics: in ck
     if data.in_shape != in_shape or data.num_classes != num_classes:
         raise CheckpointError(f"{ck.path}: the model takes {in_shape} images in {num_classes} classes but "
                               f"{dataset} has {data.in_shape} in {data.num_classes}")
@@ -41,6 +43,9 @@ def evaluate_checkpoint(path, dataset=None, device="auto", data_dir=None, batch_
     model = build_model(model_name, in_shape, num_classes, backend=be)
     load_model_state(model, ck)
     result = evaluate(model, DataLoader(data.x_test, data.y_test, batch_size, shuffle=False, backend=be))
+    if not math.isfinite(result["loss"]):  # weights and data were checked finite: the outputs overflowed
+        raise CheckpointError(f"{ck.path}: non-finite test loss ({result['loss']}) on {dataset}: the model's "
+                              f"outputs overflow float32")
     return {**result, "dataset": dataset, "device": be.name, "model": model_name, "epoch": ck.epoch}
 
 

@@ -45,6 +45,8 @@ def add_parser(subparsers) -> None:
                    help="run folder (default: runs/<timestamp>, or the checkpoint's folder with --resume)")
     p.add_argument("--resume", metavar="CHECKPOINT", default=None,
                    help="continue a run from its checkpoint.npz (same config; --epochs may extend it)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (without it, a folder holding a run is refused)")
     p.add_argument("--quiet", action="store_true", help="no progress bar: one line per epoch")
     p.set_defaults(func=run)
 
@@ -68,7 +70,7 @@ def run(args) -> int:
     else:
         out = default_out_dir()
     result = train_run(config, out_dir=out, resume=args.resume, progress="lines" if args.quiet else "auto",
-                       explicit=explicit)
+                       explicit=explicit, overwrite=args.overwrite)
     m = result.metrics
     print(f"test accuracy {100 * m['test_accuracy']:.2f}%  test loss {m['test_loss']:.4f}  "
           f"({m['test_samples']} {m['dataset']} test images, {m['epochs']} epochs, {m['device']}, "

@@ -12,6 +12,7 @@ normalisation a model was trained with.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from gpunet.backend import require_host
 from gpunet.data import cifar, download
-from gpunet.data.idx import read_images, read_labels
+from gpunet.data.idx import IDXError, read_images, read_labels
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -97,6 +98,16 @@ def normalize(x, mean, std) -> np.ndarray:
     return (x - m) / s
 
 
+def check_finite(x, what: str) -> None:
+    """Refuse images holding NaN/inf, once at load: a single NaN pixel turns the normalisation statistics,
+    then every activation, into NaN."""
+    bad = ~np.isfinite(x)
+    if bad.any():
+        images = np.flatnonzero(bad.reshape(len(x), -1).any(axis=1))
+        raise ValueError(f"{what} holds {int(bad.sum())} non-finite values (NaN/inf) in {len(images)} image(s), "
+                         f"first in image {int(images[0])}")
+
+
 def from_arrays(x_train, y_train, x_test, y_test, name: str = "custom", classes=None, scale: float = 1.0,
                 stats=None) -> Dataset:
     """Build a Dataset from raw arrays (N, C, H, W) or (N, H, W): divide by `scale`, then normalise with
@@ -109,6 +120,9 @@ def from_arrays(x_train, y_train, x_test, y_test, name: str = "custom", classes=
     if xtr.ndim != 4 or xtr.shape[1:] != xte.shape[1:]:
         raise ValueError(f"{name}: expected images shaped (N, C, H, W) or (N, H, W) alike in both splits, got "
                          f"train {xtr.shape} and test {xte.shape}")
+    for split, raw, x in (("train", x_train, xtr), ("test", x_test, xte)):
+        if np.asarray(raw).dtype.kind not in "iub":  # integer pixels (IDX, CIFAR) are finite by construction
+            check_finite(x, f"{name}: the {split} split")
     ytr = np.asarray(require_host(y_train, f"{name}: y_train"), dtype=np.int64)
     yte = np.asarray(require_host(y_test, f"{name}: y_test"), dtype=np.int64)
     if len(ytr) != len(xtr) or len(yte) != len(xte):
@@ -133,6 +147,11 @@ def load_digits(stats=None, **_) -> Dataset:
     return from_arrays(x[tr], y[tr], x[te], y[te], "digits", tuple(str(i) for i in range(10)), 16.0, stats)
 
 
+def _no_train(x_test, y_test):
+    """An empty train split shaped like the test split (test_only loads)."""
+    return np.zeros((0, *x_test.shape[1:]), x_test.dtype), np.zeros(0, y_test.dtype)
+
+
 def _search_dirs(dataset: str, data_dir) -> list[Path]:
     dirs = []
     if data_dir is not None:
@@ -149,9 +168,9 @@ def _find_idx(dirs, stem: str) -> Path | None:
 
 
 def _load_idx_dataset(dataset: str, classes, data_dir=None, download_missing: bool = True, base_url=None,
-                      stats=None, quiet=False) -> Dataset:
+                      stats=None, quiet=False, test_only=False) -> Dataset:
     dirs = _search_dirs(dataset, data_dir)
-    found = {stem: _find_idx(dirs, stem) for stem in IDX_FILES}
+    found = {stem: _find_idx(dirs, stem) for stem in (IDX_FILES[2:] if test_only else IDX_FILES)}
     missing = [stem + ".gz" for stem, p in found.items() if p is None]
     if missing:
         if not download_missing:
@@ -164,30 +183,50 @@ def _load_idx_dataset(dataset: str, classes, data_dir=None, download_missing: bo
             raise download.DataUnavailableError(f"{e}\nLooked for them in: {', '.join(map(str, dirs))}") from None
         for name, path in got.items():
             found[name[:-3]] = path
-    xtr, ytr = read_images(found[IDX_FILES[0]]), read_labels(found[IDX_FILES[1]])
-    xte, yte = read_images(found[IDX_FILES[2]]), read_labels(found[IDX_FILES[3]])
+    def read(stem, reader):
+        try:
+            return reader(found[stem])
+        except IDXError:  # a damaged download in the cache is fetched again; anything else is reported
+            if download_missing and download.refetch_if_corrupt(dataset, found[stem], base_url, quiet):
+                return reader(found[stem])
+            raise
+
+    xte, yte = read(IDX_FILES[2], read_images), read(IDX_FILES[3], read_labels)
+    if test_only:
+        xtr, ytr = _no_train(xte, yte)
+    else:
+        xtr, ytr = read(IDX_FILES[0], read_images), read(IDX_FILES[1], read_labels)
     for (xs, ys), (fx, fy) in (((xtr, ytr), IDX_FILES[:2]), ((xte, yte), IDX_FILES[2:])):
         if len(xs) != len(ys):
             raise ValueError(f"{dataset}: {found[fx]} holds {len(xs)} images but {found[fy]} holds {len(ys)} labels")
     return from_arrays(xtr, ytr, xte, yte, dataset, classes, 255.0, stats)
 
 
-def load_mnist(data_dir=None, download_missing=True, base_url=None, stats=None, quiet=False) -> Dataset:
+def load_mnist(data_dir=None, download_missing=True, base_url=None, stats=None, quiet=False,
+               test_only=False) -> Dataset:
     return _load_idx_dataset("mnist", tuple(str(i) for i in range(10)), data_dir, download_missing, base_url,
-                             stats, quiet)
+                             stats, quiet, test_only)
 
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot")
 
 
-def load_fashion_mnist(data_dir=None, download_missing=True, base_url=None, stats=None, quiet=False) -> Dataset:
-    return _load_idx_dataset("fashion-mnist", FASHION_CLASSES, data_dir, download_missing, base_url, stats, quiet)
+def load_fashion_mnist(data_dir=None, download_missing=True, base_url=None, stats=None, quiet=False,
+                       test_only=False) -> Dataset:
+    return _load_idx_dataset("fashion-mnist", FASHION_CLASSES, data_dir, download_missing, base_url, stats, quiet,
+                             test_only)
 
 
-def load_cifar10(data_dir=None, download_missing=True, base_url=None, stats=None, quiet=False) -> Dataset:
+def load_cifar10(data_dir=None, download_missing=True, base_url=None, stats=None, quiet=False,
+                 test_only=False) -> Dataset:
     dirs = _search_dirs("cifar10", data_dir)
-    folder = next((c for d in dirs for c in (d, d / cifar.FOLDER) if cifar.has_batches(c)), None)
+    folder = next((c for d in dirs for c in (d, d / cifar.FOLDER) if cifar.has_batches(c, test_only)), None)
+    bad = cifar.damaged(folder) if folder is not None else []
+    if bad:  # an extraction changed since (partial copy, disk error): extract it again from the tarball
+        if not quiet:
+            print(f"gpunet: {folder} is damaged ({'; '.join(bad)}); extracting it again", file=sys.stderr, flush=True)
+        folder = None
     if folder is None:
         cache = download.data_home() / "cifar10"
         archive = "cifar-10-python.tar.gz"
@@ -195,7 +234,7 @@ def load_cifar10(data_dir=None, download_missing=True, base_url=None, stats=None
         if local is None:
             if not download_missing:
                 raise download.DataUnavailableError(
-                    f"cifar10: no {cifar.FOLDER} folder (data_batch_1..5, test_batch) in "
+                    f"cifar10: no {'intact ' if bad else ''}{cifar.FOLDER} folder (data_batch_1..5, test_batch) in "
                     f"{', '.join(map(str, dirs))}; put it (or {archive}) there.")
             try:
                 local = download.fetch("cifar10", [archive], base_url=base_url, quiet=quiet)[archive]
@@ -203,8 +242,17 @@ def load_cifar10(data_dir=None, download_missing=True, base_url=None, stats=None
                 raise download.DataUnavailableError(
                     f"{e}\nAlternatively put the extracted {cifar.FOLDER} folder into one of: "
                     f"{', '.join(map(str, dirs))}") from None
-        folder = cifar.extract(local, cache)
-    xtr, ytr, xte, yte = cifar.read_folder(folder)
+        try:
+            folder = cifar.extract(local, cache)
+        except cifar.CIFARError:  # a damaged tarball in the cache is fetched again; anything else is reported
+            if not (download_missing and download.refetch_if_corrupt("cifar10", local, base_url, quiet)):
+                raise
+            folder = cifar.extract(local, cache)
+    if test_only:
+        xte, yte = cifar.read_batch(folder / cifar.TEST_BATCH)
+        xtr, ytr = _no_train(xte, yte)
+    else:
+        xtr, ytr, xte, yte = cifar.read_folder(folder)
     return from_arrays(xtr, ytr, xte, yte, "cifar10", cifar.CLASSES, 255.0, stats)
 
 
@@ -213,12 +261,15 @@ _LOADERS = {"digits": load_digits, "mnist": load_mnist, "fashion-mnist": load_fa
 
 
 def load_dataset(name: str = "digits", data_dir=None, download_missing: bool = True, base_url=None, stats=None,
-                 quiet: bool = False) -> Dataset:
-    """Load a dataset by name (see DATASETS). `stats=(mean, std)` reuses a trained model's normalisation."""
+                 quiet: bool = False, test_only: bool = False) -> Dataset:
+    """Load a dataset by name (see DATASETS). `stats=(mean, std)` reuses a trained model's normalisation;
+    with it, `test_only` reads (and downloads) only the test split, leaving the train split empty."""
     key = str(name).lower()
     if key not in _LOADERS:
         raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
+    if test_only and stats is None:
+        raise ValueError("load_dataset: test_only needs the training statistics (stats=(mean, std))")
     if key == "digits":
         return load_digits(stats=stats)
     return _LOADERS[key](data_dir=data_dir, download_missing=download_missing, base_url=base_url, stats=stats,
-                         quiet=quiet)
+                         quiet=quiet, test_only=test_only)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ def read_idx(path, ndim: int | None = None) -> np.ndarray:
         raw = path.read_bytes()
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
-    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError; a damaged stream: zlib.error
         raise IDXError(f"{path}: cannot read IDX data ({type(e).__name__}: {e})") from e
     if len(raw) < 4:
         raise IDXError(f"{path}: too short for an IDX header ({len(raw)} bytes)")

@@ -8,6 +8,8 @@ arrays back to each parameter's device. Move the model before creating its optim
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from gpunet.backend import _is_cupy_array
@@ -28,6 +30,35 @@ def _host(a):
     return a.get() if _is_cupy_array(a) else a.copy()
 
 
+# Each numeric hyper-parameter's allowed interval: (low, high, high included). All must be finite.
+HYPER_RANGES = {"lr": (0.0, float("inf"), False), "weight_decay": (0.0, float("inf"), False),
+                "momentum": (0.0, 1.0, False), "dampening": (0.0, 1.0, True), "eps": (0.0, float("inf"), False),
+                "alpha": (0.0, 1.0, True)}
+
+
+class HyperParameterError(ValueError):
+    """A hyper-parameter is not finite or outside its range; `name` and `value` say which (callers such
+    as the CLI map the name to their own option)."""
+
+    def __init__(self, message: str, name: str, value):
+        super().__init__(message)
+        self.name, self.value = name, value
+
+
+def check_hyper(who: str, **hyper) -> None:
+    """Raise HyperParameterError unless every numeric hyper-parameter is finite and in its HYPER_RANGES
+    interval: the one place optimizer settings are validated (a NaN lr would silently destroy the weights)."""
+    for k, v in hyper.items():
+        if k not in HYPER_RANGES:
+            continue
+        lo, hi, hi_in = HYPER_RANGES[k]
+        ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+        if not (ok and lo <= v and (v <= hi if hi_in else v < hi)):
+            interval = f"[{lo:g}, {hi:g}{']' if hi_in else ')'}" if math.isfinite(hi) else f">= {lo:g}"
+            raise HyperParameterError(f"{who}: invalid {k} {v!r} (must be a finite number "
+                                      f"{'in ' if math.isfinite(hi) else ''}{interval})", k, v)
+
+
 class Optimizer:
     _hyper: tuple = ()
 
@@ -35,11 +66,7 @@ class Optimizer:
         self.params = _as_param_list(params, type(self).__name__)
         if not self.params:
             raise ValueError(f"{type(self).__name__}: got an empty parameter list")
-        if hyper["lr"] < 0:
-            raise ValueError(f"{type(self).__name__}: invalid learning rate {hyper['lr']}")
-        for k in ("weight_decay", "momentum", "eps", "dampening", "alpha"):
-            if hyper.get(k, 0) < 0:
-                raise ValueError(f"{type(self).__name__}: invalid {k} {hyper[k]} (must be >= 0)")
+        check_hyper(type(self).__name__, **hyper)
         for k, v in hyper.items():
             setattr(self, k, v)
         self.state = [{} for _ in self.params]

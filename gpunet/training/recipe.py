@@ -12,11 +12,18 @@ Schedules advance once per batch:
     inverse-time   lr / (1 + 0.5 * epoch), smoothly
     cosine         cosine decay to 0 over the run
     warmup-cosine  linear warm-up over the first max(1, epochs // 10) epochs, then cosine to 0
+
+A run resumed with its own length (`--resume` with the same or no --epochs) ends bit for bit where the
+uninterrupted run does. Changing the length re-plans step, cosine and warmup-cosine from the lr the
+checkpoint reached over the remaining epochs (no warm-up, so the lr never jumps back up; one log line
+says so): not the longer run straight. none, exp and inverse-time do not depend on the length and go on
+unchanged, so for them N epochs plus a resume to N+M equals N+M straight.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +31,12 @@ from pathlib import Path
 import numpy as np
 
 from gpunet import optim
+from gpunet.atomic import atomic_write, remove_stale
 from gpunet.backend import get_backend, resolve_name
 from gpunet.checkpoint import CheckpointError, load_checkpoint
 from gpunet.data import DataLoader, RandomCropFlip, load_dataset, stratified_split
 from gpunet.models import build_model
-from gpunet.nn import SoftmaxCrossEntropy
+from gpunet.nn import Parameter, SoftmaxCrossEntropy
 from gpunet.training.trainer import Trainer, TrainingError, evaluate
 
 OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adam", "adamw")
@@ -50,6 +58,11 @@ CUSTOM = "custom"  # the name of a Dataset passed to run(data=...) that is none 
 # no digit), shifts and flips for clothes and CIFAR's objects.
 AUGMENTATIONS = {"digits": dict(padding=1, flip=False), "mnist": dict(padding=2, flip=False),
                  "fashion-mnist": dict(padding=2, flip=True), "cifar10": dict(padding=4, flip=True)}
+
+
+class RunFolderError(ValueError):
+    """The run folder is not usable: it is a file, or it holds another run."""
+
 
 # What a resumed run may change; everything else must match the checkpoint's config.
 RESUMABLE_OVERRIDES = ("epochs", "device", "data_dir", "monitor")
@@ -90,13 +103,14 @@ class TrainConfig:
             c.lr = DEFAULT_LR[c.optimizer]
         if c.optimizer == "adamw" and self.weight_decay is None:
             c.weight_decay = 1e-2
-        for key, lo in (("epochs", 1), ("batch_size", 1), ("limit_train", 2), ("monitor", 1)):
+        for key, lo in (("epochs", 1), ("batch_size", 1), ("limit_train", 1), ("monitor", 1), ("seed", 0)):
             v = getattr(c, key)
             if v is not None and int(v) < lo:
-                raise ValueError(f"{key.replace('_', '-')} must be >= {lo}, got {v}")
-        if not c.lr > 0 or c.weight_decay < 0 or (c.clip_grad_norm is not None and not c.clip_grad_norm > 0):
-            raise ValueError(f"need lr > 0, weight-decay >= 0 and clip-grad-norm > 0; got lr={c.lr}, "
-                             f"weight_decay={c.weight_decay}, clip_grad_norm={c.clip_grad_norm}")
+                raise ValueError(f"--{key.replace('_', '-')} must be >= {lo}, got {v}")
+        if c.clip_grad_norm is not None and not (math.isfinite(c.clip_grad_norm) and c.clip_grad_norm > 0):
+            raise ValueError(f"--clip-grad-norm must be a finite number > 0, got {c.clip_grad_norm}")
+        # the optimizers validate hyper-parameters (HyperParameterError): ask one now, before any work
+        build_optimizer(c, [Parameter(np.zeros(1, np.float32))])
         if not 0 <= c.val_fraction < 1:
             raise ValueError(f"val_fraction must lie in [0, 1), got {c.val_fraction}")
         return c
@@ -119,8 +133,9 @@ def build_optimizer(cfg: TrainConfig, params):
     return optim.AdamW(params, lr=cfg.lr, weight_decay=wd)
 
 
-def build_scheduler(cfg: TrainConfig, optimizer, steps_per_epoch: int):
-    """The schedule of `cfg.schedule`, stepped once per batch (see the module docstring)."""
+def build_scheduler(cfg: TrainConfig, optimizer, steps_per_epoch: int, warmup: bool = True):
+    """The schedule of `cfg.schedule` over cfg.epochs epochs, starting at the optimizer's lr, stepped once
+    per batch (see the module docstring). warmup=False drops warm-up (a run being extended is warm)."""
     sched = optim.lr_scheduler
     spe, total = steps_per_epoch, steps_per_epoch * cfg.epochs
     if cfg.schedule == "none":
@@ -133,8 +148,26 @@ def build_scheduler(cfg: TrainConfig, optimizer, steps_per_epoch: int):
         return sched.InverseTimeLR(optimizer, k=0.5 / spe)
     if cfg.schedule == "cosine":
         return sched.CosineAnnealingLR(optimizer, T_max=total)
-    warmup = spe * max(1, cfg.epochs // 10)
-    return sched.LinearWarmup(optimizer, warmup, after=sched.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup)))
+    warm = spe * max(1, cfg.epochs // 10) if warmup else 0
+    return sched.LinearWarmup(optimizer, warm, after=sched.CosineAnnealingLR(optimizer, T_max=max(1, total - warm)))
+
+
+# Schedules planned over the run's length: extending a run re-plans them (the others go on unchanged).
+LENGTH_DEPENDENT = ("step", "cosine", "warmup-cosine")
+
+
+def _replan(cfg: TrainConfig, ckpt, optimizer, steps_per_epoch: int, log):
+    """The schedule for extending (or shortening) a run: from the lr the checkpoint reached, re-planned over
+    the remaining epochs, so the lr never jumps back up. Not bit for bit the longer run straight."""
+    remaining = cfg.epochs - ckpt.epoch
+    lr = float(optimizer.lr)  # restored from the checkpoint's optimizer state
+    scheduler = build_scheduler(dataclasses.replace(cfg, epochs=remaining), optimizer, steps_per_epoch, warmup=False)
+    note = (f"; it had all but finished, so little will change: for a longer schedule start a new run with "
+            f"--epochs {cfg.epochs}" if lr < 0.01 * cfg.lr else "")
+    log(f"gpunet: --epochs {cfg.epochs} changes the run's length ({ckpt.config.get('epochs')} epochs): the "
+        f"{cfg.schedule} schedule continues from lr {lr:.2e}, re-planned over the remaining {remaining} epochs "
+        f"({remaining * steps_per_epoch} steps){note}")
+    return scheduler
 
 
 @dataclass
@@ -168,16 +201,53 @@ def _resume_config(cfg: TrainConfig, ckpt, explicit: set) -> TrainConfig:
     return saved
 
 
+RUN_FILES = ("checkpoint.npz", "history.json", "metrics.json", "curves.png", "health.png")
+
+
+def _check_run_folder(out_dir: Path, resume, overwrite: bool) -> list[Path]:
+    """The files of an earlier run in `out_dir` that this run will replace (only with `overwrite`). A folder
+    holds one run: another run's checkpoint and history are never replaced silently."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RunFolderError(f"--out {out_dir}: is a file, not a folder")
+    if resume is not None and out_dir.resolve() == Path(resume).resolve().parent:
+        return []  # continuing the run that lives here
+    held = [out_dir / n for n in RUN_FILES if (out_dir / n).exists()]
+    if held and not overwrite:
+        raise RunFolderError(f"--out {out_dir}: holds a run already ({', '.join(p.name for p in held)}); continue "
+                             f"it with --resume {out_dir / 'checkpoint.npz'}, or pass --overwrite to replace it")
+    return held
+
+
+def _train_val_split(y, cfg: TrainConfig, classes):
+    """(train, val) indices (val None without a validation fraction). Every class of the full training set
+    needs an image in each part: otherwise training or the validation accuracy silently leaves classes out."""
+    if cfg.val_fraction == 0:
+        return np.arange(len(y)), None
+    try:
+        tr, va = stratified_split(y, cfg.val_fraction, cfg.seed)
+        ok = all(len(np.intersect1d(classes, y[part])) == len(classes) for part in (tr, va))
+    except ValueError:
+        ok = False
+    if not ok:
+        need = math.ceil(len(classes) / cfg.val_fraction)
+        what = f"--limit-train {cfg.limit_train}" if cfg.limit_train is not None else cfg.dataset
+        raise ValueError(f"{what}: {len(y)} training images are too few: the run needs at least one image per "
+                         f"class and split ({len(classes)} classes, {cfg.val_fraction:.0%} held out for validation); "
+                         f"use at least {need}")
+    return tr, va
+
+
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
 
 
 def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: str = "auto", log=print,
-        explicit: set | None = None, data=None) -> RunResult:
-    """Train (or resume) per `config`; write artifacts to `out_dir` (None: write nothing). `explicit` names
-    the options the user set by hand (for resume checks; default: those differing from TrainConfig()).
+        explicit: set | None = None, data=None, overwrite: bool = False) -> RunResult:
+    """Train (or resume) per `config`; write artifacts to `out_dir` (None: write nothing). A folder holding
+    another run is refused unless `overwrite` (its run files are then deleted when training starts).
+    `explicit` names the options the user set by hand (for resume checks; default: those differing from
+    TrainConfig()).
     `data`: a Dataset (gpunet.data.from_arrays) to train on instead of loading `config.dataset`; its name
     picks the defaults ("custom" when it is none of the known datasets)."""
     t_start = time.perf_counter()
@@ -188,6 +258,8 @@ def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: 
     if explicit is None:
         default = TrainConfig()
         explicit = {f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(default, f.name)}
+    out_dir = Path(out_dir) if out_dir is not None else None
+    replaced = _check_run_folder(out_dir, resume, overwrite) if out_dir is not None else []
     ckpt = None
     if resume is not None:
         ckpt = load_checkpoint(resume)
@@ -195,17 +267,21 @@ def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: 
         if "epochs" not in explicit:
             cfg.epochs = ckpt.config.get("epochs")
     cfg = cfg.resolved()
+    if ckpt is not None and cfg.epochs < ckpt.epoch:
+        raise ValueError(f"--epochs {cfg.epochs}: {ckpt.path} has trained {ckpt.epoch} epochs already; resume with "
+                         f"--epochs {ckpt.epoch} or more (`gpunet eval {ckpt.path}` evaluates it as it is)")
 
     device, why = resolve_name(cfg.device)
     be = get_backend(device)
     stats = (np.asarray(ckpt.extra["mean"]), np.asarray(ckpt.extra["std"])) if ckpt is not None else None
     if data is None:
         data = load_dataset(cfg.dataset, cfg.data_dir, stats=stats)
+    if cfg.limit_train is not None and cfg.limit_train >= len(data.y_train):
+        log(f"gpunet: --limit-train {cfg.limit_train} is not below the {len(data.y_train)} training images of "
+            f"{cfg.dataset}: using all {len(data.y_train)}")
+    classes = np.unique(data.y_train)
     data = data.limit_train(cfg.limit_train, cfg.seed)
-    if cfg.val_fraction > 0:
-        tr, va = stratified_split(data.y_train, cfg.val_fraction, cfg.seed)
-    else:
-        tr, va = np.arange(len(data.y_train)), None
+    tr, va = _train_val_split(data.y_train, cfg, classes)
     augment = RandomCropFlip(**AUGMENTATIONS.get(cfg.dataset, AUGMENTATIONS["mnist"])) if cfg.augment else None
     train_loader = DataLoader(data.x_train[tr], data.y_train[tr], cfg.batch_size, shuffle=True, seed=cfg.seed,
                               backend=be, augment=augment)
@@ -217,7 +293,6 @@ def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: 
     model = build_model(cfg.model, data.in_shape, data.num_classes, seed=cfg.seed, backend=be)
     optimizer = build_optimizer(cfg, model.parameters())
     scheduler = build_scheduler(cfg, optimizer, len(train_loader))
-    out_dir = Path(out_dir) if out_dir is not None else None
     callbacks = []
     if cfg.monitor:
         from gpunet.diagnostics import TrainingMonitor
@@ -228,16 +303,14 @@ def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: 
                       progress=progress, extra={"mean": data.mean, "std": data.std,
                                                 "in_shape": list(data.in_shape), "num_classes": data.num_classes},
                       callbacks=callbacks)
-    replan = ckpt is not None and cfg.epochs != ckpt.config.get("epochs")
     if ckpt is not None:
-        if replan:  # the schedule is planned for the new length and fast-forwarded past the epochs done
+        replan = (cfg.epochs != ckpt.config.get("epochs") and cfg.epochs > ckpt.epoch and scheduler is not None
+                  and cfg.schedule in LENGTH_DEPENDENT)
+        if replan:
             trainer.scheduler = None
         trainer.resume(ckpt, train_loader)
-        if replan and scheduler is not None:
-            optimizer.lr = cfg.lr
-            trainer.scheduler = scheduler = build_scheduler(cfg, optimizer, len(train_loader))
-            for _ in range(ckpt.epoch * len(train_loader)):
-                scheduler.step()
+        if replan:
+            trainer.scheduler = _replan(cfg, ckpt, optimizer, len(train_loader), log)
 
     n_params = sum(int(np.prod(p.shape)) for p in model.parameters())
     log(f"gpunet: device {be.name} ({why}); {cfg.dataset}: {len(tr)} train / {0 if va is None else len(va)} val / "
@@ -247,6 +320,10 @@ def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: 
         log(f"gpunet: resumed from {ckpt.path} at epoch {ckpt.epoch}; training to epoch {cfg.epochs}")
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
+        for path in replaced:
+            path.unlink()
+        for name in ("history.json", "metrics.json"):  # temporaries of writes killed mid-way (the Trainer
+            remove_stale(out_dir / name)                  # removes checkpoint.npz's)
     try:
         history = trainer.fit(train_loader, val_loader, cfg.epochs)
     except TrainingError:
@@ -272,13 +349,16 @@ def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: 
     return RunResult(out_dir, metrics, history, model, trainer)
 
 
-def fit(dataset="digits", out_dir=None, progress: str = "auto", log=print, **options) -> RunResult:
+def fit(dataset="digits", out_dir=None, progress: str = "auto", log=print, overwrite: bool = False,
+        **options) -> RunResult:
     """Python shortcut for `gpunet train`: `fit("digits", epochs=5, device="cpu")`. `dataset` is a name or
-    a Dataset (e.g. from gpunet.data.from_arrays); options are TrainConfig's."""
+    a Dataset (e.g. from gpunet.data.from_arrays); options are TrainConfig's; `overwrite` as in run()."""
     if isinstance(dataset, str):
-        return run(TrainConfig(dataset=dataset, **options), out_dir=out_dir, progress=progress, log=log)
-    return run(TrainConfig(**options), out_dir=out_dir, progress=progress, log=log, data=dataset)
+        return run(TrainConfig(dataset=dataset, **options), out_dir=out_dir, progress=progress, log=log,
+                   overwrite=overwrite)
+    return run(TrainConfig(**options), out_dir=out_dir, progress=progress, log=log, data=dataset,
+               overwrite=overwrite)
 
 
-__all__ = ["TrainConfig", "RunResult", "run", "fit", "build_optimizer", "build_scheduler", "default_out_dir",
-           "DEFAULTS", "OPTIMIZERS", "SCHEDULES"]
+__all__ = ["TrainConfig", "RunResult", "RunFolderError", "run", "fit", "build_optimizer", "build_scheduler",
+           "default_out_dir", "DEFAULTS", "OPTIMIZERS", "SCHEDULES"]

@@ -3,11 +3,14 @@
 One step: forward, loss, backward, optional gradient clipping, optimizer step, scheduler step (the
 schedule advances once per batch). Losses and correct counts stay on the device and are read back
 every `sync_every` steps (one host synchronisation for many steps); a non-finite loss then stops
-training with a TrainingError naming the epoch and step, before anything is saved, so the last
-checkpoint (written at the end of every epoch when `checkpoint_path` is set) is the last good state.
+training with a TrainingError naming the epoch and step, before anything is saved, and so do weights
+that became NaN/inf in the epoch's last update: the last checkpoint (written at the end of every epoch
+when `checkpoint_path` is set) is the last good state.
 
 `fit` trains until `epochs` epochs have run in total, so a trainer restored with `resume()` continues
-where the checkpoint left off, and N epochs + resume to N+M equals N+M straight, bit for bit.
+where the checkpoint left off: a run interrupted and resumed with the same length and schedule ends bit
+for bit where the uninterrupted run does. (A schedule planned over the run's length, such as cosine,
+differs once the length changes; `gpunet train` then re-plans it, see gpunet.training.recipe.)
 
 Callbacks (`callbacks=[...]`) are objects with any of `on_train_begin(trainer)`,
 `on_before_step(trainer)` (after backward and clipping, before `optimizer.step()`),
@@ -21,13 +24,15 @@ import time
 from pathlib import Path
 
 from gpunet import checkpoint as ckpt_mod
+from gpunet.atomic import remove_stale
 from gpunet.nn import SoftmaxCrossEntropy
 from gpunet.optim import clip_grad_norm_
 from gpunet.training.progress import Progress
 
 
 class TrainingError(RuntimeError):
-    """Training diverged (NaN/inf loss or gradient norm)."""
+    """Training stopped: it diverged (NaN/inf loss, gradient norm or weights), or a checkpoint could not
+    be written."""
 
 
 def evaluate(model, loader, loss_fn=None) -> dict:
@@ -93,11 +98,21 @@ class Trainer:
                 raise TrainingError(self._diverged(f"the loss became {float(v)}", epoch, first_step + i))
         return vals
 
-    def _diverged(self, what: str, epoch: int, step: int) -> str:
-        last = (f"the last good checkpoint, {self.checkpoint_path} (epoch {self.epoch}), is kept"
+    def _nonfinite_parameters(self) -> list[str]:
+        """Names of parameters holding NaN/inf (one host synchronisation)."""
+        xp = self.backend.xp
+        names, params = zip(*self.model.named_parameters())
+        finite = self.backend.asnumpy(xp.stack([xp.isfinite(p.data).all() for p in params]))
+        return [n for n, ok in zip(names, finite) if not ok]
+
+    def _kept(self) -> str:
+        """What a stopped run leaves: the checkpoint on disk is always the last good state."""
+        return (f"the last good checkpoint, {self.checkpoint_path} (epoch {self.epoch}), is kept"
                 if self.checkpoint_path is not None and self.checkpoint_path.exists() and self.epoch > 0
                 else "no checkpoint had been written yet")
-        return (f"training diverged: {what} at epoch {epoch}, step {step}; stopped ({last}). "
+
+    def _diverged(self, what: str, epoch: int, step: int) -> str:
+        return (f"training diverged: {what} at epoch {epoch}, step {step}; stopped ({self._kept()}). "
                 f"Try a lower --lr, --clip-grad-norm, or check the data for NaN/inf.")
 
     def train_epoch(self, loader, epoch: int, epochs: int) -> dict:
@@ -144,6 +159,8 @@ class Trainer:
         """Train until `epochs` epochs have run in total; return the history (one dict per epoch:
         epoch, train_loss, train_acc, val_loss, val_acc, lr, seconds, images_per_s)."""
         self._loader = train_loader
+        if self.checkpoint_path is not None:  # temporaries of checkpoint writes killed mid-way
+            remove_stale(self.checkpoint_path)
         self._call("on_train_begin")
         try:
             while self.epoch < epochs:
@@ -158,10 +175,19 @@ class Trainer:
                 else:
                     stats.update(val_loss=None, val_acc=None)
                 self._call("on_epoch_end", stats)
+                bad = self._nonfinite_parameters()
+                if bad:  # the last step's loss was finite but its update was not: keep the previous checkpoint
+                    raise TrainingError(self._diverged(f"the weights became non-finite ({', '.join(bad)})", epoch,
+                                                       len(train_loader)))
                 self.epoch = epoch
                 self.history.append(stats)
                 if self.checkpoint_path is not None:
-                    self.save(self.checkpoint_path)
+                    try:
+                        self.save(self.checkpoint_path)
+                    except OSError as e:  # e.g. a full disk: the atomic write left the previous file in place
+                        self.epoch, self.history = epoch - 1, self.history[:-1]  # back to what is on disk
+                        raise TrainingError(f"cannot write the checkpoint of epoch {epoch}: {e.strerror or e}; "
+                                            f"{self._kept()}") from e
                 self.progress.end_epoch(stats, epochs)
         finally:
             self.progress.close()
