@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
-import weakref
 
 import numpy as np
 
@@ -61,7 +60,7 @@ class Tensor:
     `.grad` the accumulated gradient (same device, dtype and shape) or None, `.creator` the node that
     produced it (None for a leaf)."""
 
-    __slots__ = ("data", "grad", "requires_grad", "creator", "generation", "_backend", "__weakref__")
+    __slots__ = ("data", "grad", "requires_grad", "creator", "generation", "_index", "_backend", "__weakref__")
     __array_ufunc__ = None  # numpy_array * tensor defers to Tensor.__rmul__ instead of looping elementwise
 
     def __init__(self, data, requires_grad: bool = False, backend=None):
@@ -72,6 +71,7 @@ class Tensor:
         self.requires_grad = bool(requires_grad)
         self.creator = None
         self.generation = 0
+        self._index = 0  # which output of its creator
         self._backend = backend
         if self.requires_grad and getattr(data, "dtype", np.dtype(object)).kind != "f":
             raise TypeError(f"Tensor: only floating tensors can require grad, got dtype {data.dtype}")
@@ -161,16 +161,31 @@ def tensor(array, requires_grad: bool = False, backend=None, dtype=None) -> Tens
     return Tensor(be.asarray(array, dtype=dtype), requires_grad=requires_grad, backend=be)
 
 
+class _Ref:
+    """How a node remembers an input made by another node: that node and the output's index and shape, not the
+    Tensor, so an intermediate array is freed as soon as nothing but the graph would hold it (Chainer's
+    VariableNode). Leaves that require grad are kept as Tensors (their `.grad` is written)."""
+
+    __slots__ = ("node", "index", "shape")
+    requires_grad = True
+
+    def __init__(self, t: "Tensor"):
+        self.node, self.index, self.shape = t.creator, t._index, t.shape
+
+
 class Node:
     """One recorded operation. Subclasses define `forward(*arrays) -> array or tuple of arrays` (saving on
     `self` what backward needs) and `backward(*grad_outputs) -> input gradients` (a tuple with one entry
-    per input, None where no gradient is needed; a single array for a one-input node). `self.inputs`
-    (the input Tensors) is available in backward; `self.needs(i)` says whether input i wants a gradient.
-    grad_outputs entries are None for outputs that received no gradient (multi-output nodes only)."""
+    per input, None where no gradient is needed; a single array for a one-input node). In backward,
+    `self.needs(i)` says whether input i wants a gradient and `len(self.inputs)` is the input count;
+    grad_outputs entries are None for outputs that received no gradient (multi-output nodes only).
+
+    The node keeps only what forward saved and references to its inputs' producers: the input arrays
+    themselves stay alive only if forward saved them."""
 
     generation = 0
     inputs = None
-    outputs = None
+    n_out = 1
 
     def __call__(self, *inputs):
         tensors = [x if isinstance(x, Tensor) else as_tensor(x) for x in inputs]
@@ -179,15 +194,16 @@ class Node:
         be = next((t._backend for t in tensors if t._backend is not None), None)
         outs = [Tensor(y, backend=be) for y in (ys if multi else (ys,))]
         if _Mode.enabled and any(t.requires_grad for t in tensors):
-            self.inputs = tensors
+            self.inputs = [(t if t.creator is None else _Ref(t)) if t.requires_grad else None for t in tensors]
             self.generation = max(t.generation for t in tensors)
-            for o in outs:
-                o.creator, o.requires_grad, o.generation = self, True, self.generation + 1
-            self.outputs = [weakref.ref(o) for o in outs]
+            self.n_out = len(outs)
+            for i, o in enumerate(outs):
+                o.creator, o.requires_grad, o.generation, o._index = self, True, self.generation + 1, i
         return tuple(outs) if multi else outs[0]
 
     def needs(self, i: int) -> bool:
-        return self.inputs[i].requires_grad
+        t = self.inputs[i]
+        return t is not None and t.requires_grad  # read now: backward_params turns the batch's off
 
     def forward(self, *xs):
         raise TypeError(f"{type(self).__name__} does not define forward()")
@@ -208,21 +224,13 @@ class Node:
 _order = itertools.count()
 
 
-def _check_grad(t: Tensor, g, what: str):
-    if tuple(g.shape) != t.shape:
-        raise ValueError(f"{what}: gradient of shape {tuple(g.shape)} for a tensor of shape {t.shape}")
-    if _is_cupy_array(g) != _is_cupy_array(t.data):
-        raise DeviceError(f"{what}: gradient is a {'CuPy' if _is_cupy_array(g) else 'NumPy'} array but the tensor "
-                          f"lives on {'CuPy' if _is_cupy_array(t.data) else 'NumPy'}; move it with backend.asarray")
-
-
 def backward(tensors, grads=None, retain_graph: bool = False) -> None:
     """Backpropagate from several outputs at once (torch.autograd.backward): `grads[i]` is d(total)/d(tensors[i])
     (None: ones for a one-element tensor, else that output contributes nothing)."""
     tensors = list(tensors)
     grads = [None] * len(tensors) if grads is None else list(grads)
-    pending: dict[int, list] = {}   # id(tensor) -> [tensor, summed gradient]
-    handed: set[int] = set()        # arrays already given out (seeds, leaf grads): copy before reusing one
+    pending: dict[tuple, object] = {}   # (id(node), output index) -> summed gradient
+    handed: set[int] = set()            # arrays already given out (seeds, leaf grads): copy before reusing one
     heap, queued = [], set()
 
     def owner(g):
@@ -238,24 +246,29 @@ def backward(tensors, grads=None, retain_graph: bool = False) -> None:
             queued.add(id(node))
             heapq.heappush(heap, (-node.generation, next(_order), node))
 
-    def give(t: Tensor, g, what: str):
-        if g is None or not t.requires_grad:
+    def give(t, g, what: str):
+        if g is None or t is None or not t.requires_grad:
             return
-        _check_grad(t, g, what)
-        if t.creator is None:  # a leaf: accumulate (a new array, never the caller's or another leaf's)
-            if t.grad is None:  # own it and keep it writable (optimizers and clipping update grads in place)
-                fresh = owner(g) not in handed and g.flags.c_contiguous
-                t.grad = g if fresh else array_module(g).array(g, copy=True, order="C")
-                handed.add(owner(t.grad))
+        if tuple(g.shape) != tuple(t.shape):
+            raise ValueError(f"{what}: gradient of shape {tuple(g.shape)} for a tensor of shape {tuple(t.shape)}")
+        if isinstance(t, _Ref):
+            key = (id(t.node), t.index)
+            if key in pending:
+                pending[key] = pending[key] + g
             else:
-                t.grad = t.grad + g
+                pending[key] = g
+                push(t.node)
             return
-        slot = pending.get(id(t))
-        if slot is None:
-            pending[id(t)] = [t, g]
-            push(t.creator)
+        if _is_cupy_array(g) != _is_cupy_array(t.data):
+            raise DeviceError(f"{what}: gradient is a {'CuPy' if _is_cupy_array(g) else 'NumPy'} array but the "
+                              f"tensor lives on {'CuPy' if _is_cupy_array(t.data) else 'NumPy'}; move it with "
+                              f"backend.asarray")
+        if t.grad is None:  # a leaf: own the gradient and keep it writable (optimizers update grads in place)
+            fresh = owner(g) not in handed and g.flags.c_contiguous
+            t.grad = g if fresh else array_module(g).array(g, copy=True, order="C")
+            handed.add(owner(t.grad))
         else:
-            slot[1] = slot[1] + g
+            t.grad = t.grad + g
 
     any_grad = False
     for t, g in zip(tensors, grads):
@@ -274,17 +287,13 @@ def backward(tensors, grads=None, retain_graph: bool = False) -> None:
             push(t.creator)  # raises the clear error
         handed.add(owner(g))
         any_grad = True
-        give(t, g, "backward")
+        give(t if t.creator is None else _Ref(t), g, "backward")
     if not any_grad:
         raise RuntimeError("backward: grad can be omitted only for one-element tensors; pass grad= shaped like "
                            f"the tensor ({', '.join(str(t.shape) for t in tensors)})")
     while heap:
         _, _, node = heapq.heappop(heap)
-        gys = []
-        for ref in node.outputs:
-            o = ref()
-            slot = None if o is None else pending.pop(id(o), None)
-            gys.append(None if slot is None else slot[1])
+        gys = [pending.pop((id(node), i), None) for i in range(node.n_out)]
         inputs = node.inputs
         if any(g is not None for g in gys):
             gxs = node.backward(*gys)

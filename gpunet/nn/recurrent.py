@@ -211,7 +211,7 @@ class Recurrence(Node):
             h_n.append(hs[-1])
             if lstm:
                 c_n.append(cache[2][-1])
-        self.ws = ws
+        self.ws, self.dtype = ws, x.dtype
         self.y_shape = (x.shape[0],) + tuple(seq.shape[0:1]) + tuple(seq.shape[2:])
         y = xp.ascontiguousarray(seq.transpose(1, 0, 2))
         return (y, xp.stack(h_n)) + ((xp.stack(c_n),) if lstm else ())
@@ -221,7 +221,7 @@ class Recurrence(Node):
         xp = array_module(next(g for g in (dy, dh_n, dc_n) if g is not None))
         lstm = m._kind == "LSTM"
         nstate, per = (2 if lstm else 1), (4 if m.bias else 2)
-        dys = xp.zeros((self.y_shape[1], self.y_shape[0], self.y_shape[2]), self.inputs[0].dtype) if dy is None \
+        dys = xp.zeros((self.y_shape[1], self.y_shape[0], self.y_shape[2]), self.dtype) if dy is None \
             else xp.ascontiguousarray(dy.transpose(1, 0, 2))
         dh0, dc0, wgrads = [], [], []
         for layer in reversed(range(m.num_layers)):
