@@ -6,13 +6,15 @@
 """
 import importlib
 
+from gpunet.autograd import Tensor, concatenate, no_grad, stack, tensor
 from gpunet.backend import Backend, DeviceError, get_backend
 
 __version__ = "0.1.0"
-__all__ = ["Backend", "DeviceError", "get_backend", "__version__"]
+__all__ = ["Backend", "DeviceError", "get_backend", "Tensor", "tensor", "no_grad", "concatenate", "stack",
+           "__version__"]
 
 _SUBMODULES = {"nn", "optim", "init", "data", "training", "gradcheck", "parity", "models", "functional", "sanity",
-               "io", "transfer", "diagnostics", "checkpoint"}
+               "io", "transfer", "diagnostics", "checkpoint", "autograd"}
 
 
 def __getattr__(name):

@@ -1,14 +1,16 @@
-"""Numerical gradient checks: central differences in float64 against a module's (or loss's) backward.
+"""Numerical gradient checks: central differences in float64 against autograd's gradients.
 
     report = gradcheck(model, x)                       # dx and every parameter gradient
     report = gradcheck(nn.SoftmaxCrossEntropy(), (logits, labels))
-    report = gradcheck((fwd, bwd), (a, b))             # plain functions: bwd(dy) -> (da, db)
+    report = gradcheck(lambda a, b: (a @ b).tanh(), (a, b))   # any function of tensors: every float input
+    report = gradcheck((fwd, bwd), (a, b))             # plain array functions: bwd(dy) -> (da, db)
 
 The scalar checked is L = sum(R * y) for a fixed random R shaped like the output y, so every output
-element contributes; the analytic gradient is `backward(R)`. Floating inputs are copied to float64;
-a module (or loss) is deep-copied and cast to float64, so the caller's object is never touched.
-The module's mode is kept (BatchNorm in training mode uses batch statistics; eval-mode modules have
-no backward). Dropout counters are rewound before every forward so the mask stays fixed.
+element contributes; the analytic gradient is what `y.backward(R)` leaves in the inputs' and the
+parameters' `.grad` (or `bwd(R)` for a pair). Floating inputs are copied to float64; a module (or loss)
+is deep-copied and cast to float64, so the caller's object is never touched. The module's mode is kept
+(BatchNorm in training mode uses batch statistics). Dropout counters are rewound before every forward
+so the mask stays fixed.
 
 An element passes when |analytic - numeric| <= atol + rtol * |numeric|. The report lists, per tensor,
 the largest absolute and relative error (|a - n| / max(|a|, |n|, atol)) and the worst element; with
@@ -81,29 +83,48 @@ def _dropout_layers(target):
     return []
 
 
-def _prepare(target):
-    """(forward(*inputs) -> y, backward(R) -> tuple of input grads, named params, description)."""
+def _prepare(target, n_inputs):
+    """(forward(*arrays) -> y array, backward(R) -> input grads, named params, description, modules).
+    Floating inputs listed in the returned index list are differentiated."""
+    from gpunet.autograd import Tensor, backward, no_grad
     from gpunet.nn.module import Module
     if isinstance(target, tuple) and len(target) == 2 and all(callable(f) for f in target):
         fwd, bwd = target
 
-        def backward(r):
+        def backward_pair(arrays, r):
             g = bwd(r)
             return g if isinstance(g, tuple) else (g,)
-        return fwd, backward, [], getattr(fwd, "__name__", "function")
-    if not (hasattr(target, "forward") and hasattr(target, "backward")):
-        raise TypeError("gradcheck: target must be a Module, a loss, or a (forward_fn, backward_fn) pair")
+        return (lambda arrays: fwd(*arrays)), backward_pair, [], getattr(fwd, "__name__", "function"), None, False
     if isinstance(target, Module):
-        memo = {}  # share the devices, copy the weights, drop stale forward caches
+        memo = {}  # share the devices, copy the weights, drop stale array-API records
         for m in target.modules():
             memo[id(m.backend)] = m.backend
             memo[id(m._cache)] = None
         target = copy.deepcopy(target, memo).double()
         params = [(n, p) for n, p in target.named_parameters() if p.requires_grad]
+        first_only, desc = True, type(target).__name__
+    elif callable(target):
+        params, first_only, desc = [], False, getattr(target, "__name__", type(target).__name__)
     else:
-        target = copy.deepcopy(target)
-        params = []
-    return target.forward, (lambda r: (target.backward(r),)), params, type(target).__name__
+        raise TypeError("gradcheck: target must be a Module, a loss, a function of tensors, or a "
+                        "(forward_fn, backward_fn) pair")
+    grad_args = {}
+
+    def forward(arrays):
+        with no_grad():
+            return target(*[Tensor(a) if hasattr(a, "dtype") else a for a in arrays]).data
+
+    def backward_graph(arrays, r):
+        floats = [i for i, a in enumerate(arrays) if hasattr(a, "dtype") and a.dtype.kind == "f"]
+        wanted = set(floats[:1] if first_only else floats)
+        ts = [Tensor(a, requires_grad=i in wanted) if hasattr(a, "dtype") else a for i, a in enumerate(arrays)]
+        y = target(*ts)
+        if not y.requires_grad:
+            raise AssertionError(f"gradcheck {desc}: the output does not depend on anything that requires grad")
+        backward([y], [r])
+        grad_args["y"] = y
+        return tuple(ts[i].grad for i in sorted(wanted))
+    return forward, backward_graph, params, desc, target, first_only
 
 
 def gradcheck(target, inputs, *, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1e-3,
@@ -111,29 +132,32 @@ def gradcheck(target, inputs, *, eps: float = 1e-6, atol: float = 1e-5, rtol: fl
     """Compare analytic and central-difference gradients; see the module docstring.
 
     inputs: one array or a tuple (e.g. (logits, labels)). For modules and losses the gradient of the
-    first input is checked; for a (forward, backward) pair, of every floating input in order.
+    first input is checked; for a function of tensors or a (forward, backward) pair, of every floating
+    input in order.
     max_checks: check at most this many randomly chosen elements per tensor (None: all).
     """
     inputs = tuple(_to64(a) for a in (inputs if isinstance(inputs, tuple) else (inputs,)))
-    fwd, bwd, params, desc = _prepare(target)
-    dropouts = _dropout_layers(getattr(fwd, "__self__", None))
+    fwd, bwd, params, desc, module, first_only = _prepare(target, len(inputs))
+    dropouts = _dropout_layers(module)
     counters = [d.counter for d in dropouts]
 
     def run():
         for d, c in zip(dropouts, counters):
             d.counter = c
-        return fwd(*inputs)
+        return fwd(inputs)
 
     for _, p in params:
         p.grad = None
     y = run()
     xp = array_module(y)
     rng = np.random.default_rng(seed)
-    r = xp.asarray(rng.standard_normal(np.shape(y)))
-    input_grads = bwd(r)
+    r = xp.asarray(rng.standard_normal(np.shape(y)), dtype=y.dtype)
+    for d, c in zip(dropouts, counters):
+        d.counter = c
+    input_grads = bwd(inputs, r)
 
     float_inputs = [i for i, a in enumerate(inputs) if hasattr(a, "dtype") and a.dtype.kind == "f"]
-    if not isinstance(target, tuple):  # modules and losses differentiate their first input only
+    if first_only:  # modules and losses differentiate their first input only
         float_inputs = float_inputs[:1]
     tensors = [(f"input{i}" if len(inputs) > 1 else "input", inputs[i], g)
                for i, g in zip(float_inputs, input_grads)]

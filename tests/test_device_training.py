@@ -75,3 +75,43 @@ def test_a_training_step_does_not_wait_on_the_device(device_backend, model):
     assert counts[False, 2]["sync"] == counts[False, 6]["sync"] <= 2, counts     # per epoch, not per step
     assert counts[True, 6]["sync"] - counts[True, 2]["sync"] == 4, counts         # one label check per step
     assert counts[False, 6]["h2d"] - counts[False, 2]["h2d"] == 4, counts         # one index array per step
+
+
+# Kernel launches of one training step (batch 8 / 4), as measured on the main branch before autograd
+# (docs/autograd.md): recording the step as graph nodes must launch exactly the same kernels.
+STEP_LAUNCHES = {
+    "cnn": {"bn_apply_f32": 3, "bn_bwd_dx_f32": 3, "bn_bwd_finalize_f32": 3, "bn_bwd_partial_f32": 3,
+            "bn_stats_finalize_f32": 3, "bn_stats_partial_f32": 3, "conv2d_dgrad_f32": 2, "conv2d_fwd_f32": 3,
+            "conv2d_wgrad_f32": 3, "conv2d_wgrad_reduce_f32": 3, "dropout_mask_f32": 1, "maxpool2d_bwd_f32": 2,
+            "maxpool2d_fwd_f32": 2},
+    "resnet-small": {"bn_apply_f32": 9, "bn_bwd_dx_f32": 9, "bn_bwd_finalize_f32": 9, "bn_bwd_partial_f32": 9,
+                     "bn_stats_finalize_f32": 9, "bn_stats_partial_f32": 9, "conv2d_dgrad_f32": 8,
+                     "conv2d_fwd_f32": 9, "conv2d_wgrad_f32": 9, "conv2d_wgrad_reduce_f32": 6},
+}
+
+
+@pytest.mark.parametrize("model", ["cnn", "resnet-small"])
+def test_a_training_step_launches_the_same_kernels_as_before_autograd(device_backend, model):
+    """loss.backward() walks nodes that call the same launchers: per kernel, as many launches as the
+    hand-written backward made (no dgrad for the data batch, no extra copies). Counted on the CuPy stand-in."""
+    if "cupy_standin" not in getattr(device_backend.xp, "__file__", ""):
+        pytest.skip("launches are counted on the CuPy stand-in only (GPUNET_TEST_BACKENDS=standin)")
+    import cupy_standin
+    import gpunet
+    from gpunet import nn, optim
+    shape, batch = {"cnn": ((1, 28, 28), 8), "resnet-small": ((3, 32, 32), 4)}[model]
+    net = build_model(model, shape, 10, seed=0).to(device_backend).train()
+    opt = optim.SGD(list(net.parameters()), lr=0.01, momentum=0.9)
+    crit = nn.SoftmaxCrossEntropy(check_range=False)
+    rng = np.random.default_rng(0)
+    x = gpunet.tensor(rng.standard_normal((batch,) + shape).astype(np.float32), backend=device_backend)
+    y = device_backend.asarray(rng.integers(0, 10, batch).astype(np.int64))
+
+    def step():
+        opt.zero_grad()
+        crit(net(x), y).backward()
+        opt.step()
+    step()
+    cupy_standin.LAUNCHES.clear()
+    step()
+    assert dict(cupy_standin.LAUNCHES) == STEP_LAUNCHES[model]

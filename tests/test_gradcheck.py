@@ -4,21 +4,41 @@ import numpy as np
 import pytest
 
 from gpunet import nn
+from gpunet.autograd import Node, functions
+from gpunet.autograd.tensor_ops import ReLU
 from gpunet.gradcheck import GradcheckError, gradcheck
 
 
-class ScaledReLU(nn.ReLU):
-    """A ReLU whose backward is 10% too large: gradcheck must notice."""
+class ScaledReLUNode(ReLU):
+    """A ReLU node whose backward is 10% too large: gradcheck must notice."""
 
-    def backward(self, dy):
-        return 1.1 * super().backward(dy)
+    def backward(self, gy):
+        return 1.1 * super().backward(gy)
+
+
+class ScaledReLU(nn.ReLU):
+    def forward(self, x):
+        return ScaledReLUNode()(x)
+
+
+class HalfBiasLinearNode(functions.Linear):
+    def backward(self, gy):
+        dx, dw, db = super().backward(gy)
+        return dx, dw, db * 0.5
 
 
 class BadBiasLinear(nn.Linear):
-    def backward(self, dy):
-        dx = super().backward(dy)
-        self.bias.grad = self.bias.grad * 0.5
-        return dx
+    def forward(self, x):
+        return HalfBiasLinearNode()(x, self.weight, self.bias)
+
+
+class TwiceSquare(Node):
+    def forward(self, a):
+        self.a = a
+        return a * a
+
+    def backward(self, gy):
+        return gy * self.a  # should be 2 * gy * a
 
 
 def test_passes_and_reports_every_tensor(rng):
@@ -81,5 +101,15 @@ def test_function_pairs_check_every_floating_input(rng):
 
 
 def test_rejects_what_it_cannot_check():
-    with pytest.raises(TypeError, match="target must be a Module, a loss, or a"):
-        gradcheck(lambda x: x, np.ones(2))
+    with pytest.raises(TypeError, match="target must be a Module, a loss, a function of tensors"):
+        gradcheck(3, np.ones(2))
+    with pytest.raises(AssertionError, match="does not depend on anything that requires grad"):
+        gradcheck(lambda x: x.detach() * 2, np.ones(2))
+
+
+def test_functions_of_tensors_check_every_floating_input(rng):
+    a, b = rng.standard_normal((2, 3)), rng.standard_normal((3, 4))
+    report = gradcheck(lambda u, v: (u @ v).tanh(), (a, b))
+    assert [c.name for c in report.checks] == ["input0", "input1"] and report.ok
+    with pytest.raises(GradcheckError, match=r"FAIL input\["):
+        gradcheck(lambda u: TwiceSquare()(u).sum(axis=0), rng.standard_normal((3, 2)))

@@ -126,7 +126,7 @@ def test_train_eval_and_caches(rng):
     x = rng.standard_normal((2, 1, 6, 6)).astype(np.float32)
     model(x)
     assert all(m._cache is None for m in model.modules())  # eval keeps nothing
-    with pytest.raises(RuntimeError, match=r"Linear.backward\(\) called without a preceding forward\(\) in training"):
+    with pytest.raises(RuntimeError, match=r"Sequential.backward\(\) called without a preceding forward\(\) in training"):
         model.backward(np.ones((2, 10), np.float32))
     model.train()
     y = model(x)

@@ -240,6 +240,7 @@ def _train_steps(env, model_name, in_shape, batch):
     """Closures running one full training step of the model on each side; each returns (logits, loss)
     so the first calls (identical weights, identical batch) can be compared."""
     from gpunet import nn, optim
+    from gpunet.autograd import Tensor
     from gpunet.models import build_model
 
     model = build_model(model_name, in_shape, NUM_CLASSES, seed=0)
@@ -253,13 +254,15 @@ def _train_steps(env, model_name, in_shape, batch):
     x = env.randn(batch, *in_shape)
     labels = env.backend.asarray(env.rng.integers(0, NUM_CLASSES, batch).astype(np.int64))
 
+    tx_ours = Tensor(x, backend=env.backend)
+
     def g():
         opt.zero_grad()
-        logits = model(x)
+        logits = model(tx_ours)
         loss = crit(logits, labels)
-        model.backward_params(crit.backward())
+        loss.backward()
         opt.step()
-        return logits, loss
+        return logits.data, loss.data
     if twin is None:
         return g, None
     torch = env.torch

@@ -87,7 +87,7 @@ def record_outputs(model, select=is_leaf):
 
         def forward(*args, _inner=inner, _name=name, _m=m, **kwargs):
             y = _inner(*args, **kwargs)
-            records.append((_name, _m, y))
+            records.append((_name, _m, getattr(y, "data", y)))  # the array of a Tensor output
             return y
         m.__dict__["forward"] = forward  # an instance attribute shadows the class's method
         patched.append((m, previous))

@@ -1,9 +1,10 @@
-"""Layers, containers and losses with explicit backward, written once against `backend.xp`/`backend.ops`.
+"""Layers, containers and losses, written once against `backend.xp`/`backend.ops`; each forward records
+graph nodes (gpunet.autograd) whose backwards call the same ops.
 
     model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, activation="relu"), nn.MaxPool2d(2),
                           nn.Flatten(), nn.Linear(8 * 14 * 14, 10)).to("auto")
     crit = nn.SoftmaxCrossEntropy()
-    loss = crit(model(x), y); model.backward(crit.backward())
+    loss = crit(model(gpunet.tensor(x)), y); loss.backward()
 """
 from gpunet.nn.activations import ELU, PReLU, LeakyReLU, ReLU, Sigmoid, Tanh
 from gpunet.nn.containers import Concat, Residual, Sequential

@@ -1,23 +1,17 @@
-"""Element-wise activation layers over `gpunet.functional`. Each caches, in training mode, only what its
+"""Element-wise activation layers: each forward applies one node (gpunet.autograd), which keeps only what its
 backward reads (the output for ReLU/Sigmoid/Tanh, the input for LeakyReLU/PReLU, both for ELU)."""
 from __future__ import annotations
 
 import numpy as np
 
-from gpunet import functional as F
+from gpunet.autograd import functions as N
 from gpunet.nn.module import Module, Parameter
 
 
 class ReLU(Module):
     def forward(self, x):
-        self._backend.check(x, "ReLU input")
-        y = F.relu(x)
-        self._save(y)
-        return y
-
-    def backward(self, dy):
-        (y,) = self._take(dy)
-        return F.relu_backward(dy, y)
+        self._backend.check(x.data, "ReLU input")
+        return x.relu()
 
 
 class LeakyReLU(Module):
@@ -26,13 +20,8 @@ class LeakyReLU(Module):
         self.negative_slope = float(negative_slope)
 
     def forward(self, x):
-        self._backend.check(x, "LeakyReLU input")
-        self._save(x)
-        return F.leaky_relu(x, self.negative_slope)
-
-    def backward(self, dy):
-        (x,) = self._take(dy)
-        return F.leaky_relu_backward(dy, x, self.negative_slope)
+        self._backend.check(x.data, "LeakyReLU input")
+        return N.LeakyReLU(self.negative_slope)(x)
 
     def extra_repr(self) -> str:
         return f"negative_slope={self.negative_slope}"
@@ -48,18 +37,11 @@ class PReLU(Module):
         self.to(backend, dtype)
 
     def forward(self, x):
-        self._backend.check(x, "PReLU input")
+        self._backend.check(x.data, "PReLU input")
         if self.num_parameters > 1 and (x.ndim < 2 or x.shape[1] != self.num_parameters):
             raise ValueError(f"PReLU: expected input of shape (N, {self.num_parameters}, ...), got {tuple(x.shape)}")
         self._check_dtype(x, "PReLU")
-        self._save(x)
-        return F.prelu(x, self.weight.data)
-
-    def backward(self, dy):
-        (x,) = self._take(dy)
-        dx, dw = F.prelu_backward(dy, x, self.weight.data)
-        self._accumulate(self.weight, dw)
-        return dx
+        return N.PReLU()(x, self.weight)
 
     def extra_repr(self) -> str:
         return f"num_parameters={self.num_parameters}"
@@ -71,14 +53,8 @@ class ELU(Module):
         self.alpha = float(alpha)
 
     def forward(self, x):
-        self._backend.check(x, "ELU input")
-        y = F.elu(x, self.alpha)
-        self._save(x, y)
-        return y
-
-    def backward(self, dy):
-        x, y = self._take(dy)
-        return F.elu_backward(dy, x, y, self.alpha)
+        self._backend.check(x.data, "ELU input")
+        return N.ELU(self.alpha)(x)
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}"
@@ -86,23 +62,11 @@ class ELU(Module):
 
 class Sigmoid(Module):
     def forward(self, x):
-        self._backend.check(x, "Sigmoid input")
-        y = F.sigmoid(x)
-        self._save(y)
-        return y
-
-    def backward(self, dy):
-        (y,) = self._take(dy)
-        return F.sigmoid_backward(dy, y)
+        self._backend.check(x.data, "Sigmoid input")
+        return x.sigmoid()
 
 
 class Tanh(Module):
     def forward(self, x):
-        self._backend.check(x, "Tanh input")
-        y = F.tanh(x)
-        self._save(y)
-        return y
-
-    def backward(self, dy):
-        (y,) = self._take(dy)
-        return F.tanh_backward(dy, y)
+        self._backend.check(x.data, "Tanh input")
+        return x.tanh()

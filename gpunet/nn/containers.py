@@ -1,6 +1,7 @@
 """Containers: Sequential (a chain), Residual (body(x) + shortcut(x)), Concat (branches joined on channels).
 
-Backward runs the children's backward in reverse and sums gradients where the input fanned out.
+Forward only composes the children's forwards; the recorded nodes give the backward (gradients of an
+input that fans out add up).
 On construction a container puts parameter-free children on the device of the children holding
 weights, and refuses children whose weights live on different devices.
 """
@@ -8,7 +9,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from gpunet import functional as F
+from gpunet.autograd import concatenate
+from gpunet.autograd import functions as N
 from gpunet.nn.module import Module
 
 
@@ -51,18 +53,6 @@ class Sequential(Module):
             x = m(x)
         return x
 
-    def backward(self, dy):
-        for m in reversed(self._modules.values()):
-            dy = m.backward(dy)
-        return dy
-
-    def backward_params(self, dy) -> None:
-        mods = list(self._modules.values())
-        for m in reversed(mods[1:]):
-            dy = m.backward(dy)
-        if mods:
-            mods[0].backward_params(dy)
-
 
 class Residual(Module):
     """y = activation(body(x) + shortcut(x)); the shortcut is the identity when None.
@@ -79,25 +69,14 @@ class Residual(Module):
         self._adopt(list(self._modules.values()))
 
     def forward(self, x):
-        self._backend.check(x, "Residual input")
+        self._backend.check(x.data, "Residual input")
         b = self.body(x)
         s = x if "shortcut" not in self._modules else self.shortcut(x)
         if b.shape != s.shape:
             what = "shortcut" if "shortcut" in self._modules else "input (identity shortcut)"
             raise ValueError(f"Residual: body output {tuple(b.shape)} does not match {what} {tuple(s.shape)}; "
                              f"give a shortcut that maps the input to the body's output shape")
-        y = b + s
-        if self.activation == "relu":
-            y = F.relu_(y)
-        self._save(y if self.activation == "relu" else None)
-        return y
-
-    def backward(self, dy):
-        (y,) = self._take(dy)
-        if y is not None:
-            dy = F.relu_backward(dy, y)
-        dx = self.body.backward(dy)
-        return dx + (self.shortcut.backward(dy) if "shortcut" in self._modules else dy)
+        return N.AddReLU()(b, s) if self.activation == "relu" else b + s
 
     def extra_repr(self) -> str:
         return f"activation={self.activation!r}" if self.activation else ""
@@ -118,22 +97,11 @@ class Concat(Module):
         self._adopt(list(branches))
 
     def forward(self, x):
-        self._backend.check(x, "Concat input")
+        self._backend.check(x.data, "Concat input")
         outs = [m(x) for m in self._modules.values()]
         ref = outs[0].shape
         for i, o in enumerate(outs[1:], 1):
             if o.ndim != len(ref) or o.ndim < 2 or o.shape[:1] + o.shape[2:] != ref[:1] + ref[2:]:
                 raise ValueError(f"Concat: branch {i} output {tuple(o.shape)} does not match branch 0 output "
                                  f"{tuple(ref)} outside the channel axis 1")
-        self._save([o.shape[1] for o in outs])
-        return self._backend.xp.concatenate(outs, axis=1)
-
-    def backward(self, dy):
-        (widths,) = self._take(dy)
-        xp = self._backend.xp
-        dx, start = None, 0
-        for m, c in zip(self._modules.values(), widths):
-            g = m.backward(xp.ascontiguousarray(dy[:, start:start + c]))
-            dx = g if dx is None else dx + g
-            start += c
-        return dx
+        return concatenate(outs, axis=1)

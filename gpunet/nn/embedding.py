@@ -2,7 +2,7 @@
 
     emb = nn.Embedding(num_embeddings=1000, embedding_dim=32)
     v = emb(ids)            # ids: integers of any shape (..., ) in [0, 1000) -> (..., 32)
-    emb.backward(dv)        # accumulates weight.grad; returns None (ids have no gradient)
+    loss = f(v); loss.backward()    # weight.grad gets dv in the looked-up rows (ids have no gradient)
 
 The gradient touches only the looked-up rows: backward scatters dv into a zero (num_embeddings, dim)
 array with `xp.add.at`, so repeated ids accumulate (NumPy's unbuffered add; on CuPy an atomicAdd
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from gpunet.autograd import Tensor
+from gpunet.autograd import functions as N
 from gpunet.nn.layers import _host_rng
 from gpunet.nn.module import Module, Parameter
 
@@ -43,6 +45,7 @@ class Embedding(Module):
         self.to(backend, dtype)
 
     def forward(self, ids):
+        ids = ids.data if isinstance(ids, Tensor) else ids
         self._backend.check(ids, "Embedding ids")
         if not np.issubdtype(ids.dtype, np.integer):
             raise TypeError(f"Embedding: ids must be an integer array, got dtype {ids.dtype} (cast with "
@@ -50,22 +53,7 @@ class Embedding(Module):
         if self.check_range and ids.size and bool(((ids < 0) | (ids >= self.num_embeddings)).any()):
             raise ValueError(f"Embedding: ids must lie in [0, {self.num_embeddings}), got values in "
                              f"[{int(ids.min())}, {int(ids.max())}]")
-        self._save(ids)
-        return self.weight.data[ids]
-
-    def backward(self, dy):
-        (ids,) = self._take(dy)
-        want = tuple(ids.shape) + (self.embedding_dim,)
-        if tuple(dy.shape) != want:
-            raise ValueError(f"Embedding.backward: expected dy of shape {want}, got {tuple(dy.shape)}")
-        if self.weight.requires_grad:
-            xp = self._backend.xp
-            grad = xp.zeros_like(self.weight.data)
-            xp.add.at(grad, ids.reshape(-1), dy.reshape(-1, self.embedding_dim))
-            if self.padding_idx is not None:
-                grad[self.padding_idx] = 0
-            self._accumulate(self.weight, grad)
-        return None
+        return N.Embedding(self.padding_idx)(self.weight, ids)
 
     def extra_repr(self) -> str:
         s = f"{self.num_embeddings}, {self.embedding_dim}"

@@ -1,7 +1,8 @@
 """Layers with weights or hot ops: Conv2d, Linear, BatchNorm, pooling, Dropout, Flatten, Identity.
 
-Each forward checks the input's device (`backend.check`) and shape (errors name the layer and the
-expected shape), calls `backend.ops` or `gpunet.functional`, and keeps a cache only in training mode.
+Each forward takes Tensors, checks the input's device (`backend.check`) and shape (errors name the layer
+and the expected shape), and applies a node of `gpunet.autograd.functions`, which calls `backend.ops` or
+`gpunet.functional` and keeps what its backward needs.
 Weights are drawn on the host from the constructing backend's seeded generator (`gpunet.init`),
 then cast to `dtype` and moved to `backend` (default: NumPy); biases start at zero.
 """
@@ -11,10 +12,10 @@ import math
 
 import numpy as np
 
-from gpunet import functional as F
 from gpunet import init as initializers
+from gpunet.autograd import functions as N
 from gpunet.backend import get_backend
-from gpunet.nn.module import Module, Parameter
+from gpunet.nn.module import Module, Parameter, _params
 from gpunet.ops.geometry import _check_input, pair, pool2d_geometry
 
 
@@ -43,29 +44,11 @@ class Conv2d(Module):
 
     def forward(self, x):
         be = self._backend
-        be.check(x, "Conv2d input")
+        be.check(x.data, "Conv2d input")
         _check_input("Conv2d", x.shape, channels=self.in_channels)
         self._check_dtype(x, "Conv2d")
-        b = None if self.bias is None else self.bias.data
-        y, ctx = be.ops.conv2d_forward(x, self.weight.data, b, self.stride, self.padding,
-                                       self.activation == "relu")
-        self._save(ctx)
-        return y
-
-    def backward(self, dy):
-        return self._backward(dy, True)
-
-    def backward_params(self, dy) -> None:
-        self._backward(dy, False)
-
-    def _backward(self, dy, input_grad: bool):
-        (ctx,) = self._take(dy)
-        ops = self._backend.ops
-        # the plain call when dx is wanted, so Ops written before input_grad existed keep working
-        dx, dw, db = ops.conv2d_backward(dy, ctx) if input_grad else ops.conv2d_backward(dy, ctx, input_grad=False)
-        self._accumulate(self.weight, dw)
-        self._accumulate(self.bias, db)
-        return dx
+        node = N.Conv2d(be.ops, self.stride, self.padding, self.activation == "relu")
+        return node(x, *_params(self.weight, self.bias))
 
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -88,25 +71,11 @@ class Linear(Module):
         self.to(backend, dtype)
 
     def forward(self, x):
-        self._backend.check(x, "Linear input")
+        self._backend.check(x.data, "Linear input")
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"Linear: expected input of shape (N, {self.in_features}), got {tuple(x.shape)}")
         self._check_dtype(x, "Linear")
-        self._save(x)
-        return F.linear(x, self.weight.data, None if self.bias is None else self.bias.data)
-
-    def backward(self, dy):
-        return self._backward(dy, True)
-
-    def backward_params(self, dy) -> None:
-        self._backward(dy, False)
-
-    def _backward(self, dy, input_grad: bool):
-        (x,) = self._take(dy)
-        dx, dw, db = F.linear_backward(dy, x, self.weight.data, self.bias is not None, input_grad)
-        self._accumulate(self.weight, dw)
-        self._accumulate(self.bias, db)
-        return dx
+        return N.Linear()(x, *_params(self.weight, self.bias))
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
@@ -132,29 +101,18 @@ class _BatchNorm(Module):
     def forward(self, x):
         be = self._backend
         name = type(self).__name__
-        be.check(x, f"{name} input")
+        be.check(x.data, f"{name} input")
         self._check(x)
         self._check_dtype(x, name)
         xp = be.xp
         c = self.num_features
-        gamma = self.weight.data if self.affine else xp.ones(c, dtype=x.dtype)
-        beta = self.bias.data if self.affine else xp.zeros(c, dtype=x.dtype)
+        gamma = self.weight if self.affine else xp.ones(c, dtype=x.dtype)
+        beta = self.bias if self.affine else xp.zeros(c, dtype=x.dtype)
         if not self.training:
-            self._save()  # keeps nothing: eval forwards have no backward
-            return be.ops.batch_norm_eval(x, gamma, beta, self.running_mean, self.running_var, self.eps)
+            return N.BatchNormEval(be.ops, self.running_mean, self.running_var, self.eps)(x, gamma, beta)
         self.num_batches_tracked += 1
         momentum = self.momentum if self.momentum is not None else 1.0 / int(self.num_batches_tracked)
-        y, mean, invstd = be.ops.batch_norm_train(x, gamma, beta, self.running_mean, self.running_var,
-                                                  momentum, self.eps)
-        self._save(x, gamma, mean, invstd)
-        return y
-
-    def backward(self, dy):
-        x, gamma, mean, invstd = self._take(dy)
-        dx, dgamma, dbeta = self._backend.ops.batch_norm_backward(dy, x, gamma, mean, invstd)
-        self._accumulate(self.weight, dgamma)
-        self._accumulate(self.bias, dbeta)
-        return dx
+        return N.BatchNormTrain(be.ops, self.running_mean, self.running_var, momentum, self.eps)(x, gamma, beta)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
@@ -184,7 +142,7 @@ class _Pool2d(Module):
         self.padding = pair(padding, f"{name} padding")
 
     def _window(self, x):
-        self._backend.check(x, f"{type(self).__name__} input")
+        self._backend.check(x.data, f"{type(self).__name__} input")
         return pool2d_geometry(type(self).__name__, x.shape, self.kernel_size, self.stride, self.padding)
 
     def extra_repr(self) -> str:
@@ -196,14 +154,7 @@ class MaxPool2d(_Pool2d):
 
     def forward(self, x):
         self._window(x)
-        y, argmax = self._backend.ops.max_pool2d_forward(x, self.kernel_size, self.stride, self.padding)
-        self._save(argmax, x.shape)
-        return y
-
-    def backward(self, dy):
-        argmax, x_shape = self._take(dy)
-        return self._backend.ops.max_pool2d_backward(dy, argmax, x_shape, self.kernel_size, self.stride,
-                                                     self.padding)
+        return N.MaxPool2d(self._backend.ops, self.kernel_size, self.stride, self.padding)(x)
 
 
 class AvgPool2d(_Pool2d):
@@ -211,54 +162,32 @@ class AvgPool2d(_Pool2d):
 
     def forward(self, x):
         self._window(x)
-        self._save(x.shape)
-        return self._backend.ops.avg_pool2d_forward(x, self.kernel_size, self.stride, self.padding)
-
-    def backward(self, dy):
-        (x_shape,) = self._take(dy)
-        return self._backend.ops.avg_pool2d_backward(dy, x_shape, self.kernel_size, self.stride, self.padding)
+        return N.AvgPool2d(self._backend.ops, self.kernel_size, self.stride, self.padding)(x)
 
 
 class GlobalAvgPool2d(Module):
     """(N, C, H, W) -> (N, C): the mean over all spatial positions (ready for a Linear layer)."""
 
     def forward(self, x):
-        self._backend.check(x, "GlobalAvgPool2d input")
+        self._backend.check(x.data, "GlobalAvgPool2d input")
         _check_input("GlobalAvgPool2d", x.shape)
-        self._save(x.shape)
-        return x.mean(axis=(2, 3))
-
-    def backward(self, dy):
-        (x_shape,) = self._take(dy)
-        dx = self._backend.xp.empty(x_shape, dtype=dy.dtype)
-        dx[...] = (dy / (x_shape[2] * x_shape[3]))[:, :, None, None]
-        return dx
+        return N.GlobalAvgPool2d()(x)
 
 
 class Flatten(Module):
     """(N, ...) -> (N, prod(...))."""
 
     def forward(self, x):
-        self._backend.check(x, "Flatten input")
+        self._backend.check(x.data, "Flatten input")
         if x.ndim < 2:
             raise ValueError(f"Flatten: expected input of shape (N, ...) with at least 2 dims, got {tuple(x.shape)}")
-        self._save(x.shape)
-        return F.flatten(x)
-
-    def backward(self, dy):
-        (x_shape,) = self._take(dy)
-        return F.flatten_backward(dy, x_shape)
+        return x.reshape(x.shape[0], -1)
 
 
 class Identity(Module):
     def forward(self, x):
-        self._backend.check(x, "Identity input")
-        self._save()
+        self._backend.check(x.data, "Identity input")
         return x
-
-    def backward(self, dy):
-        self._take(dy)
-        return dy
 
 
 class Dropout(Module):
@@ -283,18 +212,12 @@ class Dropout(Module):
 
     def forward(self, x):
         be = self._backend
-        be.check(x, "Dropout input")
+        be.check(x.data, "Dropout input")
         if not self.training or self.p == 0.0:
-            self._save(None)
             return x
-        y, mask = F.dropout(x, self.p, self.seed, self.counter, be)
+        y = N.Dropout(self.p, self.seed, self.counter, be)(x)
         self.counter += math.ceil(x.size / 4)
-        self._save(mask)
         return y
-
-    def backward(self, dy):
-        (mask,) = self._take(dy)
-        return dy if mask is None else F.dropout_backward(dy, mask)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

@@ -1,29 +1,45 @@
-"""Losses: `loss = crit(input, target)` then `dinput = crit.backward()`.
+"""Losses: `loss = crit(input, target)`, a 0-d Tensor; `loss.backward()` differentiates everything before it.
 
-The loss is a 0-d array on the input's device (a NumPy scalar on NumPy), in the input's dtype: no
-device->host synchronisation per step; `float(loss)` when a number is needed. Losses have no
-parameters and no device of their own (they follow their input; a target on another device raises
-DeviceError). The forward always keeps its cache, whatever the model's mode; backward frees it.
-`backward(dloss=1.0)` scales the gradient (dloss is d(total)/d(loss)).
+The loss lives on the input's device, in the input's dtype: no device->host synchronisation per step;
+`float(loss)` when a number is needed. Losses have no parameters and no device of their own (they follow
+their input; a target on another device raises DeviceError).
+
+Array API (kept for code written before autograd): called on plain arrays a loss returns a 0-d array,
+and `crit.backward(dloss=1.0)` returns d(dloss * loss)/d(input) from the recorded node (dloss is
+d(total)/d(loss)); each backward frees the record, whatever the model's mode.
 """
 from __future__ import annotations
 
 from gpunet import functional as F
+from gpunet.autograd import array_module
+from gpunet.autograd import functions as N
+from gpunet.nn.module import Module
 
 
-class _Loss:
-    def __init__(self):
-        self._cache = None
+class _Loss(Module):
+    _array_grad_args = 1  # the array API differentiates the input, not the target
+    _follows_input = True  # no device of its own
 
-    def __call__(self, input, target):
-        return self.forward(input, target)
+    def forward(self, input, target):
+        t = target.data if hasattr(target, "creator") else target
+        self._validate(input.data, t)
+        return self._node()(input, target)
 
-    def _take(self):
-        if self._cache is None:
-            raise RuntimeError(f"{type(self).__name__}.backward() called without a preceding forward() "
-                               f"(each backward frees the cache)")
-        cache, self._cache = self._cache, None
-        return cache
+    def backward(self, dloss=1.0):
+        cache = self._cache
+        dy = None
+        if cache is not None:
+            out = cache[2]
+            dy = array_module(out.data).asarray(dloss, dtype=out.dtype) if not hasattr(dloss, "shape") else dloss
+        return super().backward(dy if dy is not None else dloss)
+
+    def _call_arrays(self, args, kwargs):
+        training = self.training
+        self.__dict__["training"] = True  # a loss's array forward always records, whatever the model's mode
+        try:
+            return super()._call_arrays(args, kwargs)
+        finally:
+            self.__dict__["training"] = training
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -38,38 +54,25 @@ class SoftmaxCrossEntropy(_Loss):
         super().__init__()
         self.check_range = bool(check_range)
 
-    def forward(self, logits, labels):
+    def _validate(self, logits, labels):
         F.check_labels(labels, logits, "SoftmaxCrossEntropy", self.check_range)
-        log_probs = F.log_softmax(logits, axis=1)
-        self._cache = (log_probs, labels)
-        return F.nll_loss(log_probs, labels)
 
-    def backward(self, dloss=1.0):
-        log_probs, labels = self._take()
-        return F.softmax_cross_entropy_backward(log_probs, labels, dloss)
+    _node = N.SoftmaxCrossEntropy
 
 
 class BCEWithLogits(_Loss):
     """Mean over all elements of binary cross-entropy on sigmoid(logits); targets in [0, 1], same shape."""
 
-    def forward(self, logits, targets):
-        loss = F.bce_with_logits(logits, targets)
-        self._cache = (logits, targets)
-        return loss
+    def _validate(self, logits, targets):
+        F._check_same_shape(logits, targets, "bce_with_logits")
 
-    def backward(self, dloss=1.0):
-        logits, targets = self._take()
-        return F.bce_with_logits_backward(logits, targets, dloss)
+    _node = N.BCEWithLogits
 
 
 class MSELoss(_Loss):
     """Mean over all elements of (input - target)^2."""
 
-    def forward(self, input, target):
-        loss = F.mse_loss(input, target)
-        self._cache = (input, target)
-        return loss
+    def _validate(self, y, target):
+        F._check_same_shape(y, target, "mse_loss")
 
-    def backward(self, dloss=1.0):
-        y, target = self._take()
-        return F.mse_loss_backward(y, target, dloss)
+    _node = N.MSELoss

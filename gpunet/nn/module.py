@@ -1,9 +1,13 @@
-"""Parameter and Module: the containers of weights, with explicit forward and backward.
+"""Parameter and Module: the containers of weights; forward records graph nodes (gpunet.autograd).
 
-A Module computes `y = module(x)` and, after a training-mode forward, `dx = module.backward(dy)`, which
-also accumulates into `param.grad` (parameters with `requires_grad=False` are skipped). Forward caches
-what backward needs only in training mode, and backward frees it: each forward pairs with at most one
-backward, and a module used twice in one model would overwrite its own cache (not supported).
+Called on a Tensor, a Module returns a Tensor: `loss = crit(model(x), y); loss.backward()` fills every
+`param.grad` (parameters with `requires_grad=False` are skipped). A module called twice in one forward
+makes two nodes, and its parameters receive the sum of both gradients.
+
+Called on plain arrays, a Module returns a plain array and, after a training-mode forward,
+`dx = module.backward(dy)` runs the same recorded nodes from that output (a thin view kept for code
+written before autograd; `backward_params(dy)` skips the input gradient). Eval-mode array calls record
+nothing; each backward frees the graph of its forward.
 
 Parameters, buffers and submodules assigned as attributes are registered under PyTorch's names
 (`weight`, `bias`, `0.weight`, `body.1.running_mean`), so `state_dict()` keys and shapes match
@@ -16,29 +20,31 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
+from gpunet.autograd import Tensor, backward, is_grad_enabled, no_grad
 from gpunet.backend import Backend, DeviceError, _is_cupy_array, get_backend
 
 
-class Parameter:
-    """A trainable array: `.data` (on the module's device), `.grad` (None until a backward), `.requires_grad`."""
+class Parameter(Tensor):
+    """A trainable leaf Tensor: `.data` (on the module's device), `.grad` (None until a backward), `.requires_grad`
+    (True unless frozen). Gradients from every use in a forward add up in `.grad`."""
 
-    __slots__ = ("data", "grad", "requires_grad")
+    __slots__ = ()
 
     def __init__(self, data, requires_grad: bool = True):
-        self.data = data
-        self.grad = None
-        self.requires_grad = bool(requires_grad)
-
-    @property
-    def shape(self):
-        return tuple(self.data.shape)
-
-    @property
-    def dtype(self):
-        return self.data.dtype
+        super().__init__(data, requires_grad=requires_grad)
 
     def __repr__(self) -> str:
         return f"Parameter(shape={self.shape}, dtype={self.dtype}, requires_grad={self.requires_grad})"
+
+
+def _params(*params):
+    """The given parameters up to the first None (an absent bias), for a node's inputs."""
+    out = []
+    for p in params:
+        if p is None:
+            break
+        out.append(p)
+    return out
 
 
 class IncompatibleKeys(NamedTuple):
@@ -183,7 +189,7 @@ class Module:
         for m in self.modules():
             for p in m._parameters.values():
                 if p is not None:
-                    p.data, p.grad = move(p.data), move(p.grad)
+                    p.data, p.grad, p._backend = move(p.data), move(p.grad), be
             for name, b in list(m._buffers.items()):
                 m._buffers[name] = move(b)
             m.__dict__["_backend"] = be
@@ -239,45 +245,83 @@ class Module:
 
     # --- forward / backward plumbing ---
 
+    _array_grad_args = None  # array API: how many leading float arguments get an input gradient (None: all)
+    _follows_input = False   # losses: no device of their own
+
     def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+        if any(isinstance(a, Tensor) for a in args) or any(isinstance(v, Tensor) for v in kwargs.values()):
+            return self.forward(*args, **kwargs)
+        return self._call_arrays(args, kwargs)
 
     def forward(self, x):
         raise TypeError(f"{type(self).__name__} does not define forward()")
 
-    def backward(self, dy):
-        raise TypeError(f"{type(self).__name__} does not define backward()")
+    def _call_arrays(self, args, kwargs):
+        """The array API: wrap the arrays as leaf Tensors, run forward (recording only in training mode),
+        keep (inputs, output) for `backward`, and return the output's array."""
+        record = self.training and is_grad_enabled()
+        be, limit = (None if self._follows_input else self._backend), self._array_grad_args
+        n = [0]
+
+        def wrap(a):
+            if a is None or not hasattr(a, "dtype"):
+                return a
+            wants = record and a.dtype.kind == "f" and (limit is None or n[0] < limit)
+            n[0] += 1
+            return Tensor(a, requires_grad=wants, backend=be)
+
+        ins = [wrap(a) for a in args]
+        kw = {k: wrap(v) for k, v in kwargs.items()}
+        if record:
+            out = self.forward(*ins, **kw)
+        else:
+            with no_grad():
+                out = self.forward(*ins, **kw)
+        self.__dict__["_cache"] = (ins, kw, out) if record else None
+        for m in self.modules():
+            m._arrays_out(out)
+        return out.data if isinstance(out, Tensor) else out
+
+    def _arrays_out(self, out) -> None:
+        """Hook for modules that keep extra outputs on themselves (recurrent states)."""
+
+    def _array_roots(self, out, extra):
+        """(tensors, grads) a legacy backward starts from: the output and dy, by default."""
+        return [out], []
+
+    def backward(self, dy, *extra):
+        """dx for the last training-mode array forward: runs the recorded nodes from its output with gradient
+        `dy`, accumulating into every `param.grad`, and frees them. Returns the first input's gradient."""
+        ins = self._run_array_backward(dy, extra, input_grad=True)
+        x = ins[0] if ins else None
+        return x.grad if isinstance(x, Tensor) and x.requires_grad else None
 
     def backward_params(self, dy) -> None:
-        """Backward for a caller that needs no gradient with respect to the input (a training step: the
-        input is the data batch). Accumulates the parameters' gradients like backward() and returns
-        None; layers that can skip their input gradient's work do (Conv2d, Linear, and Sequential
-        passes it on to its first layer), as PyTorch does for an input that does not require grad."""
-        self.backward(dy)
+        """Backward for a caller that needs no gradient with respect to the input (a training step: the input
+        is the data batch): the same parameter gradients, and nodes skip the input gradient's work."""
+        self._run_array_backward(dy, (), input_grad=False)
 
-    def _save(self, *items) -> None:
-        """Keep what backward needs, in training mode only (eval forwards keep nothing)."""
-        self.__dict__["_cache"] = items if self.training else None
-
-    def _take(self, dy):
-        """Return (and free) the forward cache; raise clearly when there is none."""
+    def _run_array_backward(self, dy, extra, input_grad: bool):
+        name = type(self).__name__
         cache = self._cache
         if cache is None:
             raise RuntimeError(
-                f"{type(self).__name__}.backward() called without a preceding forward() in training mode "
+                f"{name}.backward() called without a preceding forward() in training mode "
                 f"(eval-mode forwards keep no cache, and each backward frees it; call model.train())")
-        self._backend.check(dy, f"{type(self).__name__}.backward gradient")
         self.__dict__["_cache"] = None
-        return cache
-
-    @staticmethod
-    def _accumulate(param: Parameter | None, grad) -> None:
-        if param is None or not param.requires_grad:
-            return
-        if param.grad is None:
-            param.grad = grad
-        else:
-            param.grad += grad
+        ins, kw, out = cache
+        if not self._follows_input:  # a loss's gradient is checked against its input's device by the walk
+            self._backend.check(dy, f"{name}.backward gradient")
+        if isinstance(out, Tensor) and tuple(dy.shape) != out.shape:
+            raise ValueError(f"{name}.backward: expected dy of shape {out.shape}, got {tuple(dy.shape)}")
+        if not input_grad:
+            for t in list(ins) + list(kw.values()):
+                if isinstance(t, Tensor):
+                    t.requires_grad = False
+        roots, more = self._array_roots(out, extra)
+        if any(isinstance(t, Tensor) and t.requires_grad for t in roots):
+            backward(roots, [dy] + list(more))
+        return ins
 
     def _check_dtype(self, x, what: str) -> None:
         w = next(iter(p for p in self._parameters.values() if p is not None), None)

@@ -1,9 +1,9 @@
 """Recurrent layers (RNN, GRU, LSTM) with PyTorch's weights and formulas, and two sequence adapters.
 
     rnn = nn.LSTM(input_size=8, hidden_size=64, num_layers=2)
-    y = rnn(x)                      # x (N, T, F) batch-first -> y (N, T, H), the last layer's outputs
-    rnn.h_n, rnn.c_n                # final states, (num_layers, N, H)
-    dx = rnn.backward(dy)           # dy (N, T, H) -> dx (N, T, F): backpropagation through time
+    y = rnn(x)                      # x (N, T, F) batch-first Tensor -> y (N, T, H), the last layer's outputs
+    rnn.h_n, rnn.c_n                # final states, (num_layers, N, H) Tensors (gradients flow through them too)
+    loss.backward()                 # backpropagation through time, through y, h_n and c_n
 
 Layer l (l = 0 .. num_layers-1) holds `weight_ih_l{l}` (G*H, F_l), `weight_hh_l{l}` (G*H, H),
 `bias_ih_l{l}` and `bias_hh_l{l}` (G*H,), with F_0 = input_size and F_l = H above; G = 1 (RNN),
@@ -19,17 +19,19 @@ PyTorch's, so state dicts move between the libraries unchanged:
 Every weight starts uniform in [-1/sqrt(H), 1/sqrt(H)] (PyTorch's default), drawn on the host from the
 constructing backend's generator in state_dict order.
 
-Computation. Time-major inside: the input projections W_ih x of all T steps are one matrix product
-per layer, the recurrence loops over time only (vectorised over the batch), and backward forms the
-weight gradients as one product over all (T * N) rows after the time loop. The same code runs on
-every backend: it only uses `backend.xp`.
+Computation. One graph node per call (`Recurrence`), whose backward is backpropagation through time.
+Time-major inside: the input projections W_ih x of all T steps are one matrix product per layer, the
+recurrence loops over time only (vectorised over the batch), and backward forms the weight gradients as
+one product over all (T * N) rows after the time loop. The same code runs on every backend: it only
+uses `backend.xp`. A loop over time written by the user from `nn.Linear` cells works too (one node per
+step), at the cost of T times more nodes.
 
-Gradients. `backward(dy, dh_n=None, dc_n=None)` takes dy for every output step. For a many-to-one
-model pass zeros for all steps but the last (or put `LastStep()` after the layer, which does exactly
-that); with only final-state gradients, dy is all zeros. dh_n/dc_n (num_layers, N, H) are
-gradients w.r.t. the final states (default zero). The gradients w.r.t. h0/c0 are left in `dh0`/`dc0`.
-Truncated BPTT: feed `h0=rnn.h_n` (and `c0=rnn.c_n`) of the previous chunk; there is no autograd
-graph, so nothing flows back across chunks.
+Gradients reach x, h0, c0 and every weight from y, h_n and c_n. Truncated BPTT: feed
+`h0=rnn.h_n.detach()` (and `c0=rnn.c_n.detach()`) of the previous chunk.
+
+Array API (kept for code written before autograd): called on arrays, `y` and `h_n`/`c_n` are arrays and
+`dx = rnn.backward(dy, dh_n=None, dc_n=None)` runs the same node, leaving the gradients w.r.t. h0/c0 in
+`dh0`/`dc0`.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ import math
 import numpy as np
 
 from gpunet import functional as F
+from gpunet.autograd import Node, Tensor, array_module, as_tensor
 from gpunet.nn.layers import _host_rng
 from gpunet.nn.module import Module, Parameter
 
@@ -85,7 +88,7 @@ class _RNNBase(Module):
 
     def forward(self, x, h0=None, c0=None):
         be, xp, name = self._backend, self._backend.xp, type(self).__name__
-        be.check(x, f"{name} input")
+        be.check(x.data, f"{name} input")
         if x.ndim != 3 or x.shape[2] != self.input_size or x.shape[0] < 1 or x.shape[1] < 1:
             raise ValueError(f"{name}: expected input of shape (N, T, {self.input_size}) with N, T >= 1 "
                              f"(batch-first), got {tuple(x.shape)}")
@@ -94,82 +97,79 @@ class _RNNBase(Module):
             raise TypeError(f"{name}: c0 is only used by LSTM")
         n, lstm = x.shape[0], self._kind == "LSTM"
         state_shape = (self.num_layers, n, self.hidden_size)
-        for s, what in ((h0, "h0"), (c0, "c0")):
+        states = []
+        for s, what in ((h0, "h0"), (c0, "c0"))[:2 if lstm else 1]:
             if s is not None:
-                self._check_state(s, what, n)
-        h0 = h0 if h0 is not None else xp.zeros(state_shape, x.dtype)
-        c0 = c0 if c0 is not None or not lstm else xp.zeros(state_shape, x.dtype)
-        seq = xp.ascontiguousarray(x.transpose(1, 0, 2))  # (T, N, F), time-major
-        caches, h_n, c_n = [], [], []
-        for layer in range(self.num_layers):
-            cache = self._layer_forward(layer, seq, h0[layer], c0[layer] if lstm else None)
-            caches.append(cache)
-            hs = cache[1]
-            seq = hs[1:]
-            h_n.append(hs[-1])
-            if lstm:
-                c_n.append(cache[2][-1])
-        self.h_n = xp.stack(h_n)
-        self.c_n = xp.stack(c_n) if lstm else None
-        self._save(caches)
-        return xp.ascontiguousarray(seq.transpose(1, 0, 2))
+                self._check_state(s.data if isinstance(s, Tensor) else s, what, n)
+            states.append(as_tensor(s) if s is not None else Tensor(xp.zeros(state_shape, x.dtype), backend=be))
+        weights = [w for layer in range(self.num_layers) for w in self._weights(layer) if w is not None]
+        outs = Recurrence(self)(x, *states, *weights)
+        self.h_n = outs[1]
+        self.c_n = outs[2] if lstm else None
+        return outs[0]
 
-    def _input_projection(self, layer, xs):
-        """W_ih x + b_ih for all steps at once: (T, N, G*H)."""
-        w_ih, _, b_ih, _ = self._weights(layer)
-        xw = xs @ w_ih.data.T
-        if b_ih is not None:
-            xw += b_ih.data
-        return xw
+    def _arrays_out(self, out) -> None:
+        if not isinstance(self.h_n, Tensor):
+            return
+        self.__dict__["_state_tensors"] = (self.h_n, self.c_n)
+        self.h_n = self.h_n.data
+        self.c_n = None if self.c_n is None else self.c_n.data
 
-    def _hidden_projection(self, layer, h):
-        _, w_hh, _, b_hh = self._weights(layer)
-        hw = h @ w_hh.data.T
-        if b_hh is not None:
-            hw += b_hh.data
-        return hw
+    def _call_arrays(self, args, kwargs):
+        # explicit zero states, so the array API's backward leaves dh0 (and dc0) even when none were given
+        if self.training and args and hasattr(args[0], "shape"):
+            lstm, xp = self._kind == "LSTM", self._backend.xp
+            given = len(args)
+            args = list(args) + [None] * (3 - len(args))
+            shape = (self.num_layers, args[0].shape[0], self.hidden_size)
+            for i, key in ((1, "h0"), (2, "c0"))[:2 if lstm else 1]:
+                if args[i] is None and kwargs.get(key) is None:
+                    kwargs.pop(key, None)
+                    args[i] = xp.zeros(shape, args[0].dtype)
+            args = args[:max(given, 3 if lstm else 2)]
+        return super()._call_arrays(tuple(args), kwargs)
 
-    # --- backward ----------------------------------------------------------------------------------
+    def _array_roots(self, out, extra):
+        h_n, c_n = self._state_tensors
+        roots = [out, h_n] + ([c_n] if c_n is not None else [])
+        grads = list(extra)[:len(roots) - 1]
+        return roots, grads + [None] * (len(roots) - 1 - len(grads))
 
     def backward(self, dy, dh_n=None, dc_n=None):
-        """dy (N, T, H) -> dx (N, T, F); accumulates every weight gradient and leaves the gradients w.r.t.
-        h0 (and c0) in `dh0` (`dc0`). See the module docstring."""
-        (caches,) = self._take(dy)
-        name, xp = type(self).__name__, self._backend.xp
-        hs0 = caches[0][1]
-        n, want = hs0.shape[1], (hs0.shape[1], hs0.shape[0] - 1, self.hidden_size)
-        if tuple(dy.shape) != want:
-            raise ValueError(f"{name}.backward: expected dy of shape {want} (N, T, hidden_size), got "
-                             f"{tuple(dy.shape)}")
-        dys = xp.ascontiguousarray(dy.transpose(1, 0, 2))
-        final = []
-        for s, what in ((dh_n, "dh_n"), (dc_n, "dc_n")):
-            if s is not None:
-                self._check_state(s, what, n)
-            final.append(s)
-        dh0, dc0 = [], []
-        for layer in reversed(range(self.num_layers)):
-            dhn = None if final[0] is None else final[0][layer]
-            dcn = None if final[1] is None else final[1][layer]
-            dys, dh, dc = self._layer_backward(layer, caches[layer], dys, dhn, dcn)
-            dh0.append(dh)
-            dc0.append(dc)
-        self.dh0 = xp.stack(dh0[::-1])
-        self.dc0 = xp.stack(dc0[::-1]) if self._kind == "LSTM" else None
-        return xp.ascontiguousarray(dys.transpose(1, 0, 2))
+        """Array API: dy (N, T, H) -> dx (N, T, F); leaves the gradients w.r.t. h0 (and c0) in `dh0` (`dc0`)."""
+        if self._cache is not None:
+            for s, what in ((dh_n, "dh_n"), (dc_n, "dc_n")):
+                if s is not None:
+                    self._check_state(s, what, self._cache[0][0].shape[0])
+            if tuple(dy.shape) != self._cache[2].shape:
+                raise ValueError(f"{type(self).__name__}.backward: expected dy of shape {self._cache[2].shape} "
+                                 f"(N, T, hidden_size), got {tuple(dy.shape)}")
+        ins = self._run_array_backward(dy, (dh_n, dc_n), input_grad=True)
+        xp = self._backend.xp
+        grads = [t.grad if t.grad is not None else xp.zeros(t.shape, t.dtype) for t in ins[1:]]
+        self.dh0 = grads[0]
+        self.dc0 = grads[1] if self._kind == "LSTM" else None
+        return ins[0].grad
 
-    def _weight_grads(self, layer, xs, hs, dgx, dgh):
-        """Accumulate the weight gradients from the pre-activation gradients of all steps, one product each,
-        and return dx (T, N, F). dgx feeds W_ih/b_ih, dgh feeds W_hh/b_hh (the same array except in GRU)."""
-        w_ih, w_hh, b_ih, b_hh = self._weights(layer)
+    # --- the node's work: forward and backpropagation through time of one layer ----------------------
+
+    @staticmethod
+    def _projection(xs, w, b):
+        """xs @ w.T + b (W_ih x + b_ih for all steps at once, or W_hh h + b_hh for one)."""
+        xw = xs @ w.T
+        if b is not None:
+            xw += b
+        return xw
+
+    @staticmethod
+    def _weight_grads(ws, needs, xs, hs, dgx, dgh):
+        """Gradients of (w_ih, w_hh, b_ih, b_hh) from the pre-activation gradients of all steps, one product
+        each (None where not needed), and dx (T, N, F). dgx feeds W_ih/b_ih, dgh feeds W_hh/b_hh."""
         g = dgx.shape[-1]
         gx, gh = dgx.reshape(-1, g), dgh.reshape(-1, g)
-        for p, grad in ((w_ih, lambda: gx.T @ xs.reshape(-1, xs.shape[-1])),
-                        (w_hh, lambda: gh.T @ hs[:-1].reshape(-1, hs.shape[-1])),
-                        (b_ih, lambda: gx.sum(axis=0)), (b_hh, lambda: gh.sum(axis=0))):
-            if p is not None and p.requires_grad:  # frozen weights cost nothing
-                self._accumulate(p, grad())
-        return dgx @ w_ih.data
+        grads = (lambda: gx.T @ xs.reshape(-1, xs.shape[-1]), lambda: gh.T @ hs[:-1].reshape(-1, hs.shape[-1]),
+                 lambda: gx.sum(axis=0), lambda: gh.sum(axis=0))
+        return [f() if need else None for f, need in zip(grads, needs)], dgx @ ws[0]
 
     def _zero_state(self, dys, given):
         return self._backend.xp.zeros_like(dys[0]) if given is None else given
@@ -179,6 +179,62 @@ class _RNNBase(Module):
         if self.num_layers != 1:
             s += f", num_layers={self.num_layers}"
         return s + ("" if self.bias else ", bias=False")
+
+
+class Recurrence(Node):
+    """A whole recurrent module's call as one node: inputs (x, h0[, c0], weights in state_dict order), outputs
+    (y, h_n[, c_n]). Forward runs each layer's time loop (the module's `_layer_forward`); backward runs
+    backpropagation through time layer by layer (`_layer_backward`), the caches living in this node."""
+
+    def __init__(self, module: "_RNNBase"):
+        self.m = module  # the layer code and sizes; nothing is saved on the module
+
+    def _split(self, rest):
+        m = self.m
+        nstate, per = (2 if m._kind == "LSTM" else 1), (4 if m.bias else 2)
+        flat = rest[nstate:]
+        ws = [tuple(flat[i * per:(i + 1) * per]) + ((None, None) if not m.bias else ())
+              for i in range(m.num_layers)]
+        return rest[:nstate], ws, per
+
+    def forward(self, x, *rest):
+        m, xp = self.m, array_module(x)
+        (h0, *c0), ws, _ = self._split(rest)
+        lstm = bool(c0)
+        seq = xp.ascontiguousarray(x.transpose(1, 0, 2))  # (T, N, F), time-major
+        self.caches, h_n, c_n = [], [], []
+        for layer in range(m.num_layers):
+            cache = m._layer_forward(ws[layer], seq, h0[layer], c0[0][layer] if lstm else None)
+            self.caches.append(cache)
+            hs = cache[1]
+            seq = hs[1:]
+            h_n.append(hs[-1])
+            if lstm:
+                c_n.append(cache[2][-1])
+        self.ws, self.dtype = ws, x.dtype
+        self.y_shape = (x.shape[0],) + tuple(seq.shape[0:1]) + tuple(seq.shape[2:])
+        y = xp.ascontiguousarray(seq.transpose(1, 0, 2))
+        return (y, xp.stack(h_n)) + ((xp.stack(c_n),) if lstm else ())
+
+    def backward(self, dy, dh_n, dc_n=None):
+        m = self.m
+        xp = array_module(next(g for g in (dy, dh_n, dc_n) if g is not None))
+        lstm = m._kind == "LSTM"
+        nstate, per = (2 if lstm else 1), (4 if m.bias else 2)
+        dys = xp.zeros((self.y_shape[1], self.y_shape[0], self.y_shape[2]), self.dtype) if dy is None \
+            else xp.ascontiguousarray(dy.transpose(1, 0, 2))
+        dh0, dc0, wgrads = [], [], []
+        for layer in reversed(range(m.num_layers)):
+            base = 1 + nstate + layer * per
+            needs = [self.needs(base + k) for k in range(per)] + [False] * (4 - per)
+            dys, dh, dc, wg = m._layer_backward(self.ws[layer], needs, self.caches[layer], dys,
+                                                None if dh_n is None else dh_n[layer],
+                                                None if dc_n is None else dc_n[layer])
+            dh0.append(dh)
+            dc0.append(dc)
+            wgrads[:0] = wg[:per]
+        states = [xp.stack(dh0[::-1])] + ([xp.stack(dc0[::-1])] if lstm else [])
+        return (xp.ascontiguousarray(dys.transpose(1, 0, 2)), *states, *wgrads)
 
 
 class RNN(_RNNBase):
@@ -192,19 +248,19 @@ class RNN(_RNNBase):
         super().__init__(input_size, hidden_size, num_layers, bias, backend, dtype)
         self.nonlinearity = nonlinearity
 
-    def _layer_forward(self, layer, xs, h, c):
+    def _layer_forward(self, ws, xs, h, c):
         xp = self._backend.xp
-        xw = self._input_projection(layer, xs)
+        xw = self._projection(xs, ws[0], ws[2])
         hs = xp.empty((xs.shape[0] + 1,) + h.shape, dtype=xs.dtype)
         hs[0] = h
         act = xp.tanh if self.nonlinearity == "tanh" else F.relu
         for t in range(xs.shape[0]):
-            hs[t + 1] = act(xw[t] + self._hidden_projection(layer, hs[t]))
+            hs[t + 1] = act(xw[t] + self._projection(hs[t], ws[1], ws[3]))
         return xs, hs
 
-    def _layer_backward(self, layer, cache, dys, dh_n, dc_n):
+    def _layer_backward(self, ws, needs, cache, dys, dh_n, dc_n):
         xs, hs = cache
-        w_hh = self._weights(layer)[1].data
+        w_hh = ws[1]
         da_all = self._backend.xp.empty_like(dys)
         dh_next = self._zero_state(dys, dh_n)
         for t in reversed(range(dys.shape[0])):
@@ -212,7 +268,8 @@ class RNN(_RNNBase):
             da = dh * (1 - h * h) if self.nonlinearity == "tanh" else F.relu_backward(dh, h)
             da_all[t] = da
             dh_next = da @ w_hh
-        return self._weight_grads(layer, xs, hs, da_all, da_all), dh_next, None
+        wg, dx = self._weight_grads(ws, needs, xs, hs, da_all, da_all)
+        return dx, dh_next, None, wg
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (", nonlinearity='relu'" if self.nonlinearity == "relu" else "")
@@ -222,9 +279,9 @@ class LSTM(_RNNBase):
     """Long short-term memory, gate rows i, f, g, o (PyTorch's order). forward(x, h0=None, c0=None)."""
     _kind = "LSTM"
 
-    def _layer_forward(self, layer, xs, h, c):
+    def _layer_forward(self, ws, xs, h, c):
         xp, hid = self._backend.xp, self.hidden_size
-        xw = self._input_projection(layer, xs)
+        xw = self._projection(xs, ws[0], ws[2])
         steps = xs.shape[0]
         hs = xp.empty((steps + 1,) + h.shape, dtype=xs.dtype)
         cs = xp.empty_like(hs)
@@ -232,7 +289,7 @@ class LSTM(_RNNBase):
         tcs = xp.empty_like(hs[1:])    # tanh(c_t)
         hs[0], cs[0] = h, c
         for t in range(steps):
-            z = xw[t] + self._hidden_projection(layer, hs[t])
+            z = xw[t] + self._projection(hs[t], ws[1], ws[3])
             a = gates[t]
             a[...] = F.sigmoid(z)
             a[:, 2 * hid:3 * hid] = xp.tanh(z[:, 2 * hid:3 * hid])
@@ -242,9 +299,9 @@ class LSTM(_RNNBase):
             hs[t + 1] = o * tcs[t]
         return xs, hs, cs, gates, tcs
 
-    def _layer_backward(self, layer, cache, dys, dh_n, dc_n):
+    def _layer_backward(self, ws, needs, cache, dys, dh_n, dc_n):
         xs, hs, cs, gates, tcs = cache
-        hid, w_hh = self.hidden_size, self._weights(layer)[1].data
+        hid, w_hh = self.hidden_size, ws[1]
         dg_all = self._backend.xp.empty_like(gates)
         dh_next, dc_next = self._zero_state(dys, dh_n), self._zero_state(dys, dc_n)
         for t in reversed(range(dys.shape[0])):
@@ -259,23 +316,24 @@ class LSTM(_RNNBase):
             d[:, 3 * hid:] = dh * tc * o * (1 - o)
             dh_next = d @ w_hh
             dc_next = dc * f
-        return self._weight_grads(layer, xs, hs, dg_all, dg_all), dh_next, dc_next
+        wg, dx = self._weight_grads(ws, needs, xs, hs, dg_all, dg_all)
+        return dx, dh_next, dc_next, wg
 
 
 class GRU(_RNNBase):
     """Gated recurrent unit, gate rows r, z, n, with PyTorch's n = tanh(W_in x + b_in + r * (W_hn h + b_hn))."""
     _kind = "GRU"
 
-    def _layer_forward(self, layer, xs, h, c):
+    def _layer_forward(self, ws, xs, h, c):
         xp, hid = self._backend.xp, self.hidden_size
-        xw = self._input_projection(layer, xs)
+        xw = self._projection(xs, ws[0], ws[2])
         steps = xs.shape[0]
         hs = xp.empty((steps + 1,) + h.shape, dtype=xs.dtype)
         gates = xp.empty_like(xw)      # activated r, z, n
         hns = xp.empty_like(hs[1:])    # W_hn h + b_hn, needed for dr
         hs[0] = h
         for t in range(steps):
-            hw = self._hidden_projection(layer, hs[t])
+            hw = self._projection(hs[t], ws[1], ws[3])
             a = gates[t]
             a[:, :2 * hid] = F.sigmoid(xw[t, :, :2 * hid] + hw[:, :2 * hid])
             r, z = a[:, :hid], a[:, hid:2 * hid]
@@ -285,9 +343,9 @@ class GRU(_RNNBase):
             hs[t + 1] = n + z * (hs[t] - n)
         return xs, hs, gates, hns
 
-    def _layer_backward(self, layer, cache, dys, dh_n, dc_n):
+    def _layer_backward(self, ws, needs, cache, dys, dh_n, dc_n):
         xs, hs, gates, hns = cache
-        xp, hid, w_hh = self._backend.xp, self.hidden_size, self._weights(layer)[1].data
+        xp, hid, w_hh = self._backend.xp, self.hidden_size, ws[1]
         dgx, dgh = xp.empty_like(gates), xp.empty_like(gates)
         dh_next = self._zero_state(dys, dh_n)
         for t in reversed(range(dys.shape[0])):
@@ -302,39 +360,27 @@ class GRU(_RNNBase):
             gh[:, :2 * hid] = gx[:, :2 * hid]
             gh[:, 2 * hid:] = dn * r
             dh_next = dh * z + gh @ w_hh
-        return self._weight_grads(layer, xs, hs, dgx, dgh), dh_next, None
+        wg, dx = self._weight_grads(ws, needs, xs, hs, dgx, dgh)
+        return dx, dh_next, None, wg
 
 
 class LastStep(Module):
     """(N, T, H) -> (N, H): the last time step, for many-to-one models (`Sequential(LSTM, LastStep(), Linear)`).
-    Backward puts dy at the last step and zeros elsewhere."""
+    Its gradient is dy at the last step and zeros elsewhere."""
 
     def forward(self, x):
-        self._backend.check(x, "LastStep input")
+        self._backend.check(x.data, "LastStep input")
         if x.ndim != 3 or x.shape[1] < 1:
             raise ValueError(f"LastStep: expected input of shape (N, T, H) with T >= 1, got {tuple(x.shape)}")
-        self._save(x.shape)
-        return x[:, -1].copy()
-
-    def backward(self, dy):
-        (x_shape,) = self._take(dy)
-        dx = self._backend.xp.zeros(x_shape, dtype=dy.dtype)
-        dx[:, -1] = dy
-        return dx
+        return x[:, -1]
 
 
 class RowsAsSequence(Module):
     """(N, C, H, W) images -> (N, H, C*W) sequences: each row is one time step (row-by-row image RNNs)."""
 
     def forward(self, x):
-        self._backend.check(x, "RowsAsSequence input")
+        self._backend.check(x.data, "RowsAsSequence input")
         if x.ndim != 4:
             raise ValueError(f"RowsAsSequence: expected input of shape (N, C, H, W), got {tuple(x.shape)}")
-        self._save(x.shape)
         n, c, h, w = x.shape
-        return self._backend.xp.ascontiguousarray(x.transpose(0, 2, 1, 3)).reshape(n, h, c * w)
-
-    def backward(self, dy):
-        (x_shape,) = self._take(dy)
-        n, c, h, w = x_shape
-        return self._backend.xp.ascontiguousarray(dy.reshape(n, h, c, w).transpose(0, 2, 1, 3))
+        return x.transpose(0, 2, 1, 3).reshape(n, h, c * w)

@@ -1,7 +1,7 @@
 """The training loop: `Trainer(model, optimizer).fit(train_loader, val_loader, epochs)`.
 
-One step: forward, loss, backward, optional gradient clipping, optimizer step, scheduler step (the
-schedule advances once per batch). Losses and correct counts stay on the device and are read back
+One step: forward on Tensors, loss, `loss.backward()`, optional gradient clipping, optimizer step,
+scheduler step (the schedule advances once per batch). Losses and correct counts stay on the device and are read back
 every `sync_every` steps (one host synchronisation for many steps); a non-finite loss then stops
 training with a TrainingError naming the epoch and step, before anything is saved, and so do weights
 that became NaN/inf in the epoch's last update: the last checkpoint (written at the end of every epoch
@@ -25,6 +25,7 @@ from pathlib import Path
 
 from gpunet import checkpoint as ckpt_mod
 from gpunet.atomic import remove_stale
+from gpunet.autograd import Tensor, no_grad
 from gpunet.nn import SoftmaxCrossEntropy
 from gpunet.optim import clip_grad_norm_
 from gpunet.training.progress import Progress
@@ -43,13 +44,14 @@ def evaluate(model, loader, loss_fn=None) -> dict:
     model.eval()
     try:
         loss_sum, correct, n = None, None, 0
-        for xb, yb in loader:
-            logits = model(xb)
-            loss = loss_fn(logits, yb) * len(yb)
-            hits = (logits.argmax(axis=1) == yb).sum()
-            loss_sum = loss if loss_sum is None else loss_sum + loss
-            correct = hits if correct is None else correct + hits
-            n += len(yb)
+        with no_grad():
+            for xb, yb in loader:
+                logits = model(Tensor(xb, backend=model.backend)).data
+                loss = loss_fn(logits, yb) * len(yb)
+                hits = (logits.argmax(axis=1) == yb).sum()
+                loss_sum = loss if loss_sum is None else loss_sum + loss
+                correct = hits if correct is None else correct + hits
+                n += len(yb)
     finally:
         model.train(was_training)
     if n == 0:
@@ -125,9 +127,11 @@ class Trainer:
         loss_sum, correct, seen, synced = 0.0, 0, 0, 0
         for step, (xb, yb) in enumerate(loader, 1):
             opt.zero_grad()
-            logits = model(xb)
-            loss = loss_fn(logits, yb)
-            model.backward_params(loss_fn.backward())
+            out = model(Tensor(xb, backend=model.backend))  # the batch needs no gradient: the first layer skips dx
+            loss = loss_fn(out, yb)
+            if loss.requires_grad:  # a fully frozen model has nothing to differentiate
+                loss.backward()
+            logits, loss = out.data, loss.data
             if self.clip_grad_norm is not None:
                 try:
                     clip_grad_norm_(opt.params, self.clip_grad_norm)
