@@ -78,6 +78,37 @@ def main() -> None:
             print(f"{name:13s} max rel diff {diff:.2e}  predictions identical: {same}  gpunet eval "
                   f"{1e3 * t['gpunet']:.2f} ms  onnxruntime {1e3 * t['ort']:.2f} ms  ({t['gpunet'] / t['ort']:.1f}x)",
                   flush=True)
+        user_models(Path(tmp))
+
+
+def user_models(tmp: Path) -> None:
+    """The user-written models of tests/test_onnx.py on random inputs of another batch size than the traced one."""
+    import onnxruntime as ort
+
+    import gpunet
+    from gpunet import nn
+    from gpunet.onnx import export
+    from tests.test_onnx import Attention, SharedTwice, TwoInputs, UserRNN
+    rng = np.random.default_rng(0)
+
+    def f32(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
+    cases = [("shared layer twice", SharedTwice(), (f32(5, 4),), (f32(64, 4),)),
+             ("two inputs", TwoInputs(), (f32(6, 3), f32(6, 5)), (f32(64, 3), f32(64, 5))),
+             ("attention", Attention(), (f32(2, 5, 4),), (f32(64, 5, 4),)),
+             ("user RNN loop", UserRNN(), (f32(3, 6, 2),), (f32(64, 6, 2),))]
+    for kind in ("RNN", "GRU", "LSTM"):
+        layer = getattr(nn, kind)(5, 6, num_layers=2)
+        cases.append((f"Embedding+{kind}x2", nn.Sequential(nn.Embedding(11, 5), layer, nn.LastStep(), nn.Linear(6, 3)),
+                      (rng.integers(0, 11, (2, 7)),), (rng.integers(0, 11, (64, 7)),)))
+    for name, model, example, xs in cases:
+        model.eval()
+        path = str(export(model, example, tmp / "user.onnx"))
+        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        theirs = sess.run(None, {i.name: x for i, x in zip(sess.get_inputs(), xs)})[0]
+        with gpunet.no_grad():
+            ours = model(*[gpunet.tensor(x) for x in xs]).numpy()
+        print(f"{name:19s} max rel diff {float(np.max(np.abs(ours - theirs)) / np.max(np.abs(ours))):.2e}", flush=True)
 
 
 if __name__ == "__main__":
