@@ -146,6 +146,8 @@ def summary(model, input_shape, batch_size: int = 1, dtype=np.float32) -> Summar
                      "trainable": sum(int(p.size) for p in own if p.requires_grad),
                      "frozen": sum(int(p.size) for p in own if not p.requires_grad),
                      "mult_adds": _mult_adds(m, out_shape), "activation_bytes": saved})
-    totals = {key: sum(r[key] for r in rows) for key in ("trainable", "frozen", "mult_adds", "activation_bytes")}
+    totals = {key: sum(r[key] for r in rows) for key in ("mult_adds", "activation_bytes")}
+    totals["trainable"] = sum(int(p.size) for p in params.values() if p.requires_grad)  # modules not called too
+    totals["frozen"] = sum(int(p.size) for p in params.values() if not p.requires_grad)
     totals["batch_size"] = int(batch_size)
     return Summary(rows, totals)

@@ -152,9 +152,7 @@ def _reduce(op_type):
 
 
 def _reshape(g, node, ins, call):
-    target = [int(s) for s in (node.shape if isinstance(node.shape, (tuple, list)) else (node.shape,))]
-    if len(target) == 1 and isinstance(target[0], (tuple, list)):
-        target = list(target[0])
+    target = [int(s) for s in node.shape]
     if target and g.dynamic and node.x_shape:
         if -1 not in target:
             target[0] = -1            # the leading axis scales with the batch: let Reshape infer it

@@ -29,6 +29,18 @@ def test_frozen_parameters_are_counted_apart_and_a_shared_layer_once():
     assert s.totals["mult_adds"] == 3 * 20 * 2 + 3 * 10  # Linear: rows x weights, per call
 
 
+def test_totals_count_the_parameters_of_modules_the_forward_never_calls():
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.spare = nn.Linear(4, 2), nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.used(x)
+    s = gpunet.summary(Head(), (4,))
+    assert s.totals["trainable"] == 10 + 15 and "spare" not in [r["path"] for r in s.rows]
+
+
 def test_activation_bytes_are_what_the_nodes_save():
     # Linear saves its input x (5x4 float32 = 80 B; its weight is not an activation), ReLU its output (5x3 = 60 B)
     model = nn.Sequential(nn.Linear(4, 3), nn.ReLU())
