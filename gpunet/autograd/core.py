@@ -119,6 +119,9 @@ class Tensor:
     def item(self):
         return self.data.item()
 
+    def __bool__(self) -> bool:
+        return bool(self.data)
+
     def __float__(self) -> float:
         return float(self.data)
 
