@@ -260,3 +260,19 @@ def test_a_user_written_module_trains_and_checks(rng):
     with no_grad():
         assert net(ta, tb).creator is None
     assert bool(gpunet.tensor(np.array(1.0))) and not bool(gpunet.tensor(np.array(0.0)))
+
+
+def test_mixing_devices_in_a_tensor_op_is_a_device_error(device_backend, rng):
+    if not device_backend.is_gpu:
+        pytest.skip("needs device arrays (cupy or the stand-in)")
+    host = gpunet.tensor(rng.standard_normal((2, 3)))
+    dev = gpunet.tensor(rng.standard_normal((2, 3)), backend=device_backend)
+    with pytest.raises(gpunet.DeviceError, match=r"operands live on different devices: \(2, 3\) on NumPy"):
+        host + dev
+
+
+def test_outputs_report_the_models_backend(rng):
+    emu = gpunet.get_backend("emulator")
+    layer = nn.Linear(3, 2).to(emu)
+    y = layer(gpunet.tensor(rng.standard_normal((1, 3)).astype(np.float32)))  # a NumPy-made input
+    assert y.backend is emu and (y * 2).backend is emu

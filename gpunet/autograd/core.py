@@ -194,7 +194,8 @@ class Node:
         tensors = [x if isinstance(x, Tensor) else as_tensor(x) for x in inputs]
         ys = self.forward(*[t.data for t in tensors])
         multi = isinstance(ys, tuple)
-        be = next((t._backend for t in tensors if t._backend is not None), None)
+        # the last input's device wins: a layer's parameters come after its input and know the model's backend
+        be = next((t._backend for t in reversed(tensors) if t._backend is not None), None)
         outs = [Tensor(y, backend=be) for y in (ys if multi else (ys,))]
         if _Mode.enabled and any(t.requires_grad for t in tensors):
             self.inputs = [(t if t.creator is None else _Ref(t)) if t.requires_grad else None for t in tensors]
