@@ -46,6 +46,7 @@ OPS = [
     ("exp log sqrt", lambda a: a.exp() + a.log() * a.sqrt(), [(2, 3)], "positive"),
     ("tanh sigmoid relu", lambda a: a.tanh() * a.sigmoid() + a.relu(), [(3, 4)], "away from 0"),
     ("concatenate", lambda a, b: gpunet.concatenate([a, b, a], axis=1), [(2, 3), (2, 1)], None),
+    ("cat", lambda a, b: gpunet.cat((a, b)), [(1, 3), (2, 3)], None),
     ("stack", lambda a, b: gpunet.stack([a, b], axis=1) * 2, [(2, 3), (2, 3)], None),
 ]
 

@@ -184,7 +184,8 @@ class Node:
     grad_outputs entries are None for outputs that received no gradient (multi-output nodes only).
 
     The node keeps only what forward saved and references to its inputs' producers: the input arrays
-    themselves stay alive only if forward saved them."""
+    themselves stay alive only if forward saved them. A node instance records one call: make a new one per
+    use (`Exp()(x)`), as every op and layer does."""
 
     generation = 0
     inputs = None

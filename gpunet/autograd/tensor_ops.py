@@ -337,6 +337,9 @@ def concatenate(tensors, axis: int = 0) -> Tensor:
     return Concatenate(axis)(*tensors)
 
 
+cat = concatenate  # PyTorch's name
+
+
 def stack(tensors, axis: int = 0) -> Tensor:
     """Join tensors along a new axis; backward takes each slice back."""
     tensors = list(tensors)
