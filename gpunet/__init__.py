@@ -11,14 +11,16 @@ from gpunet.backend import Backend, DeviceError, get_backend
 
 __version__ = "0.1.0"
 __all__ = ["Backend", "DeviceError", "get_backend", "Tensor", "tensor", "no_grad", "concatenate", "cat", "stack",
-           "__version__"]
+           "summary", "__version__"]
 
 _SUBMODULES = {"nn", "optim", "init", "data", "training", "gradcheck", "parity", "models", "functional", "sanity",
-               "io", "transfer", "diagnostics", "checkpoint", "autograd"}
+               "io", "transfer", "diagnostics", "checkpoint", "autograd", "onnx", "tracing", "modelsummary"}
 
 
 def __getattr__(name):
     # Submodules load on first use so `import gpunet` stays cheap (no matplotlib/tqdm at import).
+    if name == "summary":  # the function, from its module (a module named gpunet.summary would shadow it)
+        return importlib.import_module("gpunet.modelsummary").summary
     if name in _SUBMODULES:
         return importlib.import_module(f"gpunet.{name}")
     raise AttributeError(f"module 'gpunet' has no attribute {name!r}")

@@ -41,6 +41,11 @@ def add_parser(subparsers) -> None:
                    help="log training health into history.json and health.png: each weight's update/parameter "
                         "norm ratio (healthy ~1e-3), measured every EVERY steps (default 10), and the share of "
                         "dead ReLU units per layer")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="write TensorBoard logs into the run folder (per-step loss and lr, per-epoch metrics, the "
+                        "test metrics); needs pip install 'gpunet[tensorboard]'; view with tensorboard --logdir runs")
+    p.add_argument("--histograms", type=int, default=None, metavar="EVERY",
+                   help="with --tensorboard: weight and gradient histograms every EVERY epochs")
     p.add_argument("--out", metavar="DIR", default=None,
                    help="run folder (default: runs/<timestamp>, or the checkpoint's folder with --resume)")
     p.add_argument("--resume", metavar="CHECKPOINT", default=None,
@@ -70,12 +75,14 @@ def run(args) -> int:
     else:
         out = default_out_dir()
     result = train_run(config, out_dir=out, resume=args.resume, progress="lines" if args.quiet else "auto",
-                       explicit=explicit, overwrite=args.overwrite)
+                       explicit=explicit, overwrite=args.overwrite, tensorboard=args.tensorboard,
+                       histograms_every=args.histograms)
     m = result.metrics
     print(f"test accuracy {100 * m['test_accuracy']:.2f}%  test loss {m['test_loss']:.4f}  "
           f"({m['test_samples']} {m['dataset']} test images, {m['epochs']} epochs, {m['device']}, "
           f"{m['seconds']:.1f}s)")
-    files = "checkpoint.npz, history.json, metrics.json, curves.png" + (", health.png" if config.monitor else "")
+    files = "checkpoint.npz, history.json, metrics.json, curves.png" + (", health.png" if config.monitor else "") + (
+        ", TensorBoard events" if args.tensorboard or args.histograms else "")
     print(f"run folder: {out}  ({files})")
     sys.stdout.flush()
     return 0

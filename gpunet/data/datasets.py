@@ -23,6 +23,9 @@ from gpunet.data import cifar, download
 from gpunet.data.idx import IDXError, read_images, read_labels
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
+# (C, H, W) and class count of each dataset, known without loading it (`gpunet summary`)
+SHAPES = {"digits": ((1, 8, 8), 10), "mnist": ((1, 28, 28), 10), "fashion-mnist": ((1, 28, 28), 10),
+          "cifar10": ((3, 32, 32), 10)}
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0  # fixed, so every run is measured on the same held-out digits

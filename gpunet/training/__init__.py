@@ -10,7 +10,8 @@
 from gpunet.training.progress import Progress
 from gpunet.training.recipe import (DEFAULTS, OPTIMIZERS, SCHEDULES, RunResult, TrainConfig, build_optimizer,
                                  build_scheduler, default_out_dir, fit, run)
+from gpunet.training.tensorboard import TensorBoardLogger
 from gpunet.training.trainer import Trainer, TrainingError, evaluate
 
-__all__ = ["Trainer", "TrainingError", "evaluate", "Progress", "TrainConfig", "RunResult", "run", "fit",
+__all__ = ["Trainer", "TrainingError", "evaluate", "Progress", "TensorBoardLogger", "TrainConfig", "RunResult", "run", "fit",
            "build_optimizer", "build_scheduler", "default_out_dir", "DEFAULTS", "OPTIMIZERS", "SCHEDULES"]

@@ -36,7 +36,9 @@ from gpunet.backend import get_backend, resolve_name
 from gpunet.checkpoint import CheckpointError, load_checkpoint
 from gpunet.data import DataLoader, RandomCropFlip, load_dataset, stratified_split
 from gpunet.models import build_model
+from gpunet.modelsummary import summary
 from gpunet.nn import Parameter, SoftmaxCrossEntropy
+from gpunet.training.tensorboard import EVENT_GLOB  # TensorBoard's event files (--tensorboard) are run files too
 from gpunet.training.trainer import Trainer, TrainingError, evaluate
 
 OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adam", "adamw")
@@ -211,7 +213,7 @@ def _check_run_folder(out_dir: Path, resume, overwrite: bool) -> list[Path]:
         raise RunFolderError(f"--out {out_dir}: is a file, not a folder")
     if resume is not None and out_dir.resolve() == Path(resume).resolve().parent:
         return []  # continuing the run that lives here
-    held = [out_dir / n for n in RUN_FILES if (out_dir / n).exists()]
+    held = [out_dir / n for n in RUN_FILES if (out_dir / n).exists()] + sorted(out_dir.glob(EVENT_GLOB))
     if held and not overwrite:
         raise RunFolderError(f"--out {out_dir}: holds a run already ({', '.join(p.name for p in held)}); continue "
                              f"it with --resume {out_dir / 'checkpoint.npz'}, or pass --overwrite to replace it")
@@ -243,13 +245,16 @@ def _write_json(path: Path, obj) -> None:
 
 
 def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: str = "auto", log=print,
-        explicit: set | None = None, data=None, overwrite: bool = False) -> RunResult:
+        explicit: set | None = None, data=None, overwrite: bool = False, tensorboard: bool = False,
+        histograms_every: int | None = None) -> RunResult:
     """Train (or resume) per `config`; write artifacts to `out_dir` (None: write nothing). A folder holding
     another run is refused unless `overwrite` (its run files are then deleted when training starts).
     `explicit` names the options the user set by hand (for resume checks; default: those differing from
     TrainConfig()).
     `data`: a Dataset (gpunet.data.from_arrays) to train on instead of loading `config.dataset`; its name
-    picks the defaults ("custom" when it is none of the known datasets)."""
+    picks the defaults ("custom" when it is none of the known datasets).
+    `tensorboard`: write TensorBoard event files into `out_dir` (TensorBoardLogger; `histograms_every` N adds
+    weight and gradient histograms every N epochs)."""
     t_start = time.perf_counter()
     log = log or (lambda *a, **k: None)
     cfg = config or TrainConfig()
@@ -259,6 +264,12 @@ def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: 
         default = TrainConfig()
         explicit = {f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(default, f.name)}
     out_dir = Path(out_dir) if out_dir is not None else None
+    board = None
+    if tensorboard or histograms_every:
+        if out_dir is None:
+            raise ValueError("--tensorboard writes into the run folder: give out_dir")
+        from gpunet.training.tensorboard import TensorBoardLogger
+        board = TensorBoardLogger(out_dir, histograms_every)  # fails now, naming the package, when it is missing
     replaced = _check_run_folder(out_dir, resume, overwrite) if out_dir is not None else []
     ckpt = None
     if resume is not None:
@@ -297,6 +308,8 @@ def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: 
     if cfg.monitor:
         from gpunet.diagnostics import TrainingMonitor
         callbacks.append(TrainingMonitor(model, every=cfg.monitor))
+    if board is not None:
+        callbacks.append(board)
     # labels were range-checked by the dataset readers: skip the per-step check (a device sync on CuPy)
     trainer = Trainer(model, optimizer, SoftmaxCrossEntropy(check_range=False), scheduler, cfg.clip_grad_norm,
                       checkpoint_path=out_dir / "checkpoint.npz" if out_dir else None, config=cfg.to_dict(),
@@ -312,10 +325,10 @@ def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: 
         if replan:
             trainer.scheduler = _replan(cfg, ckpt, optimizer, len(train_loader), log)
 
-    n_params = sum(int(np.prod(p.shape)) for p in model.parameters())
     log(f"gpunet: device {be.name} ({why}); {cfg.dataset}: {len(tr)} train / {0 if va is None else len(va)} val / "
-        f"{len(data.y_test)} test images {data.in_shape}; model {cfg.model} ({n_params:,} parameters); "
+        f"{len(data.y_test)} test images {data.in_shape}; model {cfg.model}; "
         f"{cfg.optimizer} lr {cfg.lr:g}, {cfg.schedule} schedule, batch {cfg.batch_size}, seed {cfg.seed}")
+    log(f"gpunet: model {cfg.model}: {summary(model, data.in_shape, cfg.batch_size).totals_line()}")
     if ckpt is not None:
         log(f"gpunet: resumed from {ckpt.path} at epoch {ckpt.epoch}; training to epoch {cfg.epochs}")
     if out_dir is not None:
@@ -326,11 +339,16 @@ def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: 
             remove_stale(out_dir / name)                  # removes checkpoint.npz's)
     try:
         history = trainer.fit(train_loader, val_loader, cfg.epochs)
+        test = evaluate(model, test_loader, trainer.loss_fn)
+        if board is not None:
+            board.log_test(test, trainer.epoch)
     except TrainingError:
         if out_dir is not None:
             _write_json(out_dir / "history.json", trainer.history)
         raise
-    test = evaluate(model, test_loader, trainer.loss_fn)
+    finally:
+        if board is not None:
+            board.close()
     metrics = {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "test_samples": test["n"],
                "epochs": trainer.epoch, "device": be.name, "seconds": time.perf_counter() - t_start,
                "train_seconds": sum(h["seconds"] for h in history), "dataset": cfg.dataset, "model": cfg.model,

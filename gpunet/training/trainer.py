@@ -14,7 +14,9 @@ differs once the length changes; `gpunet train` then re-plans it, see gpunet.tra
 
 Callbacks (`callbacks=[...]`) are objects with any of `on_train_begin(trainer)`,
 `on_before_step(trainer)` (after backward and clipping, before `optimizer.step()`),
-`on_after_step(trainer)`, `on_epoch_end(trainer, stats)` (may add keys to the epoch's history entry,
+`on_after_step(trainer)`, `on_steps(trainer, records)` (after each host synchronisation: one
+(global step, loss, lr) per step since the last one, global steps counted from 1 over the whole run),
+`on_epoch_end(trainer, stats)` (may add keys to the epoch's history entry,
 before it is checkpointed) and `on_train_end(trainer)`; gpunet.diagnostics.TrainingMonitor is one.
 """
 from __future__ import annotations
@@ -123,7 +125,8 @@ class Trainer:
         steps = len(loader)
         self.progress.start_epoch(epoch, epochs, steps)
         t0 = time.perf_counter()
-        losses, hits = [], []
+        losses, hits, lrs, sizes = [], [], [], []
+        done = (epoch - 1) * steps  # global steps before this epoch
         loss_sum, correct, seen, synced = 0.0, 0, 0, 0
         for step, (xb, yb) in enumerate(loader, 1):
             opt.zero_grad()
@@ -139,11 +142,13 @@ class Trainer:
                     raise TrainingError(self._diverged(f"the gradient norm became non-finite ({e})", epoch,
                                                        step)) from None
             self._call("on_before_step")
+            lrs.append(float(opt.lr))
             opt.step()
             self._call("on_after_step")
             if self.scheduler is not None:
                 self.scheduler.step()
             losses.append(loss * len(yb))
+            sizes.append(len(yb))
             hits.append((logits.argmax(axis=1) == yb).sum())
             seen += len(yb)
             if step % self.sync_every == 0 or step == steps:
@@ -151,7 +156,9 @@ class Trainer:
                 loss_sum += float(vals.sum(dtype="float64"))
                 correct += int(self.backend.asnumpy(self.backend.xp.stack(hits)).sum())
                 n_new = step - synced
-                losses, hits, synced = [], [], step
+                self._call("on_steps", [(done + synced + 1 + i, float(v) / n, lr)
+                                        for i, (v, n, lr) in enumerate(zip(vals, sizes, lrs))])
+                losses, hits, lrs, sizes, synced = [], [], [], [], step
                 self.progress.update(n_new, loss_sum / seen, correct / seen, seen / (time.perf_counter() - t0))
         seconds = time.perf_counter() - t0
         return {"train_loss": loss_sum / seen, "train_acc": correct / seen, "seconds": seconds,
