@@ -1,0 +1,251 @@
+"""The oneDNN engine (gpunet.onednn) against the NumPy reference: gpunet's NumpyOps in float32 and in
+float64 (the oracle), on edge shapes; error paths; the library failing to load.
+
+Skipped only when the onednn-cpu-gomp wheel is not installed (`pip install 'gpunet[cpu]'`); with the
+wheel present, a library that does not load is a failure.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from gpunet.onednn import _capi
+from gpunet.ops.numpy_ops import NumpyOps
+
+try:
+    importlib.metadata.version("onednn-cpu-gomp")
+    HAVE_WHEEL = True
+except importlib.metadata.PackageNotFoundError:
+    HAVE_WHEEL = False
+needs_onednn = pytest.mark.skipif(not HAVE_WHEEL, reason="onednn-cpu-gomp is not installed (pip install 'gpunet[cpu]')")
+
+OPS = NumpyOps()
+
+
+@pytest.fixture
+def nan_outputs(monkeypatch):
+    """Every result and blocked buffer the engine allocates starts NaN-filled (0xFF bytes)."""
+    from gpunet.onednn import engine as E
+
+    def output(shape, dtype=np.float32):
+        a = np.empty(shape, dtype=dtype)
+        a.view(np.uint8)[...] = 0xFF   # NaN in float32, 255 in bytes
+        return a
+    monkeypatch.setattr(E, "output", output)
+
+
+def _f64(a):
+    return None if a is None else a.astype(np.float64)
+
+
+def _close(got, ref, what, tol=2e-6):
+    """got (float32) within tol * (1 + max|ref|) of ref (float64), shapes and dtype checked, no NaN."""
+    assert got.dtype == np.float32, what
+    assert got.shape == ref.shape, what
+    assert np.isfinite(got).all(), what
+    err = np.abs(got.astype(np.float64) - ref).max() if got.size else 0.0
+    assert err <= tol * (1 + np.abs(ref).max()), f"{what}: max error {err:.3g} vs scale {np.abs(ref).max():.3g}"
+
+
+# --- convolution ---------------------------------------------------------------------------------------
+
+# (N, C_in, H, W, C_out, (kh, kw), stride, padding)
+CONV_CASES = [
+    (1, 3, 8, 8, 4, 3, 1, 1),               # batch 1, thin input (C_in = 3), "same"
+    (2, 1, 7, 5, 3, 3, 2, 0),               # C_in = 1, odd non-square input, stride 2
+    (3, 16, 12, 12, 32, 3, 2, 1),           # stride 2 with padding
+    (2, 8, 6, 6, 8, 1, 1, 0),               # pointwise
+    (2, 16, 9, 9, 16, 1, 2, 0),             # 1x1 stride 2 (a ResNet shortcut)
+    (2, 5, 9, 7, 6, (3, 1), (1, 2), (1, 0)),  # non-square kernel; kernel (1) narrower than stride (2) on w only
+    (1, 4, 5, 11, 7, (2, 5), (3, 1), (0, 2)),  # kernel (2) narrower than stride (3) on h only, odd sizes
+    (2, 32, 8, 8, 16, 5, 1, 2),             # 5x5 "same", C_out < C_in
+    (1, 3, 3, 3, 2, 3, 1, 0),               # output 1x1
+]
+
+
+def _conv_inputs(case, rng, bias):
+    n, ci, h, w, co, k, s, p = case
+    kh, kw = (k, k) if isinstance(k, int) else k
+    x = rng.standard_normal((n, ci, h, w)).astype(np.float32)
+    wt = (rng.standard_normal((co, ci, kh, kw)) / np.sqrt(ci * kh * kw)).astype(np.float32)
+    b = rng.standard_normal(co).astype(np.float32) if bias else None
+    return x, wt, b, s, p
+
+
+@needs_onednn
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("relu", [False, True])
+def test_conv2d_matches_numpy_ops(case, bias, relu, nan_outputs):
+    from gpunet.onednn import conv
+    rng = np.random.default_rng(hash((case, bias, relu)) % 2**32)
+    x, w, b, s, p = _conv_inputs(case, rng, bias)
+    y, ctx = conv.conv2d_forward(x, w, b, s, p, relu)
+    y64, ctx64 = OPS.conv2d_forward(_f64(x), _f64(w), _f64(b), s, p, relu)
+    _close(y, y64, "y")
+    assert np.array_equal(y > 0, y64 > 0) or relu is False or np.abs(y64).min() < 1e-5
+    y32, _ = OPS.conv2d_forward(x, w, b, s, p, relu)
+    _close(y, y32.astype(np.float64), "y vs NumpyOps float32")
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx, dw, db = conv.conv2d_backward(dy, ctx)
+    dx64, dw64, db64 = OPS.conv2d_backward(_f64(dy), ctx64)
+    _close(dx, dx64, "dx")
+    _close(dw, dw64, "dw")
+    if bias:
+        _close(db, db64, "db")
+    else:
+        assert db is None
+    dx2, dw2, db2 = conv.conv2d_backward(dy, ctx, input_grad=False)   # no dx work
+    assert dx2 is None
+    assert np.array_equal(dw2, dw) and (db2 is None or np.array_equal(db2, db))
+
+
+@needs_onednn
+def test_conv2d_relu_mask_blocks_nan_and_inf_in_dy():
+    from gpunet.onednn import conv
+    rng = np.random.default_rng(1)
+    x, w, b, s, p = _conv_inputs((2, 4, 6, 6, 4, 3, 1, 1), rng, True)
+    y, ctx = conv.conv2d_forward(x, w, b, s, p, True)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dead = y <= 0
+    assert dead.any()
+    dy[dead] = np.where(rng.random(dead.sum()) < 0.5, np.nan, np.inf)
+    dx, dw, db = conv.conv2d_backward(dy, ctx)
+    assert np.isfinite(dx).all() and np.isfinite(dw).all() and np.isfinite(db).all()
+    _, ctx64 = OPS.conv2d_forward(_f64(x), _f64(w), _f64(b), s, p, True)
+    _close(dw, OPS.conv2d_backward(_f64(dy), ctx64)[1], "dw")
+
+
+@needs_onednn
+def test_conv2d_is_deterministic_and_leaves_inputs_alone():
+    from gpunet.onednn import conv
+    rng = np.random.default_rng(2)
+    x, w, b, s, p = _conv_inputs((4, 16, 10, 10, 24, 3, 1, 1), rng, True)
+    dy = rng.standard_normal((4, 24, 10, 10)).astype(np.float32)
+    copies = [a.copy() for a in (x, w, b, dy)]
+    runs = []
+    for _ in range(3):
+        y, ctx = conv.conv2d_forward(x, w, b, s, p, True)
+        runs.append((y,) + conv.conv2d_backward(dy, ctx))
+    for r in runs[1:]:
+        for a, ref in zip(r, runs[0]):
+            assert np.array_equal(a, ref)
+    for a, c in zip((x, w, b, dy), copies):
+        assert np.array_equal(a, c)
+
+
+@needs_onednn
+def test_conv2d_accepts_non_contiguous_input():
+    from gpunet.onednn import conv
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 8, 16)).astype(np.float32)[:, :, :, ::2]
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    y, _ = conv.conv2d_forward(x, w, None, 1, 1, False)
+    _close(y, OPS.conv2d_forward(_f64(x), _f64(w), None, 1, 1, False)[0], "y")
+
+
+@needs_onednn
+def test_conv2d_refuses_float64_and_says_why():
+    from gpunet.onednn import conv
+    x, w = np.zeros((1, 1, 4, 4)), np.zeros((1, 1, 3, 3))
+    assert not conv.applies(x, w)
+    assert conv.applies(x.astype(np.float32), w.astype(np.float32))
+    with pytest.raises(TypeError, match="float32.*float64"):
+        conv.conv2d_forward(x, w, None, 1, 0, False)
+
+
+@needs_onednn
+def test_conv2d_shape_errors_are_the_numpy_paths():
+    from gpunet.onednn import conv
+    x, w = np.zeros((8, 1, 28, 28), np.float32), np.zeros((4, 3, 3, 3), np.float32)
+    with pytest.raises(ValueError, match=r"conv2d: expected input of shape \(N, 3, H, W\), got \(8, 1, 28, 28\)"):
+        conv.conv2d_forward(x, w, None, 1, 0, False)
+    x = np.zeros((1, 3, 8, 8), np.float32)
+    with pytest.raises(ValueError, match="bias"):
+        conv.conv2d_forward(x, w, np.zeros(3, np.float32), 1, 0, False)
+    y, ctx = conv.conv2d_forward(x, w, None, 1, 0, False)
+    with pytest.raises(ValueError, match="expected dy of shape"):
+        conv.conv2d_backward(np.zeros((1, 4, 5, 5), np.float32), ctx)
+    with pytest.raises(TypeError, match="ctx"):
+        conv.conv2d_backward(y, object())
+
+
+@needs_onednn
+def test_onednn_error_names_primitive_shapes_and_status():
+    """Shapes that geometry would reject, handed to oneDNN itself: a clear OnednnError, no crash."""
+    from gpunet.onednn import OnednnError, conv
+    what = "forward convolution (src (1, 3, 8, 8) weights (4, 3, 3, 3) dst (1, 4, 9, 9))"
+    with pytest.raises(OnednnError) as e:
+        conv.forward_desc((1, 3, 8, 8), (4, 3, 3, 3), (1, 4, 9, 9), (1, 1), (0, 0), False, False, what)
+    msg = str(e.value)
+    assert "convolution" in msg and "(1, 4, 9, 9)" in msg and "(4, 3, 3, 3)" in msg
+    assert "dnnl_convolution_forward_primitive_desc_create" in msg and "invalid_arguments" in msg
+    assert e.value.status == 2 and "\n" not in msg
+
+
+@needs_onednn
+def test_primitives_are_cached_per_geometry():
+    from gpunet.onednn import conv
+    from gpunet.onednn.engine import cache
+    cache.clear()
+    x, w = np.ones((1, 3, 6, 6), np.float32), np.ones((2, 3, 3, 3), np.float32)
+    conv.conv2d_forward(x, w, None, 1, 1, False)
+    conv.conv2d_forward(x, w, None, 1, 1, False)
+    assert len(cache) == 1
+    conv.conv2d_forward(x, w, None, 1, 1, True)    # another attribute: another plan
+    conv.conv2d_forward(x[:, :, :5], w, None, 1, 1, True)
+    assert len(cache) == 3
+
+
+# --- loading ---------------------------------------------------------------------------------------------
+
+def _reason_with(monkeypatch, lib):
+    monkeypatch.setenv(_capi.ENV_LIB, str(lib))
+    _capi._reset_for_tests()
+    try:
+        return _capi.reason()
+    finally:
+        monkeypatch.undo()
+        _capi._reset_for_tests()
+
+
+def test_loader_names_a_missing_library_in_one_line(monkeypatch, tmp_path):
+    why = _reason_with(monkeypatch, tmp_path / "libdnnl.so.3")
+    assert why == f"GPUNET_ONEDNN_LIB={tmp_path / 'libdnnl.so.3'}: no such file"
+
+
+def test_loader_explains_a_file_that_is_not_a_library(monkeypatch, tmp_path):
+    bad = tmp_path / "libdnnl.so.3"
+    bad.write_text("not a library")
+    why = _reason_with(monkeypatch, bad)
+    assert why.startswith("cannot load oneDNN: ") and str(bad) in why and "\n" not in why
+
+
+def test_loader_explains_a_library_without_the_api(monkeypatch):
+    import ctypes.util
+    libm = ctypes.util.find_library("m")
+    if libm is None:
+        pytest.skip("no libm to load")
+    why = _reason_with(monkeypatch, libm)
+    assert why == "the oneDNN library lacks dnnl_engine_create (expected oneDNN >= 3.2)"
+
+
+def test_status_line_in_a_fresh_process_without_the_library(tmp_path):
+    code = "import gpunet.onednn as o; print(o.available()); print(o.status_line())"
+    env = {"GPUNET_ONEDNN_LIB": str(tmp_path / "missing.so"), "PATH": "/usr/bin:/bin"}
+    import os
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.splitlines() == ["False", f"oneDNN unavailable, using NumPy: GPUNET_ONEDNN_LIB={tmp_path / 'missing.so'}: no such file"]
+
+
+@needs_onednn
+def test_library_loads_and_is_3_2():
+    import gpunet.onednn as o
+    assert o.available(), o.reason()
+    assert o.version().startswith("3.")
+    assert o.status_line().startswith("oneDNN 3.")
