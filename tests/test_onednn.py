@@ -201,6 +201,103 @@ def test_primitives_are_cached_per_geometry():
     assert len(cache) == 3
 
 
+# --- pooling ---------------------------------------------------------------------------------------------
+
+# (x shape, kernel, stride, padding)
+POOL_CASES = [
+    ((2, 3, 8, 8), 2, 2, 0),
+    ((1, 2, 7, 5), 3, 2, 1),               # batch 1, odd sizes, padding
+    ((2, 4, 9, 9), 3, 1, 1),               # overlapping windows
+    ((1, 1, 5, 6), (1, 3), (2, 1), (0, 1)),  # non-square; kernel (1) narrower than stride (2) on h only
+    ((3, 5, 6, 11), (3, 2), (1, 3), (1, 1)),  # kernel (2) narrower than stride (3) on w only
+    ((2, 3, 4, 4), 4, 4, 0),               # output 1x1
+    ((1, 2, 6, 6), 1, 1, 0),               # 1x1 window
+]
+
+
+def _pool_x(shape, rng, ties):
+    """Tie-free inputs (a shuffled linspace, so gradients are unambiguous) or small integers (many ties)."""
+    if ties:
+        return rng.integers(-2, 3, shape).astype(np.float32)
+    return rng.permutation(np.linspace(-3, 3, int(np.prod(shape)))).reshape(shape).astype(np.float32)
+
+
+@needs_onednn
+@pytest.mark.parametrize("case", POOL_CASES, ids=str)
+@pytest.mark.parametrize("ties", [False, True])
+def test_max_pool_matches_numpy_ops(case, ties, nan_outputs):
+    from gpunet.onednn import pool
+    shape, k, s, p = case
+    rng = np.random.default_rng(hash((case, ties)) % 2**32)
+    x = _pool_x(shape, rng, ties)
+    y, argmax = pool.max_pool2d_forward(x, k, s, p)
+    y_ref, argmax_ref = OPS.max_pool2d_forward(x, k, s, p)
+    assert np.array_equal(y, y_ref) and y.dtype == np.float32
+    assert argmax.dtype == np.int32 and np.array_equal(argmax, argmax_ref)   # ties: the first maximum
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = pool.max_pool2d_backward(dy, argmax, shape, k, s, p)
+    _close(dx, OPS.max_pool2d_backward(_f64(dy), argmax_ref, shape, k, s, p), "dx")
+    assert np.array_equal(pool.max_pool2d_backward(dy, argmax_ref, shape, k, s, p), dx)
+
+
+@needs_onednn
+@pytest.mark.parametrize("case", POOL_CASES, ids=str)
+def test_avg_pool_matches_numpy_ops(case, nan_outputs):
+    from gpunet.onednn import pool
+    shape, k, s, p = case
+    rng = np.random.default_rng(hash(case) % 2**32)
+    x = rng.standard_normal(shape).astype(np.float32)
+    y = pool.avg_pool2d_forward(x, k, s, p)
+    _close(y, OPS.avg_pool2d_forward(_f64(x), k, s, p), "y", tol=3e-7)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = pool.avg_pool2d_backward(dy, shape, k, s, p)
+    _close(dx, OPS.avg_pool2d_backward(_f64(dy), shape, k, s, p), "dx", tol=3e-7)
+
+
+@needs_onednn
+@pytest.mark.parametrize("special", [np.nan, -np.inf, np.finfo(np.float32).min])
+def test_max_pool_nan_inf_and_lowest_follow_the_contract(special):
+    """oneDNN starts windows at -FLT_MAX and does not propagate NaN: such inputs take the NumPy path."""
+    from gpunet.onednn import pool
+    rng = np.random.default_rng(4)
+    x = _pool_x((2, 2, 6, 6), rng, False)
+    x[0, 0, 0, :3] = special
+    x[1, 1, :2, :2] = special          # a whole window
+    for k, s, p in ((2, 2, 0), (3, 2, 1)):
+        y, argmax = pool.max_pool2d_forward(x, k, s, p)
+        y_ref, argmax_ref = OPS.max_pool2d_forward(x, k, s, p)
+        assert np.array_equal(y, y_ref, equal_nan=True) and np.array_equal(argmax, argmax_ref)
+
+
+@needs_onednn
+def test_max_pool_backward_takes_any_in_plane_argmax():
+    """An argmax outside its window is no workspace oneDNN can take: NumPy's backward serves it."""
+    from gpunet.onednn import pool
+    dy = np.arange(1, 5, dtype=np.float32).reshape(1, 1, 2, 2)
+    argmax = np.array([[[[15, 0], [0, 5]]]], dtype=np.int32)
+    dx = pool.max_pool2d_backward(dy, argmax, (1, 1, 4, 4), 2, 2, 0)
+    assert np.array_equal(dx, OPS.max_pool2d_backward(dy, argmax, (1, 1, 4, 4), 2, 2, 0))
+    with pytest.raises(ValueError, match="int32 argmax"):
+        pool.max_pool2d_backward(dy, argmax.astype(np.int64), (1, 1, 4, 4), 2, 2, 0)
+    with pytest.raises(ValueError, match="outside"):
+        pool.max_pool2d_backward(dy, argmax + 100, (1, 1, 4, 4), 2, 2, 0)
+
+
+@needs_onednn
+def test_pool_errors_are_the_numpy_paths():
+    from gpunet.onednn import pool
+    x = np.zeros((1, 1, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="max_pool2d: padding .* must be at most half"):
+        pool.max_pool2d_forward(x, 2, 2, 2)
+    with pytest.raises(ValueError, match="avg_pool2d: kernel .* does not fit"):
+        pool.avg_pool2d_forward(x, 7, 1, 0)
+    with pytest.raises(ValueError, match="avg_pool2d backward: expected dy of shape"):
+        pool.avg_pool2d_backward(np.zeros((1, 1, 3, 3), np.float32), x.shape, 2, 2, 0)
+    with pytest.raises(TypeError, match="float32"):
+        pool.avg_pool2d_forward(x.astype(np.float64), 2, 2, 0)
+    assert not pool.applies(x.astype(np.float64)) and pool.applies(x)
+
+
 # --- loading ---------------------------------------------------------------------------------------------
 
 def _reason_with(monkeypatch, lib):
