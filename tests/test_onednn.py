@@ -298,6 +298,73 @@ def test_pool_errors_are_the_numpy_paths():
     assert not pool.applies(x.astype(np.float64)) and pool.applies(x)
 
 
+# --- batch norm ------------------------------------------------------------------------------------------
+
+BN_SHAPES = [(8, 6), (4, 3, 5, 5), (1, 4, 1, 2), (3, 1, 7, 9), (2, 16, 7, 9), (5, 2)]
+
+
+def _bn_inputs(shape, rng, offset=0.0, scale=2.0):
+    c = shape[1]
+    x = (rng.standard_normal(shape) * scale + offset).astype(np.float32)
+    return (x, rng.standard_normal(c).astype(np.float32), rng.standard_normal(c).astype(np.float32),
+            rng.standard_normal(c).astype(np.float32), (rng.random(c) + 0.5).astype(np.float32))
+
+
+@needs_onednn
+@pytest.mark.parametrize("shape", BN_SHAPES, ids=str)
+@pytest.mark.parametrize("offset", [0.0, 12.0, 1000.0])   # 1000: far from zero, served by NumpyOps
+@pytest.mark.parametrize("eps", [1e-5, 1e-3])
+def test_batch_norm_matches_numpy_ops(shape, offset, eps, nan_outputs):
+    from gpunet.onednn import batchnorm as bn
+    rng = np.random.default_rng(hash((shape, offset, eps)) % 2**32)
+    x, g, b, rm, rv = _bn_inputs(shape, rng, offset)
+    rm64, rv64 = _f64(rm), _f64(rv)
+    y, mean, invstd = bn.batch_norm_train(x, g, b, rm, rv, 0.1, eps)
+    y64, mean64, invstd64 = OPS.batch_norm_train(_f64(x), _f64(g), _f64(b), rm64, rv64, 0.1, eps)
+    for got, ref, what in ((y, y64, "y"), (mean, mean64, "mean"), (invstd, invstd64, "invstd"),
+                           (rm, rm64, "running_mean"), (rv, rv64, "running_var")):
+        _close(got, ref, what, tol=1e-6)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    for got, ref, what in zip(bn.batch_norm_backward(dy, x, g, mean, invstd),
+                              OPS.batch_norm_backward(_f64(dy), _f64(x), _f64(g), mean64, invstd64),
+                              ("dx", "dgamma", "dbeta")):
+        _close(got, ref, what, tol=2e-6)
+    ye = bn.batch_norm_eval(x, g, b, rm, rv, eps)
+    _close(ye, OPS.batch_norm_eval(_f64(x), _f64(g), _f64(b), _f64(rm), _f64(rv), eps), "eval y", tol=1e-6)
+
+
+@needs_onednn
+def test_batch_norm_running_stats_over_steps_and_determinism():
+    from gpunet.onednn import batchnorm as bn
+    rng = np.random.default_rng(5)
+    rm, rv = np.zeros(4, np.float32), np.ones(4, np.float32)
+    rm64, rv64 = _f64(rm), _f64(rv)
+    for _ in range(5):
+        x = (rng.standard_normal((6, 4, 3, 3)) * 3 + 1).astype(np.float32)
+        g, b = np.ones(4, np.float32), np.zeros(4, np.float32)
+        first = bn.batch_norm_train(x, g, b, rm.copy(), rv.copy(), 0.1, 1e-5)
+        again = bn.batch_norm_train(x, g, b, rm, rv, 0.1, 1e-5)
+        assert all(np.array_equal(p, q) for p, q in zip(first, again))
+        OPS.batch_norm_train(_f64(x), _f64(g), _f64(b), rm64, rv64, 0.1, 1e-5)
+    _close(rm, rm64, "running_mean", tol=1e-6)
+    _close(rv, rv64, "running_var", tol=1e-6)   # unbiased, n/(n-1)
+
+
+@needs_onednn
+def test_batch_norm_errors_are_the_numpy_paths():
+    from gpunet.onednn import batchnorm as bn
+    v = np.ones(3, np.float32)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        bn.batch_norm_train(np.ones((1, 3), np.float32), v, v, v.copy(), v.copy(), 0.1, 1e-5)
+    with pytest.raises(ValueError, match=r"expected gamma of shape \(C,\)=\(3,\)"):
+        bn.batch_norm_train(np.ones((2, 3), np.float32), np.ones(2, np.float32), v, v.copy(), v.copy(), 0.1, 1e-5)
+    with pytest.raises(ValueError, match="expected dy of shape"):
+        bn.batch_norm_backward(np.ones((2, 3), np.float32), np.ones((2, 3, 1, 1), np.float32), v, v, v)
+    with pytest.raises(TypeError, match="float32"):
+        bn.batch_norm_eval(np.ones((2, 3)), v, v, v, v, 1e-5)
+    assert not bn.applies(np.ones((2, 3))) and bn.applies(np.ones((2, 3), np.float32))
+
+
 # --- loading ---------------------------------------------------------------------------------------------
 
 def _reason_with(monkeypatch, lib):
