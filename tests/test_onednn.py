@@ -413,3 +413,17 @@ def test_library_loads_and_is_3_2():
     assert o.available(), o.reason()
     assert o.version().startswith("3.")
     assert o.status_line().startswith("oneDNN 3.")
+
+
+@needs_onednn
+@pytest.mark.parametrize("env, want", [({"GPUNET_NUM_THREADS": "1", "OMP_NUM_THREADS": "2"}, 1),
+                                       ({"OMP_NUM_THREADS": "1"}, 1), ({"OPENBLAS_NUM_THREADS": "1"}, 1)])
+def test_one_thread_knob_sets_openmp(env, want):
+    """GPUNET_NUM_THREADS, else OMP_NUM_THREADS, else OPENBLAS_NUM_THREADS sets oneDNN's OpenMP team."""
+    import os
+    code = ("import ctypes; from gpunet.onednn import engine as E; E.engine(); "
+            "print(ctypes.CDLL('libgomp.so.1').omp_get_max_threads())")
+    clean = {k: v for k, v in os.environ.items() if k not in ("GPUNET_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    clean.update(env, PYTHONPATH=os.pathsep.join(sys.path))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=clean, check=True).stdout
+    assert int(out.strip()) == want
