@@ -427,3 +427,16 @@ def test_one_thread_knob_sets_openmp(env, want):
     clean.update(env, PYTHONPATH=os.pathsep.join(sys.path))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=clean, check=True).stdout
     assert int(out.strip()) == want
+
+
+@needs_onednn
+def test_ops_from_several_threads_agree_with_one_thread():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gpunet.onednn import conv
+    rng = np.random.default_rng(6)
+    x, w, b, s, p = _conv_inputs((2, 8, 10, 10, 16, 3, 1, 1), rng, True)
+    ref = conv.conv2d_forward(x, w, b, s, p, True)[0]
+    with ThreadPoolExecutor(4) as ex:
+        outs = list(ex.map(lambda _: conv.conv2d_forward(x, w, b, s, p, True)[0], range(8)))
+    assert all(np.array_equal(o, ref) for o in outs)

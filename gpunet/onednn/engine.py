@@ -1,7 +1,8 @@
 """The oneDNN CPU engine and stream, memory descriptors, memories over NumPy arrays, primitives, reorders.
 
 One engine and one in-order stream per process (created on first use; oneDNN executes on the calling
-thread and its OpenMP team). Handles are owned by small Python objects that destroy them when
+thread and its OpenMP team). Executions are serialised by a lock: ctypes releases the GIL, and two
+Python threads must not run primitives on the one stream at once. Handles are owned by small Python objects that destroy them when
 collected. Every status is checked: a failure raises OnednnError naming the call, the primitive and
 its shapes, and oneDNN's status (never a crash: arguments are validated before they reach C).
 
@@ -69,6 +70,7 @@ class Engine:
 
 _engine: Engine | None = None
 _engine_lock = threading.Lock()
+_exec_lock = threading.Lock()
 
 
 def engine() -> Engine:
@@ -183,8 +185,9 @@ class PrimitiveDesc:
                 call("dnnl_memory_create", self.what, ctypes.byref(m), md.h, eng.engine, ctypes.c_void_p(a.ctypes.data))
                 mems.append(m)
                 arr[i].arg, arr[i].memory = arg, m
-            call("dnnl_primitive_execute", self.what, self.prim, eng.stream, len(args), arr)
-            call("dnnl_stream_wait", self.what, eng.stream)
+            with _exec_lock:
+                call("dnnl_primitive_execute", self.what, self.prim, eng.stream, len(args), arr)
+                call("dnnl_stream_wait", self.what, eng.stream)
         finally:
             for m in mems:
                 lib.dnnl_memory_destroy(m)
