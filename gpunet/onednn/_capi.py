@@ -8,7 +8,8 @@ primitive descriptors from dnnl_<primitive>_primitive_desc_create) has no C stru
 except dnnl_exec_arg_t {int arg; dnnl_memory_t memory;} and dnnl_version_t.
 
 Loading: GPUNET_ONEDNN_LIB names the shared object when set (a path to a missing file is an error,
-not a search; a bare name goes to the dynamic loader); otherwise libdnnl.so.3 from the `onednn-cpu-gomp` wheel (installed into <prefix>/lib), then
+not a search; a bare name goes to the dynamic loader); otherwise libdnnl.so.3 from the
+`onednn-cpu-gomp` wheel (installed into <prefix>/lib), then
 the system's. `load()` returns the library or raises OnednnUnavailable whose message is one line
 saying why; the reason is remembered, so a failed load is tried once per process.
 """

@@ -1,17 +1,18 @@
-"""conv2d forward (bias and ReLU fused as oneDNN post-ops) and backward (data, weights, bias) on oneDNN.
+"""conv2d forward (bias fused, ReLU as an eltwise post-op) and backward (data, weights, bias) on oneDNN.
 
 Same contract as NumpyOps.conv2d_forward / conv2d_backward (gpunet.ops.interface): NCHW float32 in and
 out, weight (C_out, C_in, kh, kw), zero padding, y = relu?(conv(x, w) + b), ctx opaque. Shapes are
 validated by gpunet.ops.geometry first, so the errors are the NumPy path's.
 
 How (what PyTorch's mkldnn path does): the primitives are created with format `any`, so oneDNN picks
-its blocked layouts (nChw16c / OIhw16i16o on AVX-512) and its direct jit kernels; x and w are reordered
-into those layouts and y (dx, dW) back to NCHW (OIHW) on every call -- with plain `nchw` descriptors
-oneDNN falls back to a gemm kernel and gains nothing over NumPy. A plan (the forward, backward-data and
+its blocked layouts (channel blocks of 16 on AVX-512) and its direct jit kernels; x and w are
+reordered into those layouts and y (dx, dW) back to NCHW (OIHW) on every call -- with plain `nchw`
+descriptors oneDNN takes a gemm kernel and gains nothing over NumPy (the issue's feasibility check). A plan (the forward, backward-data and
 backward-weights primitive descriptors and their reorders) is cached per geometry, bias and ReLU.
 
-Weights are reordered once per optimizer step: the forward keeps the blocked weights in ctx and the
-backward-data primitive reuses them when it asks for the same layout (otherwise one more reorder).
+Weights are reordered per training step, not per primitive call: the forward keeps its blocked
+weights in ctx, and the backward-data primitive reuses them when it asks for the same layout (on
+AVX-512 it wants the transposed blocking, so that is one more reorder of w per step).
 ReLU backward: g = dy where y > 0, else 0 (a masked copy: a NaN or inf in dy never leaks through the
 mask), as the NumPy path does; g then feeds both backward primitives. The bias gradient comes from the
 backward-weights primitive (diff_bias).

@@ -2,8 +2,8 @@
 
 One engine and one in-order stream per process (created on first use; oneDNN executes on the calling
 thread and its OpenMP team). Executions are serialised by a lock: ctypes releases the GIL, and two
-Python threads must not run primitives on the one stream at once. Handles are owned by small Python objects that destroy them when
-collected. Every status is checked: a failure raises OnednnError naming the call, the primitive and
+Python threads must not run primitives on the one stream at once. Handles are owned by small Python
+objects that destroy them when collected. Every status is checked: a failure raises OnednnError naming the call, the primitive and
 its shapes, and oneDNN's status (never a crash: arguments are validated before they reach C).
 
 Memory: plain (NCHW, OIHW, vectors) tensors are the callers' NumPy arrays themselves, wrapped per call
