@@ -440,3 +440,51 @@ def test_ops_from_several_threads_agree_with_one_thread():
     with ThreadPoolExecutor(4) as ex:
         outs = list(ex.map(lambda _: conv.conv2d_forward(x, w, b, s, p, True)[0], range(8)))
     assert all(np.array_equal(o, ref) for o in outs)
+
+
+# --- a whole model on OnednnOps ------------------------------------------------------------------------------
+
+def _loss_and_grads(name, in_shape, ops, x, labels):
+    import gpunet
+    from gpunet import nn
+    from gpunet.backend import get_backend
+    from gpunet.models import build_model
+    be = get_backend("numpy")
+    saved = be._ops
+    be._ops = ops
+    try:
+        model = build_model(name, in_shape, 10, seed=0)
+        model.train()
+        loss = nn.SoftmaxCrossEntropy()(model(gpunet.tensor(x)), labels)
+        loss.backward()
+        return float(loss), {k: p.grad.copy() for k, p in model.named_parameters()}
+    finally:
+        be._ops = saved
+
+
+@needs_onednn
+@pytest.mark.parametrize("name, in_shape", [("resnet-small", (3, 16, 16)), ("lenet", (1, 28, 28)), ("cnn", (1, 28, 28))])
+def test_a_model_step_on_onednn_ops_matches_numpy_ops(name, in_shape):
+    """Conv (bias, fused ReLU, strided, 1x1), batch norm and pooling of a real model, through autograd."""
+    from gpunet.onednn.ops import OnednnOps
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((4,) + in_shape).astype(np.float32)
+    labels = rng.integers(0, 10, 4)
+    loss, grads = _loss_and_grads(name, in_shape, OnednnOps(), x, labels)
+    loss_ref, grads_ref = _loss_and_grads(name, in_shape, NumpyOps(), x, labels)
+    assert loss == pytest.approx(loss_ref, rel=1e-5)
+    assert grads.keys() == grads_ref.keys()
+    for k in grads:
+        _close(grads[k], grads_ref[k].astype(np.float64), k, tol=2e-5)
+
+
+@needs_onednn
+def test_onednn_ops_sends_float64_to_numpy():
+    from gpunet.onednn.ops import OnednnOps
+    rng = np.random.default_rng(8)
+    x, w = rng.standard_normal((1, 2, 5, 5)), rng.standard_normal((3, 2, 3, 3))
+    ops = OnednnOps()
+    y, ctx = ops.conv2d_forward(x, w, None, 1, 1, True)
+    assert y.dtype == np.float64 and np.array_equal(y, OPS.conv2d_forward(x, w, None, 1, 1, True)[0])
+    assert ops.conv2d_backward(np.ones_like(y), ctx)[1].dtype == np.float64
+    assert np.array_equal(ops.max_pool2d_forward(x, 2, 2, 0)[1], OPS.max_pool2d_forward(x, 2, 2, 0)[1])
