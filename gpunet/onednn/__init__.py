@@ -1,0 +1,32 @@
+"""oneDNN engine for the CPU backend: a small ctypes binding over oneDNN's C API, and ops on it.
+
+NCHW float32 NumPy arrays in and out, the NumpyOps contract (gpunet.ops.interface) for each op:
+
+    conv.conv2d_forward / conv2d_backward        bias and ReLU fused as oneDNN post-ops
+    pool.max_pool2d_forward / _backward          oneDNN workspace <-> gpunet's int32 argmax cache
+    pool.avg_pool2d_forward / _backward
+    batchnorm.batch_norm_train / _eval / _backward
+
+Each module has `applies(...)`: float64 and anything oneDNN cannot do stays on the NumPy path;
+ops.OnednnOps is NumpyOps with every call oneDNN can serve routed to these modules.
+`reason()` is None when the library loads, else one line saying why not (`GPUNET_ONEDNN_LIB` names
+the library explicitly; `pip install 'gpunet[cpu]'` installs the onednn-cpu-gomp wheel).
+See docs/onednn.md.
+"""
+from __future__ import annotations
+
+from gpunet.onednn._capi import OnednnError, OnednnUnavailable, reason, version
+
+
+def available() -> bool:
+    """True when the oneDNN library loads and has the functions this binding declares."""
+    return reason() is None
+
+
+def status_line() -> str:
+    """One line for logs: the oneDNN version in use, or why the NumPy path is used instead."""
+    why = reason()
+    return f"oneDNN {version()} (CPU, GNU OpenMP)" if why is None else f"oneDNN unavailable, using NumPy: {why}"
+
+
+__all__ = ["OnednnError", "OnednnUnavailable", "available", "reason", "status_line", "version"]

@@ -1,0 +1,140 @@
+"""Batch normalisation on oneDNN over (N, C) or (N, C, H, W), with the NumpyOps contract.
+
+Training forward: oneDNN's forward-training primitive with scale and shift (gamma, beta) computes
+y and the batch mean and biased variance (oneDNN's CPU kernels take the variance as the mean of
+(x - mean)^2 in a second pass, so data far from zero stays accurate). We return (y, mean, invstd)
+with invstd = 1/sqrt(var + eps) in float64 rounded to float32, and update the running statistics
+in place as NumpyOps does: running = (1 - momentum)*running + momentum*batch, unbiased variance
+var*M/(M - 1), float64 arithmetic.
+
+Eval forward: use_global_stats with the running mean and variance.
+
+Backward: the contract hands us (dy, x, gamma, mean, invstd), while oneDNN's backward wants the
+variance and eps: we pass var = 1/invstd^2 (float64, rounded to float32) with eps = 0, so oneDNN's
+1/sqrt(var + eps) returns invstd to within an ulp or two of float32 whatever eps the forward used. (dx, dgamma, dbeta)
+come from oneDNN's backward primitive (prop `backward`, scale and shift).
+
+Data far from zero. oneDNN normalises with x - mean where mean is float32, so its error grows with
+|mean|/std: at 1000 + 2*noise, y was off by 3e-5 and dgamma by 1.2e-4 (relative to their scale), where
+the NumPy path's shifted scheme stays near 1e-7. So a channel whose batch mean lies more than
+FAR_FROM_ZERO standard deviations from zero sends the call to NumpyOps (the training forward decides
+after oneDNN's statistics, before touching the running statistics; the backward from mean*invstd):
+below that bound the extra error is at most about FAR_FROM_ZERO float32 ulps of y.
+
+Other differences from the NumPy path: oneDNN's API takes eps as a float32 (float32(1e-5) differs from
+1e-5 by 2.5e-13, far below float32 resolution of var + eps for any realistic variance); summation
+order is oneDNN's, so results agree to float32 rounding, not bitwise. float64 is refused (TypeError).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from gpunet.onednn import _capi as C
+from gpunet.onednn import engine as E
+from gpunet.onednn.engine import PrimitiveDesc, cache, engine, f32, plain
+from gpunet.ops.geometry import batch_norm_geometry
+
+_SCALE_SHIFT = C.dnnl_use_scale | C.dnnl_use_shift
+FAR_FROM_ZERO = 8.0     # |batch mean| * invstd above this: NumpyOps (see the module docstring)
+
+
+def _numpy():
+    from gpunet.ops.numpy_ops import NumpyOps
+    return NumpyOps()
+
+
+def _far(mean, invstd) -> bool:
+    return not bool(np.all(np.abs(mean.astype(np.float64)) * invstd.astype(np.float64) <= FAR_FROM_ZERO))
+
+
+def applies(x) -> bool:
+    """True when oneDNN serves the call: a float32 NumPy array (the vectors must be float32 too)."""
+    return isinstance(x, np.ndarray) and x.dtype == np.float32
+
+
+class _Plan:
+    def __init__(self, shape: tuple, eps32: float, training: bool):
+        self.shape, self.c = shape, shape[1]
+        self.what = f"batch normalization (src {shape} f32, eps {eps32:g}, {'training' if training else 'inference'})"
+        self.x_md, self.v_md = plain(shape), plain((self.c,))
+        if training:
+            self.fwd = PrimitiveDesc("dnnl_batch_normalization_forward_primitive_desc_create", "forward " + self.what,
+                                     engine().engine, C.dnnl_forward_training, self.x_md.h, self.x_md.h, eps32,
+                                     _SCALE_SHIFT, None)
+            self.bwd = PrimitiveDesc("dnnl_batch_normalization_backward_primitive_desc_create",
+                                     "backward " + self.what, engine().engine, C.dnnl_backward, self.x_md.h,
+                                     self.x_md.h, self.x_md.h, eps32, _SCALE_SHIFT, self.fwd.h, None)
+        else:
+            self.fwd = PrimitiveDesc("dnnl_batch_normalization_forward_primitive_desc_create", "forward " + self.what,
+                                     engine().engine, C.dnnl_forward_inference, self.x_md.h, self.x_md.h, eps32,
+                                     _SCALE_SHIFT | C.dnnl_use_global_stats, None)
+
+
+def _plan(shape, eps, training: bool) -> _Plan:
+    eps32 = float(np.float32(eps))
+    return cache.get(("batch_norm", shape, eps32, training), lambda: _Plan(shape, eps32, training))
+
+
+def _vectors(op, **vs):
+    return {k: f32(op, k, v) for k, v in vs.items()}
+
+
+def batch_norm_train(x, gamma, beta, running_mean, running_var, momentum, eps):
+    """(y, mean, invstd); running_mean / running_var updated in place (see the module docstring)."""
+    x = f32("batch_norm", "input", x)
+    v = _vectors("batch_norm", gamma=gamma, beta=beta)
+    for name, a in (("running_mean", running_mean), ("running_var", running_var)):
+        if not isinstance(a, np.ndarray) or a.dtype != np.float32:
+            raise TypeError(f"batch_norm (oneDNN): expected {name} as a float32 NumPy array, got "
+                            f"{getattr(a, 'dtype', type(a).__name__)}")
+    n, c, s = batch_norm_geometry("batch_norm", x.shape, training=True, gamma=gamma.shape, beta=beta.shape,
+                                  running_mean=running_mean.shape, running_var=running_var.shape)
+    m = n * s
+    plan = _plan(tuple(x.shape), eps, True)
+    y, mean, var = E.output(x.shape), E.output(c), E.output(c)
+    plan.fwd.execute({C.DNNL_ARG_SRC: (plan.x_md, x), C.DNNL_ARG_DST: (plan.x_md, y),
+                      C.DNNL_ARG_SCALE: (plan.v_md, v["gamma"]), C.DNNL_ARG_SHIFT: (plan.v_md, v["beta"]),
+                      C.DNNL_ARG_MEAN: (plan.v_md, mean), C.DNNL_ARG_VARIANCE: (plan.v_md, var)})
+    var64 = var.astype(np.float64)
+    invstd = 1.0 / np.sqrt(var64 + float(eps))
+    if _far(mean, invstd):
+        return _numpy().batch_norm_train(x, gamma, beta, running_mean, running_var, momentum, eps)
+    momentum = float(momentum)
+    running_mean[...] = (1.0 - momentum) * running_mean.astype(np.float64) + momentum * mean.astype(np.float64)
+    running_var[...] = (1.0 - momentum) * running_var.astype(np.float64) + momentum * var64 * (m / (m - 1))
+    return y, mean, invstd.astype(np.float32)
+
+
+def batch_norm_eval(x, gamma, beta, running_mean, running_var, eps):
+    x = f32("batch_norm", "input", x)
+    v = _vectors("batch_norm", gamma=gamma, beta=beta, running_mean=running_mean, running_var=running_var)
+    batch_norm_geometry("batch_norm", x.shape, gamma=gamma.shape, beta=beta.shape,
+                        running_mean=running_mean.shape, running_var=running_var.shape)
+    plan = _plan(tuple(x.shape), eps, False)
+    y = E.output(x.shape)
+    plan.fwd.execute({C.DNNL_ARG_SRC: (plan.x_md, x), C.DNNL_ARG_DST: (plan.x_md, y),
+                      C.DNNL_ARG_SCALE: (plan.v_md, v["gamma"]), C.DNNL_ARG_SHIFT: (plan.v_md, v["beta"]),
+                      C.DNNL_ARG_MEAN: (plan.v_md, v["running_mean"]),
+                      C.DNNL_ARG_VARIANCE: (plan.v_md, v["running_var"])})
+    return y
+
+
+def batch_norm_backward(dy, x, gamma, mean, invstd):
+    """(dx, dgamma, dbeta) for the training forward (invstd carried in as var = 1/invstd^2, eps = 0)."""
+    x, dy = f32("batch_norm backward", "input", x), f32("batch_norm backward", "dy", dy)
+    v = _vectors("batch_norm backward", gamma=gamma, mean=mean, invstd=invstd)
+    batch_norm_geometry("batch_norm backward", x.shape, gamma=gamma.shape, mean=mean.shape, invstd=invstd.shape)
+    if tuple(dy.shape) != tuple(x.shape):
+        raise ValueError(f"batch_norm backward: expected dy of shape {tuple(x.shape)}, got {tuple(dy.shape)}")
+    c = x.shape[1]
+    if _far(v["mean"], v["invstd"]):
+        return _numpy().batch_norm_backward(dy, x, gamma, mean, invstd)
+    plan = _plan(tuple(x.shape), 0.0, True)
+    inv64 = v["invstd"].astype(np.float64)
+    var = (1.0 / (inv64 * inv64)).astype(np.float32)
+    dx, dgamma, dbeta = E.output(x.shape), E.output(c), E.output(c)
+    plan.bwd.execute({C.DNNL_ARG_SRC: (plan.x_md, x), C.DNNL_ARG_DIFF_DST: (plan.x_md, dy),
+                      C.DNNL_ARG_MEAN: (plan.v_md, v["mean"]), C.DNNL_ARG_VARIANCE: (plan.v_md, var),
+                      C.DNNL_ARG_SCALE: (plan.v_md, v["gamma"]), C.DNNL_ARG_DIFF_SRC: (plan.x_md, dx),
+                      C.DNNL_ARG_DIFF_SCALE: (plan.v_md, dgamma), C.DNNL_ARG_DIFF_SHIFT: (plan.v_md, dbeta)})
+    return dx, dgamma, dbeta

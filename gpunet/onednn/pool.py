@@ -1,0 +1,150 @@
+"""Max and average pooling on oneDNN, with the NumpyOps contract (gpunet.ops.interface).
+
+Max pool. oneDNN's forward-training primitive writes a workspace: for every output, the index
+t = i*kw + j of the chosen tap inside its kh x kw window (u8 for windows up to 256 taps, else s32),
+laid out like dst. We keep dst and the workspace in plain NCHW and turn the workspace into gpunet's
+argmax cache (int32 flat index h*W + w inside the (n, c) input plane); the backward turns the argmax
+back into a workspace and runs oneDNN's backward primitive. So the cache stays in gpunet's format
+(a NumPy backward can consume this forward's argmax, and the reverse), at the price of two
+element-wise index passes.
+
+Semantics. The contract: padding (-inf) never wins, ties go to the first maximum in row-major window
+order, NaN propagates with argmax at the first NaN, an all -inf window outputs -inf with argmax at its
+first real input. oneDNN keeps the first maximum on ties too (a strict `>`, tested), but starts each
+window from the lowest finite float (-FLT_MAX), not -inf, and its max does not propagate NaN. So the
+forward runs on oneDNN only when min(x) > -FLT_MAX -- one pass that is False for any NaN, -inf or
+-FLT_MAX -- and otherwise on NumpyOps, whose rules are the contract. The backward adds each window's dy
+at its argmax (dx starts at +0); with overlapping windows oneDNN's order of those additions is its own,
+so sums of several dy at one pixel may differ from the NumPy path's in the last bit. An argmax that
+lies outside its window (not from a max-pool forward) goes to NumpyOps' backward, which accepts any
+in-plane index.
+
+Average pool: oneDNN's pooling_avg_include_padding (count_include_pad=True: divisor kh*kw), forward
+and backward; rounding may differ from the NumPy path's in the last bit (oneDNN may multiply by
+1/(kh*kw) where NumPy divides).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from gpunet.onednn import _capi as C
+from gpunet.onednn import engine as E
+from gpunet.onednn.engine import PrimitiveDesc, cache, engine, f32, plain
+from gpunet.ops.geometry import Window2d, pool2d_geometry
+
+_LOWEST = np.finfo(np.float32).min
+_WS_DTYPES = {C.dnnl_u8: np.uint8, C.dnnl_s32: np.int32}
+
+
+def applies(x) -> bool:
+    """True when oneDNN can serve the call: a float32 NumPy array (max pool also needs finite input
+    above -FLT_MAX, checked inside, where it falls back to NumPy itself)."""
+    return isinstance(x, np.ndarray) and x.dtype == np.float32
+
+
+def _d2(a, b):
+    d = C.dims_t()
+    d[0], d[1] = a, b
+    return d
+
+
+class _Plan:
+    def __init__(self, win: Window2d, alg: int, name: str):
+        self.win = win
+        self.x_shape, self.y_shape = win.in_shape, (win.n, win.c, win.oh, win.ow)
+        self.what = (f"{name} (src {self.x_shape} dst {self.y_shape} f32, kernel {(win.kh, win.kw)}, "
+                     f"stride {(win.sh, win.sw)}, padding {(win.ph, win.pw)})")
+        self.x_md, self.y_md = plain(self.x_shape), plain(self.y_shape)
+        geo = (_d2(win.sh, win.sw), _d2(win.kh, win.kw), _d2(0, 0), _d2(win.ph, win.pw), _d2(win.ph, win.pw))
+        self.fwd = PrimitiveDesc("dnnl_pooling_forward_primitive_desc_create", "forward " + self.what,
+                                 engine().engine, C.dnnl_forward_training, alg, self.x_md.h, self.y_md.h, *geo, None)
+        self.bwd = PrimitiveDesc("dnnl_pooling_backward_primitive_desc_create", "backward " + self.what,
+                                 engine().engine, alg, self.x_md.h, self.y_md.h, *geo, self.fwd.h, None)
+        self.ws_md = self.ws_dtype = None
+        if alg == C.dnnl_pooling_max:
+            self.ws_md = self.fwd.md(C.dnnl_query_workspace_md)
+            dt = self.ws_md.data_type()
+            if dt not in _WS_DTYPES or self.ws_md.size() != np.prod(self.y_shape) * np.dtype(_WS_DTYPES[dt]).itemsize:
+                raise C.OnednnError("dnnl_primitive_desc_query_md", C.dnnl_unimplemented,
+                                    f"{self.what}: workspace of type {C.DATA_TYPE_NAMES.get(dt, dt)} and "
+                                    f"{self.ws_md.size()} bytes is not one tap index per output")
+            self.ws_dtype = _WS_DTYPES[dt]
+            # the flat input index of each window's tap (0, 0), which may lie in the padding
+            h0 = np.arange(win.oh, dtype=np.int32) * win.sh - win.ph
+            w0 = np.arange(win.ow, dtype=np.int32) * win.sw - win.pw
+            self.h0, self.w0 = h0[:, None], w0[None, :]
+            self.origin = h0[:, None] * win.w + w0[None, :]
+
+
+def _plan(win: Window2d, alg: int, name: str) -> _Plan:
+    return cache.get(("pool2d", win, alg), lambda: _Plan(win, alg, name))
+
+
+def _numpy():
+    from gpunet.ops.numpy_ops import NumpyOps
+    return NumpyOps()
+
+
+def max_pool2d_forward(x, kernel, stride, padding):
+    """(y, argmax int32): see the module docstring for the rules and when NumpyOps serves the call."""
+    x = f32("max_pool2d", "input", x)
+    win = pool2d_geometry("max_pool2d", x.shape, kernel, stride, padding)
+    if not np.min(x) > _LOWEST:   # NaN, -inf or -FLT_MAX somewhere: oneDNN's rules differ there
+        return _numpy().max_pool2d_forward(x, kernel, stride, padding)
+    plan = _plan(win, C.dnnl_pooling_max, "max pooling")
+    y = E.output(plan.y_shape)
+    ws = E.output(plan.y_shape, plan.ws_dtype)
+    plan.fwd.execute({C.DNNL_ARG_SRC: (plan.x_md, x), C.DNNL_ARG_DST: (plan.y_md, y),
+                      C.DNNL_ARG_WORKSPACE: (plan.ws_md, ws)})
+    # tap t = i*kw + j -> flat index origin + i*W + j
+    i, j = np.divmod(ws.astype(np.int32), np.int32(win.kw))
+    argmax = E.output(plan.y_shape, np.int32)
+    np.multiply(i, np.int32(win.w), out=argmax)
+    argmax += j
+    argmax += plan.origin
+    return y, argmax
+
+
+def max_pool2d_backward(dy, argmax, x_shape, kernel, stride, padding):
+    dy = f32("max_pool2d backward", "dy", dy)
+    win = pool2d_geometry("max_pool2d", tuple(x_shape), kernel, stride, padding)
+    want = (win.n, win.c, win.oh, win.ow)
+    if tuple(dy.shape) != want:
+        raise ValueError(f"max_pool2d backward: expected dy of shape {want}, got {tuple(dy.shape)}")
+    if not isinstance(argmax, np.ndarray) or argmax.dtype != np.int32 or argmax.shape != dy.shape:
+        return _numpy().max_pool2d_backward(dy, argmax, x_shape, kernel, stride, padding)  # its errors
+    plan = _plan(win, C.dnnl_pooling_max, "max pooling")
+    row, col = np.divmod(argmax, np.int32(win.w))
+    row -= plan.h0
+    col -= plan.w0
+    inside = (row >= 0) & (row < win.kh) & (col >= 0) & (col < win.kw) & (argmax >= 0) & (argmax < win.h * win.w)
+    if not inside.all():
+        return _numpy().max_pool2d_backward(dy, argmax, x_shape, kernel, stride, padding)
+    row *= np.int32(win.kw)
+    row += col
+    ws = row.astype(plan.ws_dtype)
+    dx = E.output(plan.x_shape)
+    plan.bwd.execute({C.DNNL_ARG_DIFF_DST: (plan.y_md, dy), C.DNNL_ARG_WORKSPACE: (plan.ws_md, ws),
+                      C.DNNL_ARG_DIFF_SRC: (plan.x_md, dx)})
+    return dx
+
+
+def avg_pool2d_forward(x, kernel, stride, padding):
+    x = f32("avg_pool2d", "input", x)
+    win = pool2d_geometry("avg_pool2d", x.shape, kernel, stride, padding)
+    plan = _plan(win, C.dnnl_pooling_avg_include_padding, "average pooling")
+    y = E.output(plan.y_shape)
+    plan.fwd.execute({C.DNNL_ARG_SRC: (plan.x_md, x), C.DNNL_ARG_DST: (plan.y_md, y)})
+    return y
+
+
+def avg_pool2d_backward(dy, x_shape, kernel, stride, padding):
+    dy = f32("avg_pool2d backward", "dy", dy)
+    win = pool2d_geometry("avg_pool2d", tuple(x_shape), kernel, stride, padding)
+    want = (win.n, win.c, win.oh, win.ow)
+    if tuple(dy.shape) != want:
+        raise ValueError(f"avg_pool2d backward: expected dy of shape {want}, got {tuple(dy.shape)}")
+    plan = _plan(win, C.dnnl_pooling_avg_include_padding, "average pooling")
+    dx = E.output(plan.x_shape)
+    plan.bwd.execute({C.DNNL_ARG_DIFF_DST: (plan.y_md, dy), C.DNNL_ARG_DIFF_SRC: (plan.x_md, dx)})
+    return dx

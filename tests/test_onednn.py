@@ -1,0 +1,490 @@
+"""The oneDNN engine (gpunet.onednn) against the NumPy reference: gpunet's NumpyOps in float32 and in
+float64 (the oracle), on edge shapes; error paths; the library failing to load.
+
+Skipped only when the onednn-cpu-gomp wheel is not installed (`pip install 'gpunet[cpu]'`); with the
+wheel present, a library that does not load is a failure.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from gpunet.onednn import _capi
+from gpunet.ops.numpy_ops import NumpyOps
+
+try:
+    importlib.metadata.version("onednn-cpu-gomp")
+    HAVE_WHEEL = True
+except importlib.metadata.PackageNotFoundError:
+    HAVE_WHEEL = False
+needs_onednn = pytest.mark.skipif(not HAVE_WHEEL, reason="onednn-cpu-gomp is not installed (pip install 'gpunet[cpu]')")
+
+OPS = NumpyOps()
+
+
+@pytest.fixture
+def nan_outputs(monkeypatch):
+    """Every result and blocked buffer the engine allocates starts NaN-filled (0xFF bytes)."""
+    from gpunet.onednn import engine as E
+
+    def output(shape, dtype=np.float32):
+        a = np.empty(shape, dtype=dtype)
+        a.view(np.uint8)[...] = 0xFF   # NaN in float32, 255 in bytes
+        return a
+    monkeypatch.setattr(E, "output", output)
+
+
+def _f64(a):
+    return None if a is None else a.astype(np.float64)
+
+
+def _close(got, ref, what, tol=2e-6):
+    """got (float32) within tol * (1 + max|ref|) of ref (float64), shapes and dtype checked, no NaN."""
+    assert got.dtype == np.float32, what
+    assert got.shape == ref.shape, what
+    assert np.isfinite(got).all(), what
+    err = np.abs(got.astype(np.float64) - ref).max() if got.size else 0.0
+    assert err <= tol * (1 + np.abs(ref).max()), f"{what}: max error {err:.3g} vs scale {np.abs(ref).max():.3g}"
+
+
+# --- convolution ---------------------------------------------------------------------------------------
+
+# (N, C_in, H, W, C_out, (kh, kw), stride, padding)
+CONV_CASES = [
+    (1, 3, 8, 8, 4, 3, 1, 1),               # batch 1, thin input (C_in = 3), "same"
+    (2, 1, 7, 5, 3, 3, 2, 0),               # C_in = 1, odd non-square input, stride 2
+    (3, 16, 12, 12, 32, 3, 2, 1),           # stride 2 with padding
+    (2, 8, 6, 6, 8, 1, 1, 0),               # pointwise
+    (2, 16, 9, 9, 16, 1, 2, 0),             # 1x1 stride 2 (a ResNet shortcut)
+    (2, 5, 9, 7, 6, (3, 1), (1, 2), (1, 0)),  # non-square kernel; kernel (1) narrower than stride (2) on w only
+    (1, 4, 5, 11, 7, (2, 5), (3, 1), (0, 2)),  # kernel (2) narrower than stride (3) on h only, odd sizes
+    (2, 32, 8, 8, 16, 5, 1, 2),             # 5x5 "same", C_out < C_in
+    (1, 3, 3, 3, 2, 3, 1, 0),               # output 1x1
+]
+
+
+def _conv_inputs(case, rng, bias):
+    n, ci, h, w, co, k, s, p = case
+    kh, kw = (k, k) if isinstance(k, int) else k
+    x = rng.standard_normal((n, ci, h, w)).astype(np.float32)
+    wt = (rng.standard_normal((co, ci, kh, kw)) / np.sqrt(ci * kh * kw)).astype(np.float32)
+    b = rng.standard_normal(co).astype(np.float32) if bias else None
+    return x, wt, b, s, p
+
+
+@needs_onednn
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("relu", [False, True])
+def test_conv2d_matches_numpy_ops(case, bias, relu, nan_outputs):
+    from gpunet.onednn import conv
+    rng = np.random.default_rng(hash((case, bias, relu)) % 2**32)
+    x, w, b, s, p = _conv_inputs(case, rng, bias)
+    y, ctx = conv.conv2d_forward(x, w, b, s, p, relu)
+    y64, ctx64 = OPS.conv2d_forward(_f64(x), _f64(w), _f64(b), s, p, relu)
+    _close(y, y64, "y")
+    assert np.array_equal(y > 0, y64 > 0) or relu is False or np.abs(y64).min() < 1e-5
+    y32, _ = OPS.conv2d_forward(x, w, b, s, p, relu)
+    _close(y, y32.astype(np.float64), "y vs NumpyOps float32")
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx, dw, db = conv.conv2d_backward(dy, ctx)
+    dx64, dw64, db64 = OPS.conv2d_backward(_f64(dy), ctx64)
+    _close(dx, dx64, "dx")
+    _close(dw, dw64, "dw")
+    if bias:
+        _close(db, db64, "db")
+    else:
+        assert db is None
+    dx2, dw2, db2 = conv.conv2d_backward(dy, ctx, input_grad=False)   # no dx work
+    assert dx2 is None
+    assert np.array_equal(dw2, dw) and (db2 is None or np.array_equal(db2, db))
+
+
+@needs_onednn
+def test_conv2d_relu_mask_blocks_nan_and_inf_in_dy():
+    from gpunet.onednn import conv
+    rng = np.random.default_rng(1)
+    x, w, b, s, p = _conv_inputs((2, 4, 6, 6, 4, 3, 1, 1), rng, True)
+    y, ctx = conv.conv2d_forward(x, w, b, s, p, True)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dead = y <= 0
+    assert dead.any()
+    dy[dead] = np.where(rng.random(dead.sum()) < 0.5, np.nan, np.inf)
+    dx, dw, db = conv.conv2d_backward(dy, ctx)
+    assert np.isfinite(dx).all() and np.isfinite(dw).all() and np.isfinite(db).all()
+    _, ctx64 = OPS.conv2d_forward(_f64(x), _f64(w), _f64(b), s, p, True)
+    _close(dw, OPS.conv2d_backward(_f64(dy), ctx64)[1], "dw")
+
+
+@needs_onednn
+def test_conv2d_is_deterministic_and_leaves_inputs_alone():
+    from gpunet.onednn import conv
+    rng = np.random.default_rng(2)
+    x, w, b, s, p = _conv_inputs((4, 16, 10, 10, 24, 3, 1, 1), rng, True)
+    dy = rng.standard_normal((4, 24, 10, 10)).astype(np.float32)
+    copies = [a.copy() for a in (x, w, b, dy)]
+    runs = []
+    for _ in range(3):
+        y, ctx = conv.conv2d_forward(x, w, b, s, p, True)
+        runs.append((y,) + conv.conv2d_backward(dy, ctx))
+    for r in runs[1:]:
+        for a, ref in zip(r, runs[0]):
+            assert np.array_equal(a, ref)
+    for a, c in zip((x, w, b, dy), copies):
+        assert np.array_equal(a, c)
+
+
+@needs_onednn
+def test_conv2d_accepts_non_contiguous_input():
+    from gpunet.onednn import conv
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 8, 16)).astype(np.float32)[:, :, :, ::2]
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    y, _ = conv.conv2d_forward(x, w, None, 1, 1, False)
+    _close(y, OPS.conv2d_forward(_f64(x), _f64(w), None, 1, 1, False)[0], "y")
+
+
+@needs_onednn
+def test_conv2d_refuses_float64_and_says_why():
+    from gpunet.onednn import conv
+    x, w = np.zeros((1, 1, 4, 4)), np.zeros((1, 1, 3, 3))
+    assert not conv.applies(x, w)
+    assert conv.applies(x.astype(np.float32), w.astype(np.float32))
+    with pytest.raises(TypeError, match="float32.*float64"):
+        conv.conv2d_forward(x, w, None, 1, 0, False)
+
+
+@needs_onednn
+def test_conv2d_shape_errors_are_the_numpy_paths():
+    from gpunet.onednn import conv
+    x, w = np.zeros((8, 1, 28, 28), np.float32), np.zeros((4, 3, 3, 3), np.float32)
+    with pytest.raises(ValueError, match=r"conv2d: expected input of shape \(N, 3, H, W\), got \(8, 1, 28, 28\)"):
+        conv.conv2d_forward(x, w, None, 1, 0, False)
+    x = np.zeros((1, 3, 8, 8), np.float32)
+    with pytest.raises(ValueError, match="bias"):
+        conv.conv2d_forward(x, w, np.zeros(3, np.float32), 1, 0, False)
+    y, ctx = conv.conv2d_forward(x, w, None, 1, 0, False)
+    with pytest.raises(ValueError, match="expected dy of shape"):
+        conv.conv2d_backward(np.zeros((1, 4, 5, 5), np.float32), ctx)
+    with pytest.raises(TypeError, match="ctx"):
+        conv.conv2d_backward(y, object())
+
+
+@needs_onednn
+def test_onednn_error_names_primitive_shapes_and_status():
+    """Shapes that geometry would reject, handed to oneDNN itself: a clear OnednnError, no crash."""
+    from gpunet.onednn import OnednnError, conv
+    what = "forward convolution (src (1, 3, 8, 8) weights (4, 3, 3, 3) dst (1, 4, 9, 9))"
+    with pytest.raises(OnednnError) as e:
+        conv.forward_desc((1, 3, 8, 8), (4, 3, 3, 3), (1, 4, 9, 9), (1, 1), (0, 0), False, False, what)
+    msg = str(e.value)
+    assert "convolution" in msg and "(1, 4, 9, 9)" in msg and "(4, 3, 3, 3)" in msg
+    assert "dnnl_convolution_forward_primitive_desc_create" in msg and "invalid_arguments" in msg
+    assert e.value.status == 2 and "\n" not in msg
+
+
+@needs_onednn
+def test_primitives_are_cached_per_geometry():
+    from gpunet.onednn import conv
+    from gpunet.onednn.engine import cache
+    cache.clear()
+    x, w = np.ones((1, 3, 6, 6), np.float32), np.ones((2, 3, 3, 3), np.float32)
+    conv.conv2d_forward(x, w, None, 1, 1, False)
+    conv.conv2d_forward(x, w, None, 1, 1, False)
+    assert len(cache) == 1
+    conv.conv2d_forward(x, w, None, 1, 1, True)    # another attribute: another plan
+    conv.conv2d_forward(x[:, :, :5], w, None, 1, 1, True)
+    assert len(cache) == 3
+
+
+# --- pooling ---------------------------------------------------------------------------------------------
+
+# (x shape, kernel, stride, padding)
+POOL_CASES = [
+    ((2, 3, 8, 8), 2, 2, 0),
+    ((1, 2, 7, 5), 3, 2, 1),               # batch 1, odd sizes, padding
+    ((2, 4, 9, 9), 3, 1, 1),               # overlapping windows
+    ((1, 1, 5, 6), (1, 3), (2, 1), (0, 1)),  # non-square; kernel (1) narrower than stride (2) on h only
+    ((3, 5, 6, 11), (3, 2), (1, 3), (1, 1)),  # kernel (2) narrower than stride (3) on w only
+    ((2, 3, 4, 4), 4, 4, 0),               # output 1x1
+    ((1, 2, 6, 6), 1, 1, 0),               # 1x1 window
+]
+
+
+def _pool_x(shape, rng, ties):
+    """Tie-free inputs (a shuffled linspace, so gradients are unambiguous) or small integers (many ties)."""
+    if ties:
+        return rng.integers(-2, 3, shape).astype(np.float32)
+    return rng.permutation(np.linspace(-3, 3, int(np.prod(shape)))).reshape(shape).astype(np.float32)
+
+
+@needs_onednn
+@pytest.mark.parametrize("case", POOL_CASES, ids=str)
+@pytest.mark.parametrize("ties", [False, True])
+def test_max_pool_matches_numpy_ops(case, ties, nan_outputs):
+    from gpunet.onednn import pool
+    shape, k, s, p = case
+    rng = np.random.default_rng(hash((case, ties)) % 2**32)
+    x = _pool_x(shape, rng, ties)
+    y, argmax = pool.max_pool2d_forward(x, k, s, p)
+    y_ref, argmax_ref = OPS.max_pool2d_forward(x, k, s, p)
+    assert np.array_equal(y, y_ref) and y.dtype == np.float32
+    assert argmax.dtype == np.int32 and np.array_equal(argmax, argmax_ref)   # ties: the first maximum
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = pool.max_pool2d_backward(dy, argmax, shape, k, s, p)
+    _close(dx, OPS.max_pool2d_backward(_f64(dy), argmax_ref, shape, k, s, p), "dx")
+    assert np.array_equal(pool.max_pool2d_backward(dy, argmax_ref, shape, k, s, p), dx)
+
+
+@needs_onednn
+@pytest.mark.parametrize("case", POOL_CASES, ids=str)
+def test_avg_pool_matches_numpy_ops(case, nan_outputs):
+    from gpunet.onednn import pool
+    shape, k, s, p = case
+    rng = np.random.default_rng(hash(case) % 2**32)
+    x = rng.standard_normal(shape).astype(np.float32)
+    y = pool.avg_pool2d_forward(x, k, s, p)
+    _close(y, OPS.avg_pool2d_forward(_f64(x), k, s, p), "y", tol=3e-7)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = pool.avg_pool2d_backward(dy, shape, k, s, p)
+    _close(dx, OPS.avg_pool2d_backward(_f64(dy), shape, k, s, p), "dx", tol=3e-7)
+
+
+@needs_onednn
+@pytest.mark.parametrize("special", [np.nan, -np.inf, np.finfo(np.float32).min])
+def test_max_pool_nan_inf_and_lowest_follow_the_contract(special):
+    """oneDNN starts windows at -FLT_MAX and does not propagate NaN: such inputs take the NumPy path."""
+    from gpunet.onednn import pool
+    rng = np.random.default_rng(4)
+    x = _pool_x((2, 2, 6, 6), rng, False)
+    x[0, 0, 0, :3] = special
+    x[1, 1, :2, :2] = special          # a whole window
+    for k, s, p in ((2, 2, 0), (3, 2, 1)):
+        y, argmax = pool.max_pool2d_forward(x, k, s, p)
+        y_ref, argmax_ref = OPS.max_pool2d_forward(x, k, s, p)
+        assert np.array_equal(y, y_ref, equal_nan=True) and np.array_equal(argmax, argmax_ref)
+
+
+@needs_onednn
+def test_max_pool_backward_takes_any_in_plane_argmax():
+    """An argmax outside its window is no workspace oneDNN can take: NumPy's backward serves it."""
+    from gpunet.onednn import pool
+    dy = np.arange(1, 5, dtype=np.float32).reshape(1, 1, 2, 2)
+    argmax = np.array([[[[15, 0], [0, 5]]]], dtype=np.int32)
+    dx = pool.max_pool2d_backward(dy, argmax, (1, 1, 4, 4), 2, 2, 0)
+    assert np.array_equal(dx, OPS.max_pool2d_backward(dy, argmax, (1, 1, 4, 4), 2, 2, 0))
+    with pytest.raises(ValueError, match="int32 argmax"):
+        pool.max_pool2d_backward(dy, argmax.astype(np.int64), (1, 1, 4, 4), 2, 2, 0)
+    with pytest.raises(ValueError, match="outside"):
+        pool.max_pool2d_backward(dy, argmax + 100, (1, 1, 4, 4), 2, 2, 0)
+
+
+@needs_onednn
+def test_pool_errors_are_the_numpy_paths():
+    from gpunet.onednn import pool
+    x = np.zeros((1, 1, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="max_pool2d: padding .* must be at most half"):
+        pool.max_pool2d_forward(x, 2, 2, 2)
+    with pytest.raises(ValueError, match="avg_pool2d: kernel .* does not fit"):
+        pool.avg_pool2d_forward(x, 7, 1, 0)
+    with pytest.raises(ValueError, match="avg_pool2d backward: expected dy of shape"):
+        pool.avg_pool2d_backward(np.zeros((1, 1, 3, 3), np.float32), x.shape, 2, 2, 0)
+    with pytest.raises(TypeError, match="float32"):
+        pool.avg_pool2d_forward(x.astype(np.float64), 2, 2, 0)
+    assert not pool.applies(x.astype(np.float64)) and pool.applies(x)
+
+
+# --- batch norm ------------------------------------------------------------------------------------------
+
+BN_SHAPES = [(8, 6), (4, 3, 5, 5), (1, 4, 1, 2), (3, 1, 7, 9), (2, 16, 7, 9), (5, 2)]
+
+
+def _bn_inputs(shape, rng, offset=0.0, scale=2.0):
+    c = shape[1]
+    x = (rng.standard_normal(shape) * scale + offset).astype(np.float32)
+    return (x, rng.standard_normal(c).astype(np.float32), rng.standard_normal(c).astype(np.float32),
+            rng.standard_normal(c).astype(np.float32), (rng.random(c) + 0.5).astype(np.float32))
+
+
+@needs_onednn
+@pytest.mark.parametrize("shape", BN_SHAPES, ids=str)
+@pytest.mark.parametrize("offset", [0.0, 12.0, 1000.0])   # 1000: far from zero, served by NumpyOps
+@pytest.mark.parametrize("eps", [1e-5, 1e-3])
+def test_batch_norm_matches_numpy_ops(shape, offset, eps, nan_outputs):
+    from gpunet.onednn import batchnorm as bn
+    rng = np.random.default_rng(hash((shape, offset, eps)) % 2**32)
+    x, g, b, rm, rv = _bn_inputs(shape, rng, offset)
+    rm64, rv64 = _f64(rm), _f64(rv)
+    y, mean, invstd = bn.batch_norm_train(x, g, b, rm, rv, 0.1, eps)
+    y64, mean64, invstd64 = OPS.batch_norm_train(_f64(x), _f64(g), _f64(b), rm64, rv64, 0.1, eps)
+    for got, ref, what in ((y, y64, "y"), (mean, mean64, "mean"), (invstd, invstd64, "invstd"),
+                           (rm, rm64, "running_mean"), (rv, rv64, "running_var")):
+        _close(got, ref, what, tol=1e-6)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    for got, ref, what in zip(bn.batch_norm_backward(dy, x, g, mean, invstd),
+                              OPS.batch_norm_backward(_f64(dy), _f64(x), _f64(g), mean64, invstd64),
+                              ("dx", "dgamma", "dbeta")):
+        _close(got, ref, what, tol=2e-6)
+    ye = bn.batch_norm_eval(x, g, b, rm, rv, eps)
+    _close(ye, OPS.batch_norm_eval(_f64(x), _f64(g), _f64(b), _f64(rm), _f64(rv), eps), "eval y", tol=1e-6)
+
+
+@needs_onednn
+def test_batch_norm_running_stats_over_steps_and_determinism():
+    from gpunet.onednn import batchnorm as bn
+    rng = np.random.default_rng(5)
+    rm, rv = np.zeros(4, np.float32), np.ones(4, np.float32)
+    rm64, rv64 = _f64(rm), _f64(rv)
+    for _ in range(5):
+        x = (rng.standard_normal((6, 4, 3, 3)) * 3 + 1).astype(np.float32)
+        g, b = np.ones(4, np.float32), np.zeros(4, np.float32)
+        first = bn.batch_norm_train(x, g, b, rm.copy(), rv.copy(), 0.1, 1e-5)
+        again = bn.batch_norm_train(x, g, b, rm, rv, 0.1, 1e-5)
+        assert all(np.array_equal(p, q) for p, q in zip(first, again))
+        OPS.batch_norm_train(_f64(x), _f64(g), _f64(b), rm64, rv64, 0.1, 1e-5)
+    _close(rm, rm64, "running_mean", tol=1e-6)
+    _close(rv, rv64, "running_var", tol=1e-6)   # unbiased, n/(n-1)
+
+
+@needs_onednn
+def test_batch_norm_errors_are_the_numpy_paths():
+    from gpunet.onednn import batchnorm as bn
+    v = np.ones(3, np.float32)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        bn.batch_norm_train(np.ones((1, 3), np.float32), v, v, v.copy(), v.copy(), 0.1, 1e-5)
+    with pytest.raises(ValueError, match=r"expected gamma of shape \(C,\)=\(3,\)"):
+        bn.batch_norm_train(np.ones((2, 3), np.float32), np.ones(2, np.float32), v, v.copy(), v.copy(), 0.1, 1e-5)
+    with pytest.raises(ValueError, match="expected dy of shape"):
+        bn.batch_norm_backward(np.ones((2, 3), np.float32), np.ones((2, 3, 1, 1), np.float32), v, v, v)
+    with pytest.raises(TypeError, match="float32"):
+        bn.batch_norm_eval(np.ones((2, 3)), v, v, v, v, 1e-5)
+    assert not bn.applies(np.ones((2, 3))) and bn.applies(np.ones((2, 3), np.float32))
+
+
+# --- loading ---------------------------------------------------------------------------------------------
+
+def _reason_with(monkeypatch, lib):
+    monkeypatch.setenv(_capi.ENV_LIB, str(lib))
+    _capi._reset_for_tests()
+    try:
+        return _capi.reason()
+    finally:
+        monkeypatch.undo()
+        _capi._reset_for_tests()
+
+
+def test_loader_names_a_missing_library_in_one_line(monkeypatch, tmp_path):
+    why = _reason_with(monkeypatch, tmp_path / "libdnnl.so.3")
+    assert why == f"GPUNET_ONEDNN_LIB={tmp_path / 'libdnnl.so.3'}: no such file"
+
+
+def test_loader_explains_a_file_that_is_not_a_library(monkeypatch, tmp_path):
+    bad = tmp_path / "libdnnl.so.3"
+    bad.write_text("not a library")
+    why = _reason_with(monkeypatch, bad)
+    assert why.startswith("cannot load oneDNN: ") and str(bad) in why and "\n" not in why
+
+
+def test_loader_explains_a_library_without_the_api(monkeypatch):
+    import ctypes.util
+    libm = ctypes.util.find_library("m")
+    if libm is None:
+        pytest.skip("no libm to load")
+    why = _reason_with(monkeypatch, libm)
+    assert why == "the oneDNN library lacks dnnl_engine_create (expected oneDNN >= 3.2)"
+
+
+def test_status_line_in_a_fresh_process_without_the_library(tmp_path):
+    code = "import gpunet.onednn as o; print(o.available()); print(o.status_line())"
+    env = {"GPUNET_ONEDNN_LIB": str(tmp_path / "missing.so"), "PATH": "/usr/bin:/bin"}
+    import os
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.splitlines() == ["False", f"oneDNN unavailable, using NumPy: GPUNET_ONEDNN_LIB={tmp_path / 'missing.so'}: no such file"]
+
+
+@needs_onednn
+def test_library_loads_and_is_3_2():
+    import gpunet.onednn as o
+    assert o.available(), o.reason()
+    assert o.version().startswith("3.")
+    assert o.status_line().startswith("oneDNN 3.")
+
+
+@needs_onednn
+@pytest.mark.parametrize("env, want", [({"GPUNET_NUM_THREADS": "1", "OMP_NUM_THREADS": "2"}, 1),
+                                       ({"OMP_NUM_THREADS": "1"}, 1), ({"OPENBLAS_NUM_THREADS": "1"}, 1)])
+def test_one_thread_knob_sets_openmp(env, want):
+    """GPUNET_NUM_THREADS, else OMP_NUM_THREADS, else OPENBLAS_NUM_THREADS sets oneDNN's OpenMP team."""
+    import os
+    code = ("import ctypes; from gpunet.onednn import engine as E; E.engine(); "
+            "print(ctypes.CDLL('libgomp.so.1').omp_get_max_threads())")
+    clean = {k: v for k, v in os.environ.items() if k not in ("GPUNET_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    clean.update(env, PYTHONPATH=os.pathsep.join(sys.path))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=clean, check=True).stdout
+    assert int(out.strip()) == want
+
+
+@needs_onednn
+def test_ops_from_several_threads_agree_with_one_thread():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gpunet.onednn import conv
+    rng = np.random.default_rng(6)
+    x, w, b, s, p = _conv_inputs((2, 8, 10, 10, 16, 3, 1, 1), rng, True)
+    ref = conv.conv2d_forward(x, w, b, s, p, True)[0]
+    with ThreadPoolExecutor(4) as ex:
+        outs = list(ex.map(lambda _: conv.conv2d_forward(x, w, b, s, p, True)[0], range(8)))
+    assert all(np.array_equal(o, ref) for o in outs)
+
+
+# --- a whole model on OnednnOps ------------------------------------------------------------------------------
+
+def _loss_and_grads(name, in_shape, ops, x, labels):
+    import gpunet
+    from gpunet import nn
+    from gpunet.backend import get_backend
+    from gpunet.models import build_model
+    be = get_backend("numpy")
+    saved = be._ops
+    be._ops = ops
+    try:
+        model = build_model(name, in_shape, 10, seed=0)
+        model.train()
+        loss = nn.SoftmaxCrossEntropy()(model(gpunet.tensor(x)), labels)
+        loss.backward()
+        return float(loss), {k: p.grad.copy() for k, p in model.named_parameters()}
+    finally:
+        be._ops = saved
+
+
+@needs_onednn
+@pytest.mark.parametrize("name, in_shape", [("resnet-small", (3, 16, 16)), ("lenet", (1, 28, 28)), ("cnn", (1, 28, 28))])
+def test_a_model_step_on_onednn_ops_matches_numpy_ops(name, in_shape):
+    """Conv (bias, fused ReLU, strided, 1x1), batch norm and pooling of a real model, through autograd."""
+    from gpunet.onednn.ops import OnednnOps
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((4,) + in_shape).astype(np.float32)
+    labels = rng.integers(0, 10, 4)
+    loss, grads = _loss_and_grads(name, in_shape, OnednnOps(), x, labels)
+    loss_ref, grads_ref = _loss_and_grads(name, in_shape, NumpyOps(), x, labels)
+    assert loss == pytest.approx(loss_ref, rel=1e-5)
+    assert grads.keys() == grads_ref.keys()
+    for k in grads:
+        _close(grads[k], grads_ref[k].astype(np.float64), k, tol=2e-5)
+
+
+@needs_onednn
+def test_onednn_ops_sends_float64_to_numpy():
+    from gpunet.onednn.ops import OnednnOps
+    rng = np.random.default_rng(8)
+    x, w = rng.standard_normal((1, 2, 5, 5)), rng.standard_normal((3, 2, 3, 3))
+    ops = OnednnOps()
+    y, ctx = ops.conv2d_forward(x, w, None, 1, 1, True)
+    assert y.dtype == np.float64 and np.array_equal(y, OPS.conv2d_forward(x, w, None, 1, 1, True)[0])
+    assert ops.conv2d_backward(np.ones_like(y), ctx)[1].dtype == np.float64
+    assert np.array_equal(ops.max_pool2d_forward(x, 2, 2, 0)[1], OPS.max_pool2d_forward(x, 2, 2, 0)[1])
