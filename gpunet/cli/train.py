@@ -13,7 +13,8 @@ HELP = "train a model (default: a small CNN on the embedded digits dataset, offl
 
 # TrainConfig fields set from same-named options (None = the dataset's default)
 _CONFIG_OPTIONS = ("dataset", "data_dir", "model", "epochs", "batch_size", "lr", "optimizer", "weight_decay",
-                   "schedule", "clip_grad_norm", "seed", "limit_train", "monitor")
+                   "schedule", "clip_grad_norm", "seed", "limit_train", "monitor",
+                   "early_stopping")
 
 
 def add_parser(subparsers) -> None:
@@ -41,6 +42,9 @@ def add_parser(subparsers) -> None:
                    help="log training health into history.json and health.png: each weight's update/parameter "
                         "norm ratio (healthy ~1e-3), measured every EVERY steps (default 10), and the share of "
                         "dead ReLU units per layer")
+    p.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE",
+                   help="stop when the validation loss has not decreased for PATIENCE epochs and keep the best "
+                        "epoch's weights (why it stopped goes into history.json and metrics.json)")
     p.add_argument("--out", metavar="DIR", default=None,
                    help="run folder (default: runs/<timestamp>, or the checkpoint's folder with --resume)")
     p.add_argument("--resume", metavar="CHECKPOINT", default=None,

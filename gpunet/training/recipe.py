@@ -3,7 +3,9 @@
 `run(TrainConfig(...), out_dir)` is what `gpunet train` calls, and `fit(**options)` the same from Python.
 Options left as None take the dataset's defaults (DEFAULTS), then the optimizer's default learning rate
 (DEFAULT_LR). The run folder receives checkpoint.npz (every epoch), history.json, metrics.json and
-curves.png.
+curves.png. With `early_stopping=PATIENCE` (`--early-stopping`) the run ends once the validation loss has
+not decreased for PATIENCE epochs, with the best epoch's weights (gpunet.training.early_stopping); its
+last history entry and metrics.json's "early_stopping" say why.
 
 Schedules advance once per batch:
     none           constant lr
@@ -37,6 +39,7 @@ from gpunet.checkpoint import CheckpointError, load_checkpoint
 from gpunet.data import DataLoader, RandomCropFlip, load_dataset, stratified_split
 from gpunet.models import build_model
 from gpunet.nn import Parameter, SoftmaxCrossEntropy
+from gpunet.training.early_stopping import EarlyStopping
 from gpunet.training.trainer import Trainer, TrainingError, evaluate
 
 OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adam", "adamw")
@@ -86,6 +89,7 @@ class TrainConfig:
     limit_train: int | None = None
     augment: bool | None = None
     monitor: int | None = None  # every N steps: update/parameter norm ratios and dead ReLUs into the history
+    early_stopping: int | None = None  # patience in epochs on the validation loss (EarlyStopping, min_delta 0)
 
     def resolved(self) -> "TrainConfig":
         """A copy with every None option filled from the dataset's and optimizer's defaults, validated."""
@@ -103,7 +107,8 @@ class TrainConfig:
             c.lr = DEFAULT_LR[c.optimizer]
         if c.optimizer == "adamw" and self.weight_decay is None:
             c.weight_decay = 1e-2
-        for key, lo in (("epochs", 1), ("batch_size", 1), ("limit_train", 1), ("monitor", 1), ("seed", 0)):
+        for key, lo in (("epochs", 1), ("batch_size", 1), ("limit_train", 1), ("monitor", 1), ("seed", 0),
+                        ("early_stopping", 1)):
             v = getattr(c, key)
             if v is not None and int(v) < lo:
                 raise ValueError(f"--{key.replace('_', '-')} must be >= {lo}, got {v}")
@@ -113,6 +118,8 @@ class TrainConfig:
         build_optimizer(c, [Parameter(np.zeros(1, np.float32))])
         if not 0 <= c.val_fraction < 1:
             raise ValueError(f"val_fraction must lie in [0, 1), got {c.val_fraction}")
+        if c.early_stopping is not None and c.val_fraction == 0:
+            raise ValueError("--early-stopping watches the validation loss: it needs val_fraction > 0")
         return c
 
     def to_dict(self) -> dict:
@@ -302,7 +309,8 @@ def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: 
                       checkpoint_path=out_dir / "checkpoint.npz" if out_dir else None, config=cfg.to_dict(),
                       progress=progress, extra={"mean": data.mean, "std": data.std,
                                                 "in_shape": list(data.in_shape), "num_classes": data.num_classes},
-                      callbacks=callbacks)
+                      callbacks=callbacks,
+                      early_stopping=EarlyStopping("val_loss", cfg.early_stopping) if cfg.early_stopping else None)
     if ckpt is not None:
         replan = (cfg.epochs != ckpt.config.get("epochs") and cfg.epochs > ckpt.epoch and scheduler is not None
                   and cfg.schedule in LENGTH_DEPENDENT)
@@ -317,7 +325,11 @@ def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: 
         f"{len(data.y_test)} test images {data.in_shape}; model {cfg.model} ({n_params:,} parameters); "
         f"{cfg.optimizer} lr {cfg.lr:g}, {cfg.schedule} schedule, batch {cfg.batch_size}, seed {cfg.seed}")
     if ckpt is not None:
-        log(f"gpunet: resumed from {ckpt.path} at epoch {ckpt.epoch}; training to epoch {cfg.epochs}")
+        if trainer.early_stopping is not None and trainer.early_stopping.stopped:
+            log(f"gpunet: {ckpt.path} stopped early ({trainer.early_stopping.reason()}): nothing left to train; "
+                f"evaluating it")
+        else:
+            log(f"gpunet: resumed from {ckpt.path} at epoch {ckpt.epoch}; training to epoch {cfg.epochs}")
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         for path in replaced:
@@ -330,11 +342,15 @@ def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: 
         if out_dir is not None:
             _write_json(out_dir / "history.json", trainer.history)
         raise
+    es = trainer.early_stopping
+    if es is not None and es.stopped and (ckpt is None or es.stopped_epoch > ckpt.epoch):  # stopped in this run
+        log(f"gpunet: early stopping: {es.reason()}")
     test = evaluate(model, test_loader, trainer.loss_fn)
     metrics = {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "test_samples": test["n"],
                "epochs": trainer.epoch, "device": be.name, "seconds": time.perf_counter() - t_start,
                "train_seconds": sum(h["seconds"] for h in history), "dataset": cfg.dataset, "model": cfg.model,
-               "seed": cfg.seed, "config": cfg.to_dict()}
+               "seed": cfg.seed, "early_stopping": es.summary() if es is not None else None,
+               "config": cfg.to_dict()}
     if out_dir is not None:
         _write_json(out_dir / "history.json", history)
         _write_json(out_dir / "metrics.json", metrics)

@@ -16,6 +16,10 @@ Callbacks (`callbacks=[...]`) are objects with any of `on_train_begin(trainer)`,
 `on_before_step(trainer)` (after backward and clipping, before `optimizer.step()`),
 `on_after_step(trainer)`, `on_epoch_end(trainer, stats)` (may add keys to the epoch's history entry,
 before it is checkpointed) and `on_train_end(trainer)`; gpunet.diagnostics.TrainingMonitor is one.
+
+`early_stopping=EarlyStopping(...)` ends `fit` before `epochs` when the monitored value stops improving,
+with the best epoch's weights restored; the stopping epoch's history entry says why ("stopped"), and the
+stopper's state is checkpointed with the rest (gpunet.training.early_stopping).
 """
 from __future__ import annotations
 
@@ -66,7 +70,7 @@ class Trainer:
 
     def __init__(self, model, optimizer, loss_fn=None, scheduler=None, clip_grad_norm: float | None = None,
                  checkpoint_path=None, config: dict | None = None, progress: str = "auto", sync_every: int = 10,
-                 extra: dict | None = None, callbacks=()):
+                 extra: dict | None = None, callbacks=(), early_stopping=None):
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.loss_fn = loss_fn if loss_fn is not None else SoftmaxCrossEntropy()
         self.clip_grad_norm = clip_grad_norm
@@ -79,6 +83,7 @@ class Trainer:
         self.history: list[dict] = []
         self._loader = None  # the training loader, whose (seed, epoch) goes into checkpoints
         self.callbacks = list(callbacks)
+        self.early_stopping = early_stopping
 
     def _call(self, hook: str, *args) -> None:
         for cb in self.callbacks:
@@ -163,11 +168,14 @@ class Trainer:
         """Train until `epochs` epochs have run in total; return the history (one dict per epoch:
         epoch, train_loss, train_acc, val_loss, val_acc, lr, seconds, images_per_s)."""
         self._loader = train_loader
+        if self.early_stopping is not None and self.early_stopping.monitor.startswith("val_") and val_loader is None:
+            raise ValueError(f"EarlyStopping: monitor {self.early_stopping.monitor!r} needs a validation loader: "
+                             f"Trainer.fit(train_loader, val_loader, epochs)")
         if self.checkpoint_path is not None:  # temporaries of checkpoint writes killed mid-way
             remove_stale(self.checkpoint_path)
         self._call("on_train_begin")
         try:
-            while self.epoch < epochs:
+            while self.epoch < epochs and not (self.early_stopping is not None and self.early_stopping.stopped):
                 epoch = self.epoch + 1
                 lr = float(self.optimizer.lr)
                 stats = {"epoch": epoch, **self.train_epoch(train_loader, epoch, epochs), "lr": lr}
@@ -183,6 +191,9 @@ class Trainer:
                 if bad:  # the last step's loss was finite but its update was not: keep the previous checkpoint
                     raise TrainingError(self._diverged(f"the weights became non-finite ({', '.join(bad)})", epoch,
                                                        len(train_loader)))
+                stop = self.early_stopping is not None and self.early_stopping.update(epoch, stats, self.model)
+                if stop:
+                    stats["stopped"] = self.early_stopping.reason()
                 self.epoch = epoch
                 self.history.append(stats)
                 if self.checkpoint_path is not None:
@@ -193,6 +204,8 @@ class Trainer:
                         raise TrainingError(f"cannot write the checkpoint of epoch {epoch}: {e.strerror or e}; "
                                             f"{self._kept()}") from e
                 self.progress.end_epoch(stats, epochs)
+                if stop:
+                    break
         finally:
             self.progress.close()
             self._call("on_train_end")
@@ -204,8 +217,10 @@ class Trainer:
         """Write model, optimizer, scheduler, epoch, history, config and RNG state to `path` (atomic)."""
         loader = loader if loader is not None else self._loader
         rng = ckpt_mod.rng_state(self.backend, loader, self.model)
+        extra = self.extra if self.early_stopping is None else {**self.extra,
+                                                               "early_stopping": self.early_stopping.state_dict()}
         return ckpt_mod.save_checkpoint(path, self.model, self.optimizer, self.scheduler, self.epoch, self.config,
-                                        rng, self.history, self.extra)
+                                        rng, self.history, extra)
 
     def resume(self, path_or_ckpt, train_loader=None) -> "ckpt_mod.Checkpoint":
         """Restore everything `save` wrote; pass the training loader so its epoch counter continues too."""
@@ -214,4 +229,8 @@ class Trainer:
         ckpt_mod.set_rng_state(ck.rng, self.backend, train_loader)
         self.epoch, self.history = ck.epoch, list(ck.history)
         self._loader = train_loader
+        if self.early_stopping is not None:
+            if "early_stopping" not in ck.extra:
+                raise ckpt_mod.CheckpointError(f"{ck.path}: was written without early stopping; resume it without")
+            self.early_stopping.load_state_dict(ck.extra["early_stopping"])
         return ck
