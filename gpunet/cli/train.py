@@ -1,8 +1,9 @@
 """`gpunet train`: train a model, print per-epoch progress and the held-out test accuracy.
 
 With no options: the default CNN on scikit-learn's embedded 8x8 digits, offline, on `--device auto`.
-Artifacts go to --out (default runs/<timestamp>): checkpoint.npz, history.json, metrics.json, curves.png
-(and health.png with --monitor).
+Artifacts go to --out (default runs/<timestamp>): checkpoint.npz, history.json, metrics.json (with
+per-class precision, recall, F1 and the confusion matrix), curves.png, confusion.png (and health.png
+with --monitor).
 """
 from __future__ import annotations
 
@@ -77,9 +78,11 @@ def run(args) -> int:
                        explicit=explicit, overwrite=args.overwrite)
     m = result.metrics
     print(f"test accuracy {100 * m['test_accuracy']:.2f}%  test loss {m['test_loss']:.4f}  "
+          f"macro F1 {m['test_macro_f1']:.4f}  "
           f"({m['test_samples']} {m['dataset']} test images, {m['epochs']} epochs, {m['device']}, "
           f"{m['seconds']:.1f}s)")
-    files = "checkpoint.npz, history.json, metrics.json, curves.png" + (", health.png" if config.monitor else "")
+    files = ("checkpoint.npz, history.json, metrics.json, curves.png, confusion.png"
+             + (", health.png" if config.monitor else ""))
     print(f"run folder: {out}  ({files})")
     sys.stdout.flush()
     return 0

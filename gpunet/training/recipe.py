@@ -2,8 +2,9 @@
 
 `run(TrainConfig(...), out_dir)` is what `gpunet train` calls, and `fit(**options)` the same from Python.
 Options left as None take the dataset's defaults (DEFAULTS), then the optimizer's default learning rate
-(DEFAULT_LR). The run folder receives checkpoint.npz (every epoch), history.json, metrics.json and
-curves.png. With `early_stopping=PATIENCE` (`--early-stopping`) the run ends once the validation loss has
+(DEFAULT_LR). The run folder receives checkpoint.npz (every epoch), history.json, metrics.json (test
+accuracy and loss, per-class precision/recall/F1, their macro means, the confusion matrix), curves.png and
+confusion.png. With `early_stopping=PATIENCE` (`--early-stopping`) the run ends once the validation loss has
 not decreased for PATIENCE epochs, with the best epoch's weights (gpunet.training.early_stopping); its
 last history entry and metrics.json's "early_stopping" say why.
 
@@ -208,7 +209,11 @@ def _resume_config(cfg: TrainConfig, ckpt, explicit: set) -> TrainConfig:
     return saved
 
 
-RUN_FILES = ("checkpoint.npz", "history.json", "metrics.json", "curves.png", "health.png")
+RUN_FILES = ("checkpoint.npz", "history.json", "metrics.json", "curves.png", "confusion.png", "health.png")
+
+# evaluate()'s per-class results that metrics.json records, as test_<name>
+CLASS_METRICS = ("macro_precision", "macro_recall", "macro_f1", "precision", "recall", "f1", "support",
+                 "confusion_matrix")
 
 
 def _check_run_folder(out_dir: Path, resume, overwrite: bool) -> list[Path]:
@@ -347,6 +352,7 @@ def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: 
         log(f"gpunet: early stopping: {es.reason()}")
     test = evaluate(model, test_loader, trainer.loss_fn)
     metrics = {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "test_samples": test["n"],
+               **{f"test_{key}": test[key] for key in CLASS_METRICS},
                "epochs": trainer.epoch, "device": be.name, "seconds": time.perf_counter() - t_start,
                "train_seconds": sum(h["seconds"] for h in history), "dataset": cfg.dataset, "model": cfg.model,
                "seed": cfg.seed, "early_stopping": es.summary() if es is not None else None,
@@ -355,9 +361,10 @@ def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: 
         _write_json(out_dir / "history.json", history)
         _write_json(out_dir / "metrics.json", metrics)
         try:
-            from gpunet.plots import plot_health, plot_history
+            from gpunet.plots import plot_confusion, plot_health, plot_history
             title = f"{cfg.model} on {cfg.dataset} ({be.name})"
             plot_history(history, out_dir / "curves.png", title)
+            plot_confusion(test["confusion_matrix"], out_dir / "confusion.png", f"{title}: test set")
             if any("update_ratio" in h for h in history):
                 plot_health(history, out_dir / "health.png", title)
         except ImportError as e:

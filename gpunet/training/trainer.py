@@ -27,11 +27,14 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
+
 from gpunet import checkpoint as ckpt_mod
 from gpunet.atomic import remove_stale
 from gpunet.autograd import Tensor, no_grad
 from gpunet.nn import SoftmaxCrossEntropy
 from gpunet.optim import clip_grad_norm_
+from gpunet.training.metrics import confusion_counts, from_confusion
 from gpunet.training.progress import Progress
 
 
@@ -41,26 +44,34 @@ class TrainingError(RuntimeError):
 
 
 def evaluate(model, loader, loss_fn=None) -> dict:
-    """Mean loss and accuracy of `model` over `loader`, in eval mode (the previous mode is restored).
-    Returns {"loss", "accuracy", "n"}. One host synchronisation at the end."""
+    """Mean loss, accuracy and the confusion matrix of `model` over `loader`, in eval mode (the previous mode
+    is restored). Returns {"loss", "accuracy", "n"} plus per-class "precision", "recall", "f1", "support",
+    their "macro_*" means and "confusion_matrix" (rows true, columns predicted; gpunet.training.metrics).
+    One host synchronisation at the end."""
     loss_fn = loss_fn if loss_fn is not None else SoftmaxCrossEntropy()
+    xp = model.backend.xp
     was_training = model.training
     model.eval()
     try:
-        loss_sum, correct, n = None, None, 0
+        loss_sum, counts, n, k = None, None, 0, None
         with no_grad():
             for xb, yb in loader:
                 logits = model(Tensor(xb, backend=model.backend)).data
                 loss = loss_fn(logits, yb) * len(yb)
-                hits = (logits.argmax(axis=1) == yb).sum()
+                k = logits.shape[1]
+                batch = confusion_counts(xp, yb, logits.argmax(axis=1), k)
                 loss_sum = loss if loss_sum is None else loss_sum + loss
-                correct = hits if correct is None else correct + hits
+                counts = batch if counts is None else counts + batch
                 n += len(yb)
     finally:
         model.train(was_training)
     if n == 0:
         raise ValueError("evaluate: the loader yielded no samples")
-    return {"loss": float(loss_sum) / n, "accuracy": int(correct) / n, "n": n}
+    counts = model.backend.asnumpy(counts)
+    if counts[-1]:
+        raise ValueError(f"evaluate: {int(counts[-1])} labels outside [0, {k}) for a model with {k} outputs")
+    cm = counts[:-1].reshape(k, k)
+    return {"loss": float(loss_sum) / n, "accuracy": int(np.trace(cm)) / n, "n": n, **from_confusion(cm)}
 
 
 class Trainer:
