@@ -3,6 +3,7 @@
 
     python examples/mnist_rows.py                      # LSTM, NumPy/auto device, ~96% in well under a minute
     python examples/mnist_rows.py --cell gru --device cpu
+    python examples/mnist_rows.py --cell gru-reset-before   # the course notes' GRU (Cho et al.): reset_after=False
 
 The model is `RowsAsSequence -> LSTM(8, hidden) -> LastStep -> Linear(hidden, 10)`: only the last step's
 output feeds the classifier (many-to-one), so backpropagation through time starts from a gradient at the
@@ -24,14 +25,15 @@ except ImportError:  # run from a source checkout without `pip install -e .`
 
 def build(cell: str, hidden: int, num_layers: int, backend):
     from gpunet import nn
-    rnn = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[cell]
+    rnn = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN,
+           "gru-reset-before": lambda *a: nn.GRU(*a, reset_after=False)}[cell]
     return nn.Sequential(nn.RowsAsSequence(), rnn(8, hidden, num_layers), nn.LastStep(),
                          nn.Linear(hidden, 10)).to(backend)
 
 
 def main(argv=None) -> float:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cell", choices=("lstm", "gru", "rnn"), default="lstm")
+    p.add_argument("--cell", choices=("lstm", "gru", "gru-reset-before", "rnn"), default="lstm")
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=1)
     p.add_argument("--epochs", type=int, default=20)

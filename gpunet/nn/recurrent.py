@@ -15,6 +15,7 @@ PyTorch's, so state dicts move between the libraries unchanged:
           c' = f * c + i * g,   h' = o * tanh(c')
     GRU   r, z = sigma(W_i{r,z} x + b_i{r,z} + W_h{r,z} h + b_h{r,z})
           n = tanh(W_in x + b_in + r * (W_hn h + b_hn)),   h' = (1 - z) * n + z * h
+          (reset_after=False: n = tanh(W_in x + b_in + W_hn (r * h) + b_hn), Cho et al.'s GRU)
 
 Every weight starts uniform in [-1/sqrt(H), 1/sqrt(H)] (PyTorch's default), drawn on the host from the
 constructing backend's generator in state_dict order.
@@ -321,8 +322,22 @@ class LSTM(_RNNBase):
 
 
 class GRU(_RNNBase):
-    """Gated recurrent unit, gate rows r, z, n, with PyTorch's n = tanh(W_in x + b_in + r * (W_hn h + b_hn))."""
+    """Gated recurrent unit, gate rows r, z, n; h' = (1 - z) * n + z * h. Where the reset gate acts:
+
+        reset_after=True  (default; PyTorch, cuDNN, Keras's default)  n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
+        reset_after=False (Cho et al. 2014, as the course notes teach) n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)
+
+    The first lets all three recurrent products W_h{r,z,n} h run as one matrix product per step; the second
+    needs r before W_hn, so two. Same parameters either way (a state dict loads into both), different
+    functions: weights trained with one do not carry their meaning to the other."""
     _kind = "GRU"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 reset_after: bool = True, backend=None, dtype=np.float32):
+        if not isinstance(reset_after, bool):
+            raise TypeError(f"GRU: reset_after must be True or False, got {reset_after!r}")
+        super().__init__(input_size, hidden_size, num_layers, bias, backend, dtype)
+        self.reset_after = reset_after
 
     def _layer_forward(self, ws, xs, h, c):
         xp, hid = self._backend.xp, self.hidden_size
@@ -330,21 +345,29 @@ class GRU(_RNNBase):
         steps = xs.shape[0]
         hs = xp.empty((steps + 1,) + h.shape, dtype=xs.dtype)
         gates = xp.empty_like(xw)      # activated r, z, n
-        hns = xp.empty_like(hs[1:])    # W_hn h + b_hn, needed for dr
+        # reset_after: W_hn h + b_hn, needed for dr; else r * h, needed for dr and W_hn's gradient
+        saved = xp.empty_like(hs[1:])
         hs[0] = h
+        w_hh, b_hh = ws[1], ws[3]
         for t in range(steps):
-            hw = self._projection(hs[t], ws[1], ws[3])
             a = gates[t]
-            a[:, :2 * hid] = F.sigmoid(xw[t, :, :2 * hid] + hw[:, :2 * hid])
-            r, z = a[:, :hid], a[:, hid:2 * hid]
-            hns[t] = hw[:, 2 * hid:]
-            a[:, 2 * hid:] = xp.tanh(xw[t, :, 2 * hid:] + r * hns[t])
-            n = a[:, 2 * hid:]
+            if self.reset_after:
+                hw = self._projection(hs[t], w_hh, b_hh)
+                a[:, :2 * hid] = F.sigmoid(xw[t, :, :2 * hid] + hw[:, :2 * hid])
+                saved[t] = hw[:, 2 * hid:]
+                a[:, 2 * hid:] = xp.tanh(xw[t, :, 2 * hid:] + a[:, :hid] * saved[t])
+            else:
+                hw = self._projection(hs[t], w_hh[:2 * hid], None if b_hh is None else b_hh[:2 * hid])
+                a[:, :2 * hid] = F.sigmoid(xw[t, :, :2 * hid] + hw)
+                saved[t] = a[:, :hid] * hs[t]
+                a[:, 2 * hid:] = xp.tanh(xw[t, :, 2 * hid:] + self._projection(
+                    saved[t], w_hh[2 * hid:], None if b_hh is None else b_hh[2 * hid:]))
+            z, n = a[:, hid:2 * hid], a[:, 2 * hid:]
             hs[t + 1] = n + z * (hs[t] - n)
-        return xs, hs, gates, hns
+        return xs, hs, gates, saved
 
     def _layer_backward(self, ws, needs, cache, dys, dh_n, dc_n):
-        xs, hs, gates, hns = cache
+        xs, hs, gates, saved = cache
         xp, hid, w_hh = self._backend.xp, self.hidden_size, ws[1]
         dgx, dgh = xp.empty_like(gates), xp.empty_like(gates)
         dh_next = self._zero_state(dys, dh_n)
@@ -354,14 +377,26 @@ class GRU(_RNNBase):
             dh = dys[t] + dh_next
             dn = dh * (1 - z) * (1 - n * n)               # through tanh: pre-activation of n
             gx, gh = dgx[t], dgh[t]
-            gx[:, :hid] = dn * hns[t] * r * (1 - r)
             gx[:, hid:2 * hid] = dh * (hs[t] - n) * z * (1 - z)
             gx[:, 2 * hid:] = dn
-            gh[:, :2 * hid] = gx[:, :2 * hid]
-            gh[:, 2 * hid:] = dn * r
-            dh_next = dh * z + gh @ w_hh
+            if self.reset_after:
+                gx[:, :hid] = dn * saved[t] * r * (1 - r)
+                gh[:, :2 * hid] = gx[:, :2 * hid]
+                gh[:, 2 * hid:] = dn * r
+                dh_next = dh * z + gh @ w_hh
+            else:
+                drh = dn @ w_hh[2 * hid:]                 # gradient w.r.t. r * h
+                gx[:, :hid] = drh * hs[t] * r * (1 - r)
+                gh[...] = gx
+                dh_next = dh * z + drh * r + gh[:, :2 * hid] @ w_hh[:2 * hid]
         wg, dx = self._weight_grads(ws, needs, xs, hs, dgx, dgh)
+        if not self.reset_after and needs[1]:             # W_hn multiplies r * h, not h
+            g = dgh.shape[-1]
+            wg[1][2 * hid:] = dgh[..., 2 * hid:].reshape(-1, g - 2 * hid).T @ saved.reshape(-1, hid)
         return dx, dh_next, None, wg
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ("" if self.reset_after else ", reset_after=False")
 
 
 class LastStep(Module):
