@@ -15,7 +15,7 @@ HELP = "train a model (default: a small CNN on the embedded digits dataset, offl
 # TrainConfig fields set from same-named options (None = the dataset's default)
 _CONFIG_OPTIONS = ("dataset", "data_dir", "model", "epochs", "batch_size", "lr", "optimizer", "weight_decay",
                    "schedule", "clip_grad_norm", "seed", "limit_train", "monitor",
-                   "early_stopping")
+                   "early_stopping", "l2")
 
 
 def add_parser(subparsers) -> None:
@@ -33,7 +33,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--lr", type=float, default=None, help="learning rate (default per optimizer)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
                    help="momentum = SGD with Nesterov momentum 0.9 (default per dataset)")
-    p.add_argument("--weight-decay", type=float, default=None, metavar="WD")
+    p.add_argument("--weight-decay", type=float, default=None, metavar="WD",
+                   help="decay of the weights inside the optimizer (PyTorch's weight_decay); biases and "
+                        "BatchNorm parameters are not decayed")
+    p.add_argument("--l2", type=float, default=None, metavar="LAMBDA",
+                   help="L2 penalty LAMBDA/(2m)*sum ||W||^2 added to the loss (m: the batch size), as the course "
+                        "notes write it: the reported losses include it")
     p.add_argument("--schedule", choices=SCHEDULES, default=None, help="learning-rate schedule, per batch")
     p.add_argument("--clip-grad-norm", type=float, default=None, metavar="MAX", help="clip the global gradient norm")
     p.add_argument("--seed", type=int, default=None, help="seed for weights, split and shuffling (default 0)")

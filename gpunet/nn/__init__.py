@@ -14,6 +14,7 @@ from gpunet.nn.layers import (AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropo
 from gpunet.nn.losses import BCEWithLogits, MSELoss, SoftmaxCrossEntropy
 from gpunet.nn.module import IncompatibleKeys, Module, Parameter
 from gpunet.nn.recurrent import GRU, LSTM, RNN, LastStep, RowsAsSequence
+from gpunet.nn.regularization import L2Penalized
 
 __all__ = [
     "Module", "Parameter", "IncompatibleKeys",
@@ -21,6 +22,6 @@ __all__ = [
     "Flatten", "Identity", "Dropout",
     "ReLU", "LeakyReLU", "PReLU", "ELU", "Sigmoid", "Tanh",
     "Sequential", "Residual", "Concat",
-    "SoftmaxCrossEntropy", "BCEWithLogits", "MSELoss",
+    "SoftmaxCrossEntropy", "BCEWithLogits", "MSELoss", "L2Penalized",
     "Embedding", "RNN", "GRU", "LSTM", "LastStep", "RowsAsSequence",
 ]

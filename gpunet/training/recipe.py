@@ -39,7 +39,7 @@ from gpunet.backend import get_backend, resolve_name
 from gpunet.checkpoint import CheckpointError, load_checkpoint
 from gpunet.data import DataLoader, RandomCropFlip, load_dataset, stratified_split
 from gpunet.models import build_model
-from gpunet.nn import Parameter, SoftmaxCrossEntropy
+from gpunet.nn import L2Penalized, Parameter, SoftmaxCrossEntropy
 from gpunet.training.early_stopping import EarlyStopping
 from gpunet.training.trainer import Trainer, TrainingError, evaluate
 
@@ -90,6 +90,7 @@ class TrainConfig:
     limit_train: int | None = None
     augment: bool | None = None
     monitor: int | None = None  # every N steps: update/parameter norm ratios and dead ReLUs into the history
+    l2: float | None = None  # lambda of the L2 penalty lambda/(2m)*sum ||W||^2 added to the loss (nn.L2Penalized)
     early_stopping: int | None = None  # patience in epochs on the validation loss (EarlyStopping, min_delta 0)
 
     def resolved(self) -> "TrainConfig":
@@ -119,6 +120,8 @@ class TrainConfig:
         build_optimizer(c, [Parameter(np.zeros(1, np.float32))])
         if not 0 <= c.val_fraction < 1:
             raise ValueError(f"val_fraction must lie in [0, 1), got {c.val_fraction}")
+        if c.l2 is not None and not (math.isfinite(c.l2) and c.l2 >= 0):
+            raise ValueError(f"--l2 must be a finite number >= 0, got {c.l2}")
         if c.early_stopping is not None and c.val_fraction == 0:
             raise ValueError("--early-stopping watches the validation loss: it needs val_fraction > 0")
         return c
@@ -128,6 +131,8 @@ class TrainConfig:
 
 
 def build_optimizer(cfg: TrainConfig, params):
+    """cfg's optimizer over `params` (Parameters, or groups such as optim.decay_groups(model, wd), whose own
+    weight decay then applies)."""
     params = list(params)
     wd = cfg.weight_decay
     if cfg.optimizer == "sgd":
@@ -303,14 +308,17 @@ def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: 
 
     be.seed(cfg.seed)
     model = build_model(cfg.model, data.in_shape, data.num_classes, seed=cfg.seed, backend=be)
-    optimizer = build_optimizer(cfg, model.parameters())
+    optimizer = build_optimizer(cfg, optim.decay_groups(model, cfg.weight_decay))  # no decay on biases, BN
     scheduler = build_scheduler(cfg, optimizer, len(train_loader))
     callbacks = []
     if cfg.monitor:
         from gpunet.diagnostics import TrainingMonitor
         callbacks.append(TrainingMonitor(model, every=cfg.monitor))
     # labels were range-checked by the dataset readers: skip the per-step check (a device sync on CuPy)
-    trainer = Trainer(model, optimizer, SoftmaxCrossEntropy(check_range=False), scheduler, cfg.clip_grad_norm,
+    loss_fn = SoftmaxCrossEntropy(check_range=False)
+    if cfg.l2:
+        loss_fn = L2Penalized(loss_fn, model, cfg.l2)
+    trainer = Trainer(model, optimizer, loss_fn, scheduler, cfg.clip_grad_norm,
                       checkpoint_path=out_dir / "checkpoint.npz" if out_dir else None, config=cfg.to_dict(),
                       progress=progress, extra={"mean": data.mean, "std": data.std,
                                                 "in_shape": list(data.in_shape), "num_classes": data.num_classes},
