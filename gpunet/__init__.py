@@ -6,11 +6,11 @@
 """
 import importlib
 
-from gpunet.autograd import Tensor, concatenate, no_grad, stack, tensor
+from gpunet.autograd import Tensor, cat, concatenate, no_grad, stack, tensor
 from gpunet.backend import Backend, DeviceError, get_backend
 
 __version__ = "0.1.0"
-__all__ = ["Backend", "DeviceError", "get_backend", "Tensor", "tensor", "no_grad", "concatenate", "stack",
+__all__ = ["Backend", "DeviceError", "get_backend", "Tensor", "tensor", "no_grad", "concatenate", "cat", "stack",
            "__version__"]
 
 _SUBMODULES = {"nn", "optim", "init", "data", "training", "gradcheck", "parity", "models", "functional", "sanity",

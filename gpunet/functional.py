@@ -6,7 +6,8 @@ result on the input's device. Backward functions take the upstream gradient firs
 forward produced or was given, and return the gradients in argument order.
 
 The hot ops (convolution, pooling, batch norm, dropout masks) are not here: they live behind
-`backend.ops`. Layers in `gpunet.nn` combine both.
+`backend.ops`. The graph nodes in `gpunet.autograd` call both, a forward here with its backward here,
+so each gradient is written once; `gpunet.nn` layers apply those nodes to Tensors.
 
 Losses return a 0-d array on the device (no host synchronisation); `float(loss)` gives a number.
 """

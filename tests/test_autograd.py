@@ -46,6 +46,7 @@ OPS = [
     ("exp log sqrt", lambda a: a.exp() + a.log() * a.sqrt(), [(2, 3)], "positive"),
     ("tanh sigmoid relu", lambda a: a.tanh() * a.sigmoid() + a.relu(), [(3, 4)], "away from 0"),
     ("concatenate", lambda a, b: gpunet.concatenate([a, b, a], axis=1), [(2, 3), (2, 1)], None),
+    ("cat", lambda a, b: gpunet.cat((a, b)), [(1, 3), (2, 3)], None),
     ("stack", lambda a, b: gpunet.stack([a, b], axis=1) * 2, [(2, 3), (2, 3)], None),
 ]
 
@@ -223,3 +224,56 @@ def test_parameters_are_tensors_and_modules_return_tensors(rng):
     assert isinstance(loss, Tensor) and loss.shape == ()
     loss.backward()
     assert all(p.grad is not None and p.grad.shape == p.shape for p in model.parameters())
+
+
+class TwoTower(nn.Module):
+    """A user-written forward: one encoder used twice, a gate from tensor ops, two inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Linear(4, 5, dtype=np.float64)
+        self.gate = nn.Linear(5, 5, dtype=np.float64)
+        self.head = nn.Linear(5, 2, dtype=np.float64)
+
+    def forward(self, a, b):
+        u, v = self.encoder(a).tanh(), self.encoder(b).tanh()
+        g = self.gate(u * v).sigmoid()
+        return self.head(g * u + (1 - g) * v)
+
+
+def test_a_user_written_module_trains_and_checks(rng):
+    from gpunet import optim
+    net = TwoTower()
+    a, b = rng.standard_normal((6, 4)), rng.standard_normal((6, 4))
+    assert gradcheck(net, (a, b)).ok  # modules differentiate their first input and every parameter
+    labels = rng.integers(0, 2, 6)
+    opt = optim.Adam(net.parameters(), lr=0.05)
+    crit = nn.SoftmaxCrossEntropy()
+    ta, tb = gpunet.tensor(a), gpunet.tensor(b)
+    first = None
+    for _ in range(30):
+        opt.zero_grad()
+        loss = crit(net(ta, tb), labels)
+        loss.backward()
+        opt.step()
+        first = float(loss) if first is None else first
+    assert float(loss) < 0.5 * first
+    with no_grad():
+        assert net(ta, tb).creator is None
+    assert bool(gpunet.tensor(np.array(1.0))) and not bool(gpunet.tensor(np.array(0.0)))
+
+
+def test_mixing_devices_in_a_tensor_op_is_a_device_error(device_backend, rng):
+    if not device_backend.is_gpu:
+        pytest.skip("needs device arrays (cupy or the stand-in)")
+    host = gpunet.tensor(rng.standard_normal((2, 3)))
+    dev = gpunet.tensor(rng.standard_normal((2, 3)), backend=device_backend)
+    with pytest.raises(gpunet.DeviceError, match=r"operands live on different devices: \(2, 3\) on NumPy"):
+        host + dev
+
+
+def test_outputs_report_the_models_backend(rng):
+    emu = gpunet.get_backend("emulator")
+    layer = nn.Linear(3, 2).to(emu)
+    y = layer(gpunet.tensor(rng.standard_normal((1, 3)).astype(np.float32)))  # a NumPy-made input
+    assert y.backend is emu and (y * 2).backend is emu

@@ -77,8 +77,8 @@ def test_a_training_step_does_not_wait_on_the_device(device_backend, model):
     assert counts[False, 6]["h2d"] - counts[False, 2]["h2d"] == 4, counts         # one index array per step
 
 
-# Kernel launches of one training step (batch 8 / 4), as measured on the main branch before autograd
-# (docs/autograd.md): recording the step as graph nodes must launch exactly the same kernels.
+# Kernel launches of one training step (batch 8 / 4), as measured on the main branch before autograd (ffb0c3e,
+# the same on the emulator and on the stand-in; docs/autograd.md): graph nodes must launch exactly these kernels.
 STEP_LAUNCHES = {
     "cnn": {"bn_apply_f32": 3, "bn_bwd_dx_f32": 3, "bn_bwd_finalize_f32": 3, "bn_bwd_partial_f32": 3,
             "bn_stats_finalize_f32": 3, "bn_stats_partial_f32": 3, "conv2d_dgrad_f32": 2, "conv2d_fwd_f32": 3,
@@ -91,13 +91,27 @@ STEP_LAUNCHES = {
 
 
 @pytest.mark.parametrize("model", ["cnn", "resnet-small"])
-def test_a_training_step_launches_the_same_kernels_as_before_autograd(device_backend, model):
+def test_a_training_step_launches_the_same_kernels_as_before_autograd(device_backend, model, monkeypatch):
     """loss.backward() walks nodes that call the same launchers: per kernel, as many launches as the
-    hand-written backward made (no dgrad for the data batch, no extra copies). Counted on the CuPy stand-in."""
-    if "cupy_standin" not in getattr(device_backend.xp, "__file__", ""):
-        pytest.skip("launches are counted on the CuPy stand-in only (GPUNET_TEST_BACKENDS=standin)")
-    import cupy_standin
+    hand-written backward made (no dgrad for the data batch, no extra copies). Counted by the emulator's
+    kernel objects, or by the CuPy stand-in."""
+    import collections
+
     import gpunet
+    if device_backend.name == "emulator":
+        from gpunet.cuda.emulator import EmulatedKernel
+        launches = collections.Counter()
+        real = EmulatedKernel.__call__
+
+        def counted(self, *args, **kwargs):
+            launches[self.name] += 1
+            return real(self, *args, **kwargs)
+        monkeypatch.setattr(EmulatedKernel, "__call__", counted)
+    elif "cupy_standin" in getattr(device_backend.xp, "__file__", ""):
+        import cupy_standin
+        launches = cupy_standin.LAUNCHES
+    else:
+        pytest.skip("launches are counted on the emulator and the CuPy stand-in")
     from gpunet import nn, optim
     shape, batch = {"cnn": ((1, 28, 28), 8), "resnet-small": ((3, 32, 32), 4)}[model]
     net = build_model(model, shape, 10, seed=0).to(device_backend).train()
@@ -112,6 +126,6 @@ def test_a_training_step_launches_the_same_kernels_as_before_autograd(device_bac
         crit(net(x), y).backward()
         opt.step()
     step()
-    cupy_standin.LAUNCHES.clear()
+    launches.clear()
     step()
-    assert dict(cupy_standin.LAUNCHES) == STEP_LAUNCHES[model]
+    assert dict(launches) == STEP_LAUNCHES[model]

@@ -6,7 +6,7 @@
 """
 from gpunet.autograd.core import (Node, Tensor, array_module, as_tensor, backward, enable_grad, is_grad_enabled,
                                   no_grad, tensor)
-from gpunet.autograd.tensor_ops import concatenate, stack, sum_to
+from gpunet.autograd.tensor_ops import cat, concatenate, stack, sum_to
 
 __all__ = ["Tensor", "Node", "tensor", "as_tensor", "backward", "no_grad", "enable_grad", "is_grad_enabled",
-           "concatenate", "stack", "sum_to", "array_module"]
+           "concatenate", "cat", "stack", "sum_to", "array_module"]

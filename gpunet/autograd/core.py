@@ -119,6 +119,9 @@ class Tensor:
     def item(self):
         return self.data.item()
 
+    def __bool__(self) -> bool:
+        return bool(self.data)
+
     def __float__(self) -> float:
         return float(self.data)
 
@@ -181,7 +184,8 @@ class Node:
     grad_outputs entries are None for outputs that received no gradient (multi-output nodes only).
 
     The node keeps only what forward saved and references to its inputs' producers: the input arrays
-    themselves stay alive only if forward saved them."""
+    themselves stay alive only if forward saved them. A node instance records one call: make a new one per
+    use (`Exp()(x)`), as every op and layer does."""
 
     generation = 0
     inputs = None
@@ -191,7 +195,8 @@ class Node:
         tensors = [x if isinstance(x, Tensor) else as_tensor(x) for x in inputs]
         ys = self.forward(*[t.data for t in tensors])
         multi = isinstance(ys, tuple)
-        be = next((t._backend for t in tensors if t._backend is not None), None)
+        # the last input's device wins: a layer's parameters come after its input and know the model's backend
+        be = next((t._backend for t in reversed(tensors) if t._backend is not None), None)
         outs = [Tensor(y, backend=be) for y in (ys if multi else (ys,))]
         if _Mode.enabled and any(t.requires_grad for t in tensors):
             self.inputs = [(t if t.creator is None else _Ref(t)) if t.requires_grad else None for t in tensors]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from gpunet.autograd.core import Node, Tensor, array_module, as_tensor
+from gpunet.backend import DeviceError, _is_cupy_array
 from gpunet import functional as F
 
 
@@ -301,6 +302,10 @@ class ReLU(Node):
 def _pair(a, b):
     a = a if isinstance(a, Tensor) else as_tensor(a, like=b if isinstance(b, Tensor) else None)
     b = b if isinstance(b, Tensor) else as_tensor(b, like=a)
+    if _is_cupy_array(a.data) != _is_cupy_array(b.data):
+        where = ["CuPy (cuda)" if _is_cupy_array(t.data) else "NumPy (cpu)" for t in (a, b)]
+        raise DeviceError(f"tensor op: operands live on different devices: {a.shape} on {where[0]}, {b.shape} on "
+                          f"{where[1]}; move one explicitly (gpunet.tensor(x, backend=...))")
     return a, b
 
 
@@ -330,6 +335,9 @@ def concatenate(tensors, axis: int = 0) -> Tensor:
     if not tensors:
         raise ValueError("concatenate: needs at least one tensor")
     return Concatenate(axis)(*tensors)
+
+
+cat = concatenate  # PyTorch's name
 
 
 def stack(tensors, axis: int = 0) -> Tensor:
