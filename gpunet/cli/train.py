@@ -15,7 +15,7 @@ HELP = "train a model (default: a small CNN on the embedded digits dataset, offl
 # TrainConfig fields set from same-named options (None = the dataset's default)
 _CONFIG_OPTIONS = ("dataset", "data_dir", "model", "epochs", "batch_size", "lr", "optimizer", "weight_decay",
                    "schedule", "clip_grad_norm", "seed", "limit_train", "monitor",
-                   "early_stopping", "l2")
+                   "early_stopping", "l2", "augment")
 
 
 def add_parser(subparsers) -> None:
@@ -26,7 +26,9 @@ def add_parser(subparsers) -> None:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     add_device(p)
     add_data(p, "dataset (default: digits; with --resume, the checkpoint's)")
-    p.add_argument("--model", choices=MODELS, default=None, help="model (default: cnn)")
+    p.add_argument("--model", choices=MODELS, default=None,
+                   help="model (default: cnn); lenet5-classic, vgg, alexnet and inception are the classic designs "
+                        "sized for digits, MNIST and CIFAR-10")
     p.add_argument("--epochs", type=int, default=None, metavar="N",
                    help="total epochs (with --resume: train until N epochs in total); default per dataset")
     p.add_argument("--batch-size", type=int, default=None, metavar="N", help="default per dataset")
@@ -40,6 +42,9 @@ def add_parser(subparsers) -> None:
                    help="L2 penalty LAMBDA/(2m)*sum ||W||^2 added to the loss (m: the batch size), as the course "
                         "notes write it: the reported losses include it")
     p.add_argument("--schedule", choices=SCHEDULES, default=None, help="learning-rate schedule, per batch")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="augment the training images: small rotations, shifts, and flips where a mirror image keeps "
+                        "its class (default: on for cifar10 only)")
     p.add_argument("--clip-grad-norm", type=float, default=None, metavar="MAX", help="clip the global gradient norm")
     p.add_argument("--seed", type=int, default=None, help="seed for weights, split and shuffling (default 0)")
     p.add_argument("--limit-train", type=int, default=None, metavar="N",

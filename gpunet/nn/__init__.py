@@ -11,6 +11,7 @@ from gpunet.nn.containers import Concat, Residual, Sequential
 from gpunet.nn.embedding import Embedding
 from gpunet.nn.layers import (AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten, GlobalAvgPool2d,
                               Identity, Linear, MaxPool2d)
+from gpunet.nn.lrn import LocalResponseNorm
 from gpunet.nn.losses import BCEWithLogits, MSELoss, SoftmaxCrossEntropy
 from gpunet.nn.module import IncompatibleKeys, Module, Parameter
 from gpunet.nn.recurrent import GRU, LSTM, RNN, LastStep, RowsAsSequence
@@ -19,7 +20,7 @@ from gpunet.nn.regularization import L2Penalized
 __all__ = [
     "Module", "Parameter", "IncompatibleKeys",
     "Conv2d", "Linear", "BatchNorm1d", "BatchNorm2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d",
-    "Flatten", "Identity", "Dropout",
+    "Flatten", "Identity", "Dropout", "LocalResponseNorm",
     "ReLU", "LeakyReLU", "PReLU", "ELU", "Sigmoid", "Tanh",
     "Sequential", "Residual", "Concat",
     "SoftmaxCrossEntropy", "BCEWithLogits", "MSELoss", "L2Penalized",
