@@ -6,6 +6,7 @@ graph nodes (gpunet.autograd) whose backwards call the same ops.
     crit = nn.SoftmaxCrossEntropy()
     loss = crit(model(gpunet.tensor(x)), y); loss.backward()
 """
+from gpunet.nn.attention import AdditiveAttention, MultiheadAttention, scaled_dot_product_attention
 from gpunet.nn.activations import ELU, PReLU, LeakyReLU, ReLU, Sigmoid, Tanh
 from gpunet.nn.containers import Concat, Residual, Sequential
 from gpunet.nn.embedding import Embedding
@@ -23,6 +24,7 @@ __all__ = [
     "Flatten", "Identity", "Dropout", "LocalResponseNorm",
     "ReLU", "LeakyReLU", "PReLU", "ELU", "Sigmoid", "Tanh",
     "Sequential", "Residual", "Concat",
+    "MultiheadAttention", "AdditiveAttention", "scaled_dot_product_attention",
     "SoftmaxCrossEntropy", "BCEWithLogits", "MSELoss", "L2Penalized",
     "Embedding", "RNN", "GRU", "LSTM", "LastStep", "RowsAsSequence",
 ]
