@@ -17,6 +17,7 @@ from gpunet.nn.losses import BCEWithLogits, MSELoss, SoftmaxCrossEntropy
 from gpunet.nn.module import IncompatibleKeys, Module, Parameter
 from gpunet.nn.recurrent import GRU, LSTM, RNN, LastStep, RowsAsSequence
 from gpunet.nn.regularization import L2Penalized
+from gpunet.nn.sequence import Seq2Seq, SequenceCrossEntropy, TimeDistributed, last_valid, lengths_to_mask
 
 __all__ = [
     "Module", "Parameter", "IncompatibleKeys",
@@ -27,4 +28,5 @@ __all__ = [
     "MultiheadAttention", "AdditiveAttention", "scaled_dot_product_attention",
     "SoftmaxCrossEntropy", "BCEWithLogits", "MSELoss", "L2Penalized",
     "Embedding", "RNN", "GRU", "LSTM", "LastStep", "RowsAsSequence",
+    "SequenceCrossEntropy", "TimeDistributed", "Seq2Seq", "last_valid", "lengths_to_mask",
 ]
