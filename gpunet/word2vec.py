@@ -9,6 +9,7 @@ define-by-run autograd, nearest neighbours and analogies, and the word2vec text 
     kv = word2vec.KeyedVectors(vocab.words, model.vectors())
     kv.most_similar("list"); kv.analogy("int", "integer", "float")
     kv.save_word2vec_format("vectors.txt")                      # gensim's KeyedVectors.load_word2vec_format reads it
+    glove = word2vec.GloVe(len(vocab), dim=64); word2vec.train_glove(glove, vocab, tokens)   # the second trainer
 
 Objective, for a centre word c and a context word o seen within the window, with k words n_i drawn from the
 unigram distribution raised to 3/4:
@@ -173,6 +174,80 @@ def train(model: SkipGramNS, vocab: Vocab, tokens, epochs: int = 5, window: int 
         history.append(total / max(seen, 1))
         if log:
             log(f"epoch {epoch + 1}/{epochs}  pairs {seen}  SGNS loss {history[-1]:.4f}")
+    return history
+
+
+def cooccurrence(ids: np.ndarray, vocab_size: int, window: int = 5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """GloVe's co-occurrence counts: each pair of words at distance d <= window adds 1/d, symmetrically.
+    Returns the non-zero entries (rows i, columns j, values X_ij)."""
+    x = np.zeros((vocab_size, vocab_size), np.float64)
+    for d in range(1, window + 1):
+        np.add.at(x, (ids[:-d], ids[d:]), 1.0 / d)
+        np.add.at(x, (ids[d:], ids[:-d]), 1.0 / d)
+    i, j = np.nonzero(x)
+    return i.astype(np.int64), j.astype(np.int64), x[i, j]
+
+
+class GloVe(Module):
+    """GloVe (Pennington et al. 2014): word vectors w, context vectors w~, biases b, b~, fitted to the log
+    co-occurrence counts by weighted least squares,
+
+        J = sum_ij f(X_ij) (w_i . w~_j + b_i + b~_j - log X_ij)^2,   f(x) = min(1, (x / x_max)^alpha)
+
+    forward(i (B,), j (B,), x (B,)) -> J over the batch divided by B. `vectors()` returns w + w~, the paper's
+    choice."""
+
+    def __init__(self, vocab_size: int, dim: int = 64, x_max: float = 100.0, alpha: float = 0.75, backend=None,
+                 dtype=np.float32):
+        super().__init__()
+        self.x_max, self.alpha = float(x_max), float(alpha)
+        rng = _host_rng(backend)
+        self.w = Embedding(vocab_size, dim, backend=backend)
+        self.w_ctx = Embedding(vocab_size, dim, backend=backend)
+        self.b = Embedding(vocab_size, 1, backend=backend)
+        self.b_ctx = Embedding(vocab_size, 1, backend=backend)
+        for e in (self.w, self.w_ctx):  # the reference code: U(-0.5/dim, 0.5/dim), biases too
+            e.weight.data = (rng.random((vocab_size, dim)) - 0.5) / dim
+        for e in (self.b, self.b_ctx):
+            e.weight.data = (rng.random((vocab_size, 1)) - 0.5) / dim
+        self.to(backend, dtype)
+
+    def forward(self, i, j, x):
+        xp = array_module(x.data)
+        f = xp.minimum(1.0, (x.data / self.x_max) ** self.alpha).astype(x.dtype)
+        b = i.shape[0]
+        dot = (self.w(i) * self.w_ctx(j)).sum(axis=1) + self.b(i).reshape(b) + self.b_ctx(j).reshape(b)
+        err = dot - Tensor(xp.log(x.data), backend=x._backend)
+        return (Tensor(f, backend=x._backend) * err * err).sum() * (1.0 / b)
+
+    def vectors(self) -> np.ndarray:
+        return self._backend.asnumpy(self.w.weight.data + self.w_ctx.weight.data)
+
+
+def train_glove(model: GloVe, vocab: Vocab, tokens, epochs: int = 20, window: int = 5, batch_size: int = 4096,
+                lr: float = 0.01, seed: int = 0, log=print) -> list[float]:
+    """Fit GloVe to the corpus's co-occurrence counts with Adam (the paper used AdaGrad); each epoch visits
+    every non-zero X_ij once in a new order. Returns the mean loss per epoch."""
+    from gpunet import optim
+    rng = np.random.default_rng(seed)
+    be = model.backend
+    i, j, x = cooccurrence(vocab.encode(tokens), len(vocab), window)
+    opt = optim.Adam(model.parameters(), lr=lr)
+    history = []
+    for epoch in range(int(epochs)):
+        order = rng.permutation(len(x))
+        total = 0.0
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            opt.zero_grad()
+            loss = model(Tensor(be.asarray(i[idx]), backend=be), Tensor(be.asarray(j[idx]), backend=be),
+                         Tensor(be.asarray(x[idx].astype(model.w.weight.dtype)), backend=be))
+            loss.backward()
+            opt.step()
+            total += float(loss) * len(idx)
+        history.append(total / len(x))
+        if log:
+            log(f"epoch {epoch + 1}/{epochs}  non-zero X_ij {len(x)}  GloVe loss {history[-1]:.4f}")
     return history
 
 

@@ -138,6 +138,45 @@ def test_cli_trains_queries_and_saves(tmp_path, capsys):
     assert "'pear' is not in the vocabulary" in capsys.readouterr().err
 
 
+def test_glove_cooccurrence_loss_and_gradients_match_torch(rng):
+    i, j, x = w2v.cooccurrence(np.array([0, 1, 2, 0]), 3, window=2)
+    dense = np.zeros((3, 3))
+    dense[i, j] = x
+    np.testing.assert_allclose(dense, [[0, 1 + 1 / 2, 1 / 2 + 1], [1 + 1 / 2, 0, 1], [1 / 2 + 1, 1, 0]])
+    m = w2v.GloVe(5, 3, x_max=2.0, dtype=np.float64)
+    for p in m.parameters():
+        p.data[...] = rng.standard_normal(p.shape)
+    ii, jj, xx = np.array([0, 1, 1, 4]), np.array([2, 3, 3, 0]), np.array([0.5, 1.0, 7.0, 2.0])
+    loss = m(gpunet.tensor(ii), gpunet.tensor(jj), gpunet.tensor(xx))
+    loss.backward()
+    p = {k: torch.from_numpy(v.copy()).requires_grad_(True) for k, v in m.state_dict().items()}
+    ti, tj, tx = torch.from_numpy(ii), torch.from_numpy(jj), torch.from_numpy(xx)
+    f = torch.clamp((tx / 2.0) ** 0.75, max=1.0)
+    err = (p["w.weight"][ti] * p["w_ctx.weight"][tj]).sum(1) + p["b.weight"][ti, 0] + p["b_ctx.weight"][tj, 0] \
+        - torch.log(tx)
+    ref = (f * err ** 2).sum() / 4
+    ref.backward()
+    np.testing.assert_allclose(float(loss), ref.item(), rtol=1e-12)
+    for name, prm in m.named_parameters():
+        np.testing.assert_allclose(prm.grad, p[name].grad.numpy(), atol=1e-12, err_msg=name)
+
+
+def test_glove_learns_which_words_share_contexts(tmp_path, capsys):
+    tokens = _topic_corpus(np.random.default_rng(0))
+    vocab = w2v.Vocab.build(tokens, 1)
+    gpunet.get_backend("numpy").seed(0)
+    model = w2v.GloVe(len(vocab), 8, x_max=10.0)
+    history = w2v.train_glove(model, vocab, tokens, epochs=30, window=2, batch_size=16, lr=0.05, log=None)
+    assert history[-1] < history[0]
+    kv = w2v.KeyedVectors(vocab.words, model.vectors())
+    assert {x for x, _ in kv.most_similar("cat", topn=4)} == {"dog", "mouse", "horse", "cow"}
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(" ".join(tokens))
+    assert main(["word2vec", "--method", "glove", "--device", "cpu", "--corpus", str(corpus), "--min-count", "1",
+                 "--dim", "8", "--epochs", "2", "--neighbours", "cat"]) == 0
+    assert capsys.readouterr().out.startswith("cat: ")
+
+
 @pytest.mark.slow
 def test_python_docs_vectors_know_their_neighbours():
     """The documented run (docs/curriculum.md): 5 epochs on the Python reference."""

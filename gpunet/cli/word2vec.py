@@ -1,4 +1,5 @@
-"""`gpunet word2vec`: train skip-gram word vectors with negative sampling, then query or save them.
+"""`gpunet word2vec`: train skip-gram word vectors with negative sampling (or GloVe with --method glove),
+then query or save them.
 
 The default corpus is the Python language reference that ships with every CPython (`pydoc_data`, about
 64,000 words, offline); --corpus FILE trains on a UTF-8 text file instead. Prints the nearest neighbours of
@@ -22,13 +23,16 @@ def add_parser(subparsers) -> None:
     p.add_argument("--corpus", default="python-docs", metavar="FILE",
                    help="a UTF-8 text file, or python-docs (default: the Python reference shipped with Python)")
     p.add_argument("--load", metavar="FILE", default=None, help="query vectors saved in the word2vec text format")
+    p.add_argument("--method", choices=("sgns", "glove"), default="sgns",
+                   help="skip-gram with negative sampling (default) or GloVe's weighted least squares")
     p.add_argument("--dim", type=int, default=64, help="vector size (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=5, help="default: %(default)s")
+    p.add_argument("--epochs", type=int, default=None, help="default: 5 (sgns), 20 (glove)")
     p.add_argument("--window", type=int, default=5, help="largest context distance (default: %(default)s)")
     p.add_argument("--negatives", type=int, default=5, help="noise words per pair (default: %(default)s)")
     p.add_argument("--min-count", type=int, default=5, help="rarer words are dropped (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=2e-3, help="Adam's learning rate (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=1024, help="pairs per step (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=None, help="Adam's learning rate (default: 2e-3 sgns, 1e-2 glove)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="pairs (sgns, default 1024) or co-occurrence entries (glove, default 4096) per step")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--neighbours", nargs="*", default=[], metavar="WORD", help="print each word's 8 nearest words")
     p.add_argument("--analogy", nargs=3, action="append", default=[], metavar=("A", "B", "C"),
@@ -40,6 +44,10 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from gpunet import get_backend, word2vec
 
+    glove = args.method == "glove"
+    for name, sgns_default, glove_default in (("epochs", 5, 20), ("lr", 2e-3, 1e-2), ("batch_size", 1024, 4096)):
+        if getattr(args, name) is None:
+            setattr(args, name, glove_default if glove else sgns_default)
     for name in ("dim", "epochs", "window", "negatives", "min_count", "batch_size"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -57,9 +65,15 @@ def run(args) -> int:
         be.seed(args.seed)
         print(f"corpus {args.corpus}: {len(tokens)} words, vocabulary {len(vocab)} (min count {args.min_count})",
               file=sys.stderr)
-        model = word2vec.SkipGramNS(len(vocab), args.dim, backend=be)
-        word2vec.train(model, vocab, tokens, args.epochs, args.window, args.negatives, args.batch_size, args.lr,
-                       seed=args.seed, log=lambda line: print(line, file=sys.stderr, flush=True))
+        log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+        if glove:
+            model = word2vec.GloVe(len(vocab), args.dim, backend=be)
+            word2vec.train_glove(model, vocab, tokens, args.epochs, args.window, args.batch_size, args.lr,
+                                 seed=args.seed, log=log)
+        else:
+            model = word2vec.SkipGramNS(len(vocab), args.dim, backend=be)
+            word2vec.train(model, vocab, tokens, args.epochs, args.window, args.negatives, args.batch_size,
+                           args.lr, seed=args.seed, log=log)
         kv = word2vec.KeyedVectors(vocab.words, model.vectors())
     for w in args.neighbours:
         near = ", ".join(f"{x} {s:.2f}" for x, s in kv.most_similar(w, topn=8))
