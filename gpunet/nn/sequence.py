@@ -142,7 +142,8 @@ class Seq2Seq(Module):
     def __init__(self, src_vocab: int, tgt_vocab: int, embed: int = 32, hidden: int = 128, attention: bool = True,
                  pad: int = 0, bos: int = 1, eos: int = 2, backend=None, dtype=np.float32):
         super().__init__()
-        self.pad, self.bos, self.eos, self.hidden, self.attention = int(pad), int(bos), int(eos), int(hidden), bool(attention)
+        self.pad, self.bos, self.eos = int(pad), int(bos), int(eos)
+        self.hidden, self.attention = int(hidden), bool(attention)
         self.tgt_vocab = int(tgt_vocab)
         self.src_embed = Embedding(src_vocab, embed, padding_idx=pad, backend=backend)
         self.tgt_embed = Embedding(tgt_vocab, embed, padding_idx=pad, backend=backend)
