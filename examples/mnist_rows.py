@@ -3,6 +3,8 @@
 
     python examples/mnist_rows.py                      # LSTM, NumPy/auto device, ~96% in well under a minute
     python examples/mnist_rows.py --cell gru --device cpu
+    python examples/mnist_rows.py --cell gru-reset-before   # the course notes' GRU (Cho et al.): reset_after=False
+    python examples/mnist_rows.py --cell gru --layers 2 --bidirectional   # deep, reading both ways
 
 The model is `RowsAsSequence -> LSTM(8, hidden) -> LastStep -> Linear(hidden, 10)`: only the last step's
 output feeds the classifier (many-to-one), so backpropagation through time starts from a gradient at the
@@ -22,18 +24,21 @@ except ImportError:  # run from a source checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def build(cell: str, hidden: int, num_layers: int, backend):
+def build(cell: str, hidden: int, num_layers: int, backend, bidirectional: bool = False):
     from gpunet import nn
-    rnn = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[cell]
-    return nn.Sequential(nn.RowsAsSequence(), rnn(8, hidden, num_layers), nn.LastStep(),
-                         nn.Linear(hidden, 10)).to(backend)
+    rnn = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN,
+           "gru-reset-before": lambda *a, **k: nn.GRU(*a, reset_after=False, **k)}[cell]
+    width = hidden * (2 if bidirectional else 1)
+    return nn.Sequential(nn.RowsAsSequence(), rnn(8, hidden, num_layers, bidirectional=bidirectional),
+                         nn.LastStep(bidirectional=bidirectional), nn.Linear(width, 10)).to(backend)
 
 
 def main(argv=None) -> float:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cell", choices=("lstm", "gru", "rnn"), default="lstm")
+    p.add_argument("--cell", choices=("lstm", "gru", "gru-reset-before", "rnn"), default="lstm")
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=1)
+    p.add_argument("--bidirectional", action="store_true", help="read the rows top-down and bottom-up")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-2)
@@ -51,12 +56,13 @@ def main(argv=None) -> float:
     data = load_digits()  # (N, 1, 8, 8) normalised; RowsAsSequence turns each image into 8 steps of 8 pixels
     train = DataLoader(data.x_train, data.y_train, args.batch_size, shuffle=True, seed=args.seed, backend=be)
     test = DataLoader(data.x_test, data.y_test, 256, shuffle=False, backend=be)
-    model = build(args.cell, args.hidden, args.layers, be)
+    model = build(args.cell, args.hidden, args.layers, be, args.bidirectional)
     opt = optim.Adam(model.parameters(), lr=args.lr)
     sched = optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.epochs * len(train))
     Trainer(model, opt, scheduler=sched, clip_grad_norm=5.0, progress="none").fit(train, epochs=args.epochs)
     acc = evaluate(model, test)["accuracy"]
-    print(f"{args.cell.upper()} on digits read row by row (8 steps x 8 features), {be.name}: "
+    kind = f"{'bidirectional ' if args.bidirectional else ''}{args.cell.upper()} x{args.layers}"
+    print(f"{kind} on digits read row by row (8 steps x 8 features), {be.name}: "
           f"test accuracy {100 * acc:.2f}% on {len(data.y_test)} images, {args.epochs} epochs, "
           f"{time.perf_counter() - t0:.1f}s")
     return acc

@@ -66,3 +66,31 @@ def plot_health(history: list[dict], path, title: str | None = None) -> Path:
     ax_dead.set_ylabel("dead ReLU units (share)")
     ax_dead.set_ylim(-0.02, 1.02)
     return _save(fig, path, title)
+
+
+def plot_confusion(matrix, path, title: str | None = None, class_names=None) -> Path:
+    """Write the confusion matrix (rows true class, columns prediction) as a heat map, each cell coloured by
+    its share of its row (the class's recall there) and labelled with its count (up to 20 classes)."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cm = np.asarray(matrix, dtype=np.int64)
+    k = cm.shape[0]
+    share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig = Figure(figsize=(max(4.5, 0.5 * k + 2), max(4, 0.5 * k + 1.5)))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, label="share of the true class")
+    names = [str(c) for c in (class_names if class_names is not None else range(k))]
+    ax.set_xticks(range(k), names)
+    ax.set_yticks(range(k), names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if share[i, j] > 0.5 else "black")
+    return _save(fig, path, title)

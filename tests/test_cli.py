@@ -172,8 +172,8 @@ def test_train_with_no_arguments_reaches_97_percent(tmp_path, capsys, monkeypatc
     assert m["dataset"] == "digits" and m["model"] == "cnn" and m["epochs"] == 15 and m["seed"] == 0
     assert m["test_accuracy"] >= 0.97, m
     assert len([l for l in out.splitlines() if l.startswith("epoch ")]) == 15  # captured stdout is no TTY
-    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.npz", "curves.png", "history.json",
-                                                         "metrics.json"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.npz", "confusion.png", "curves.png",
+                                                         "history.json", "metrics.json"]
 
 
 @pytest.mark.slow

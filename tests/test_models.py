@@ -50,8 +50,8 @@ def test_pytorch_style_state_names():
 
 
 def test_errors():
-    with pytest.raises(ValueError, match="unknown model 'vgg'"):
-        build_model("vgg", (1, 8, 8), 10)
+    with pytest.raises(ValueError, match="unknown model 'vgg19'"):
+        build_model("vgg19", (1, 8, 8), 10)
     with pytest.raises(ValueError, match=r"expected in_shape \(C, H, W\)"):
         build_model("cnn", (8, 8), 10)
     with pytest.raises(ValueError, match="num_classes"):

@@ -307,7 +307,7 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="optimizer"):
         run_parity("cnn", "numpy", steps=1, optimizer="lbfgs")
     with pytest.raises(ValueError, match="unknown model"):
-        run_parity("vgg", "numpy", steps=1)
+        run_parity("vgg19", "numpy", steps=1)
     with pytest.raises(TypeError, match="not a gpunet.nn.Module"):
         run_parity(lambda s, c: object(), "numpy", steps=1)
 

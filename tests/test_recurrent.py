@@ -27,10 +27,10 @@ def make(kind, f, h, layers=1, **kw):
 def run_torch(kind, ours, x, h0, c0, dy, dh_n, dc_n, dtype):
     """PyTorch's result for the same weights: (y, h_n, c_n, dx, dh0, dc0, {param: grad})."""
     tnet = getattr(torch.nn, kind)(ours.input_size, ours.hidden_size, ours.num_layers, batch_first=True,
-                                   bias=ours.bias).to(dtype)
+                                   bias=ours.bias, bidirectional=ours.bidirectional).to(dtype)
     if kind == "RNN" and ours.nonlinearity == "relu":
         tnet = torch.nn.RNN(ours.input_size, ours.hidden_size, ours.num_layers, nonlinearity="relu",
-                            batch_first=True, bias=ours.bias).to(dtype)
+                            batch_first=True, bias=ours.bias, bidirectional=ours.bidirectional).to(dtype)
     tnet.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()}, strict=True)
     t = {k: torch.from_numpy(v).requires_grad_(True) for k, v in (("x", x), ("h0", h0), ("c0", c0))}
     if kind == "LSTM":
@@ -254,3 +254,115 @@ def test_mnist_rows_example_learns_digits_row_by_row(capsys):
     acc = _example().main(["--cell", "gru", "--hidden", "32", "--epochs", "8", "--device", "cpu"])
     assert acc >= 0.90
     assert "test accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(torch is None, reason="torch not installed")
+@pytest.mark.parametrize("kind", list(CELLS))
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("shape", [(3, 5, 4, 6), (1, 1, 2, 1)])
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-10), (np.float32, 2e-5)])
+def test_bidirectional_matches_torch(rng, kind, layers, shape, dtype, tol):
+    """torch.nn.RNN/GRU/LSTM(bidirectional=True, num_layers=layers) with our weights: outputs [forward |
+    reverse], h_n/c_n (num_layers * 2, N, H), dx, dh0, dc0 and every weight gradient, autograd API."""
+    import gpunet
+    n, t, f, h = shape
+    ours = make(kind, f, h, layers, dtype=dtype, bidirectional=True)
+    s = (2 * layers, n, h)
+    x, h0, c0 = (rng.standard_normal(v).astype(dtype) for v in ((n, t, f), s, s))
+    tx, th0, tc0 = (gpunet.tensor(v, requires_grad=True) for v in (x, h0, c0))
+    y = ours(tx, th0, tc0) if kind == "LSTM" else ours(tx, th0)
+    dy, dh_n, dc_n = (rng.standard_normal(v).astype(dtype) for v in ((n, t, 2 * h), s, s))
+    loss = (y * gpunet.tensor(dy)).sum() + (ours.h_n * gpunet.tensor(dh_n)).sum()
+    if kind == "LSTM":
+        loss = loss + (ours.c_n * gpunet.tensor(dc_n)).sum()
+    loss.backward()
+    ref, grads = run_torch(kind, ours, x, h0, c0, dy, dh_n, dc_n, getattr(torch, np.dtype(dtype).name))
+    got = dict(y=y.data, h_n=ours.h_n.data, c_n=None if ours.c_n is None else ours.c_n.data, dx=tx.grad,
+               dh0=th0.grad, dc0=tc0.grad if kind == "LSTM" else None)
+    assert y.shape == (n, t, 2 * h) and ours.h_n.shape == s
+    for k, v in ref.items():
+        if v is None:
+            assert got[k] is None, k
+        else:
+            np.testing.assert_allclose(got[k], v, rtol=tol, atol=tol, err_msg=k)
+    assert [name for name, _ in ours.named_parameters()] == list(grads)
+    for name, p in ours.named_parameters():
+        np.testing.assert_allclose(p.grad, grads[name], rtol=tol, atol=tol, err_msg=name)
+
+
+@pytest.mark.skipif(torch is None, reason="torch not installed")
+def test_bidirectional_state_dicts_move_both_ways(rng):
+    """The issue's check: torch.nn.LSTM(bidirectional=True, num_layers=2) weights into ours and back."""
+    tnet = torch.nn.LSTM(3, 5, num_layers=2, bidirectional=True, batch_first=True)
+    ours = nn.LSTM(3, 5, num_layers=2, bidirectional=True)
+    assert [(k, tuple(v.shape)) for k, v in ours.state_dict().items()] == \
+        [(k, tuple(v.shape)) for k, v in tnet.state_dict().items()]
+    assert list(ours.state_dict())[4:8] == ["weight_ih_l0_reverse", "weight_hh_l0_reverse", "bias_ih_l0_reverse",
+                                            "bias_hh_l0_reverse"]
+    assert ours.weight_ih_l1.shape == (20, 10)  # layer 1 reads [forward | reverse]
+    ours.load_state_dict({k: v.numpy() for k, v in tnet.state_dict().items()})
+    x = rng.standard_normal((4, 6, 3)).astype(np.float32)
+    with torch.no_grad():
+        ty, (th, tc) = tnet(torch.from_numpy(x))
+    np.testing.assert_allclose(ours(x), ty.numpy(), atol=2e-6)
+    np.testing.assert_allclose(ours.h_n, th.numpy(), atol=2e-6)
+    np.testing.assert_allclose(ours.c_n, tc.numpy(), atol=2e-6)
+    twin = torch.nn.LSTM(3, 5, num_layers=2, bidirectional=True, batch_first=True)
+    twin.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()}, strict=True)
+    assert repr(ours) == "LSTM(3, 5, num_layers=2, bidirectional=True)"
+
+
+@pytest.mark.parametrize("kind", list(CELLS))
+def test_bidirectional_gradcheck(rng, kind):
+    m = make(kind, 3, 2, 2, bidirectional=True)
+    report = gradcheck(m, rng.standard_normal((2, 3, 3)))
+    assert report.ok and len(report.checks) == 1 + 4 * 2 * 2
+
+
+def test_bidirectional_every_backend_matches_numpy(backend, rng):
+    x = rng.standard_normal((3, 4, 5)).astype(np.float32)
+    for kind in CELLS:
+        ref = make(kind, 5, 6, 2, bidirectional=True)
+        m = make(kind, 5, 6, 2, backend=backend, bidirectional=True)
+        m.load_state_dict(ref.state_dict())
+        y_ref, y = ref(x), m(backend.asarray(x))
+        dy = rng.standard_normal(y_ref.shape).astype(np.float32)
+        dx_ref, dx = ref.backward(dy), m.backward(backend.asarray(dy))
+        np.testing.assert_allclose(backend.asnumpy(y), y_ref, rtol=1e-5, atol=1e-6, err_msg=kind)
+        np.testing.assert_allclose(backend.asnumpy(dx), dx_ref, rtol=1e-5, atol=1e-6, err_msg=kind)
+        np.testing.assert_allclose(backend.asnumpy(m.h_n), ref.h_n, rtol=1e-5, atol=1e-6, err_msg=kind)
+        for (name, p), q in zip(m.named_parameters(), ref.parameters()):
+            np.testing.assert_allclose(backend.asnumpy(p.grad), q.grad, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_bidirectional_in_sequential_trains_with_the_trainer():
+    """A bidirectional GRU reads a sequence both ways: is the first element larger than the last?
+    LastStep(bidirectional=True) hands the head each direction's final state, [y[:, -1, :H] | y[:, 0, H:]],
+    equal to h_n's last two rows; each has just read one of the two elements."""
+    from gpunet.data import DataLoader
+    from gpunet.training import Trainer
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((256, 12, 1)).astype(np.float32)
+    y = (x[:, 0, 0] > x[:, -1, 0]).astype(np.int64)
+    get_backend("numpy").seed(0)
+    gru = nn.GRU(1, 8, bidirectional=True)
+    model = nn.Sequential(gru, nn.LastStep(bidirectional=True), nn.Linear(16, 2))
+    np.testing.assert_array_equal(model[1](gru(x[:3])), np.concatenate([gru.h_n[0], gru.h_n[1]], axis=1))
+    assert gradcheck(nn.Sequential(nn.RNN(2, 3, bidirectional=True), nn.LastStep(bidirectional=True)),
+                     rng.standard_normal((2, 3, 2))).ok
+    trainer = Trainer(model, optim.Adam(model.parameters(), lr=1e-2), nn.SoftmaxCrossEntropy(), progress="none")
+    trainer.fit(DataLoader(x, y, 32, seed=0), epochs=15)
+    with_pred = model.eval()(x).argmax(axis=1)
+    assert (with_pred == y).mean() >= 0.9
+
+
+def test_bidirectional_errors():
+    gru = nn.GRU(3, 4, num_layers=2, bidirectional=True)
+    x = np.zeros((2, 5, 3), np.float32)
+    with pytest.raises(ValueError, match=r"GRU: expected h0 of shape \(4, 2, 4\) \(num_layers \* 2, N, hidden_size\)"):
+        gru(x, np.zeros((2, 2, 4), np.float32))
+    with pytest.raises(TypeError, match="bidirectional must be True or False"):
+        nn.LSTM(3, 4, bidirectional=1)
+    gru(x)
+    with pytest.raises(ValueError, match=r"expected dy of shape \(2, 5, 8\) \(N, T, 2 \* hidden_size\)"):
+        gru.backward(np.zeros((2, 5, 4), np.float32))

@@ -230,3 +230,32 @@ class MSELoss(Node):
     def backward(self, gy):
         d = F.mse_loss_backward(self.y, self.target, gy)
         return d, (-d if self.needs(1) else None)
+
+
+class Softmax(Node):
+    """softmax along `axis` (max subtracted first); backward y * (gy - sum(gy * y)). -inf entries (masked
+    positions) get probability 0 and no gradient."""
+
+    def __init__(self, axis: int = -1):
+        self.axis = axis
+
+    def forward(self, x):
+        self.y = F.softmax(x, self.axis)
+        return self.y
+
+    def backward(self, gy):
+        return F.softmax_backward(gy, self.y, self.axis)
+
+
+class LogSoftmax(Node):
+    """log softmax along `axis`; backward gy - softmax * sum(gy)."""
+
+    def __init__(self, axis: int = -1):
+        self.axis = axis
+
+    def forward(self, x):
+        self.y = F.log_softmax(x, self.axis)
+        return self.y
+
+    def backward(self, gy):
+        return F.log_softmax_backward(gy, self.y, self.axis)

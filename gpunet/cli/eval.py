@@ -1,4 +1,5 @@
-"""`gpunet eval CHECKPOINT`: test loss and accuracy of a saved model, on any device."""
+"""`gpunet eval CHECKPOINT`: test loss, accuracy, per-class precision/recall/F1 (and macro means) of a saved
+model, on any device; `--confusion PNG` also draws its confusion matrix."""
 from __future__ import annotations
 
 HELP = "evaluate a checkpoint on a dataset's test split"
@@ -11,6 +12,8 @@ def add_parser(subparsers) -> None:
     add_data(p, "dataset whose test split to use (default: the one the checkpoint was trained on)")
     add_device(p)
     p.add_argument("--batch-size", type=int, default=256, metavar="N", help="default %(default)s")
+    p.add_argument("--confusion", metavar="PNG", default=None,
+                   help="write the test confusion matrix as a picture (needs matplotlib)")
     p.set_defaults(func=run)
 
 
@@ -50,7 +53,15 @@ def evaluate_checkpoint(path, dataset=None, device="auto", data_dir=None, batch_
 
 
 def run(args) -> int:
+    from gpunet.training.metrics import format_report
+
     r = evaluate_checkpoint(args.checkpoint, args.dataset, args.device, args.data_dir, args.batch_size)
     print(f"{args.checkpoint}: {r['model']} after {r['epoch']} epochs on {r['dataset']} test ({r['n']} images, "
-          f"{r['device']}): test loss {r['loss']:.4f}  test accuracy {100 * r['accuracy']:.2f}%")
+          f"{r['device']}): test loss {r['loss']:.4f}  test accuracy {100 * r['accuracy']:.2f}%  "
+          f"macro F1 {r['macro_f1']:.4f}")
+    print(format_report(r))
+    if args.confusion is not None:
+        from gpunet.plots import plot_confusion
+        path = plot_confusion(r["confusion_matrix"], args.confusion, f"{r['model']} on {r['dataset']}: test set")
+        print(f"confusion matrix: {path}")
     return 0

@@ -1,8 +1,9 @@
 """`gpunet train`: train a model, print per-epoch progress and the held-out test accuracy.
 
 With no options: the default CNN on scikit-learn's embedded 8x8 digits, offline, on `--device auto`.
-Artifacts go to --out (default runs/<timestamp>): checkpoint.npz, history.json, metrics.json, curves.png
-(and health.png with --monitor).
+Artifacts go to --out (default runs/<timestamp>): checkpoint.npz, history.json, metrics.json (with
+per-class precision, recall, F1 and the confusion matrix), curves.png, confusion.png (and health.png
+with --monitor).
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ HELP = "train a model (default: a small CNN on the embedded digits dataset, offl
 
 # TrainConfig fields set from same-named options (None = the dataset's default)
 _CONFIG_OPTIONS = ("dataset", "data_dir", "model", "epochs", "batch_size", "lr", "optimizer", "weight_decay",
-                   "schedule", "clip_grad_norm", "seed", "limit_train", "monitor")
+                   "schedule", "clip_grad_norm", "seed", "limit_train", "monitor",
+                   "early_stopping", "l2", "augment")
 
 
 def add_parser(subparsers) -> None:
@@ -24,15 +26,25 @@ def add_parser(subparsers) -> None:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     add_device(p)
     add_data(p, "dataset (default: digits; with --resume, the checkpoint's)")
-    p.add_argument("--model", choices=MODELS, default=None, help="model (default: cnn)")
+    p.add_argument("--model", choices=MODELS, default=None,
+                   help="model (default: cnn); lenet5-classic, vgg, alexnet and inception are the classic designs "
+                        "sized for digits, MNIST and CIFAR-10")
     p.add_argument("--epochs", type=int, default=None, metavar="N",
                    help="total epochs (with --resume: train until N epochs in total); default per dataset")
     p.add_argument("--batch-size", type=int, default=None, metavar="N", help="default per dataset")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default per optimizer)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
                    help="momentum = SGD with Nesterov momentum 0.9 (default per dataset)")
-    p.add_argument("--weight-decay", type=float, default=None, metavar="WD")
+    p.add_argument("--weight-decay", type=float, default=None, metavar="WD",
+                   help="decay of the weights inside the optimizer (PyTorch's weight_decay); biases and "
+                        "BatchNorm parameters are not decayed")
+    p.add_argument("--l2", type=float, default=None, metavar="LAMBDA",
+                   help="L2 penalty LAMBDA/(2m)*sum ||W||^2 added to the loss (m: the batch size), as the course "
+                        "notes write it: the reported losses include it")
     p.add_argument("--schedule", choices=SCHEDULES, default=None, help="learning-rate schedule, per batch")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="augment the training images: small rotations, shifts, and flips where a mirror image keeps "
+                        "its class (default: on for cifar10 only)")
     p.add_argument("--clip-grad-norm", type=float, default=None, metavar="MAX", help="clip the global gradient norm")
     p.add_argument("--seed", type=int, default=None, help="seed for weights, split and shuffling (default 0)")
     p.add_argument("--limit-train", type=int, default=None, metavar="N",
@@ -46,6 +58,9 @@ def add_parser(subparsers) -> None:
                         "test metrics); needs pip install 'gpunet[tensorboard]'; view with tensorboard --logdir runs")
     p.add_argument("--histograms", type=int, default=None, metavar="EVERY",
                    help="with --tensorboard: weight and gradient histograms every EVERY epochs")
+    p.add_argument("--early-stopping", type=int, default=None, metavar="PATIENCE",
+                   help="stop when the validation loss has not decreased for PATIENCE epochs and keep the best "
+                        "epoch's weights (why it stopped goes into history.json and metrics.json)")
     p.add_argument("--out", metavar="DIR", default=None,
                    help="run folder (default: runs/<timestamp>, or the checkpoint's folder with --resume)")
     p.add_argument("--resume", metavar="CHECKPOINT", default=None,
@@ -79,10 +94,12 @@ def run(args) -> int:
                        histograms_every=args.histograms)
     m = result.metrics
     print(f"test accuracy {100 * m['test_accuracy']:.2f}%  test loss {m['test_loss']:.4f}  "
+          f"macro F1 {m['test_macro_f1']:.4f}  "
           f"({m['test_samples']} {m['dataset']} test images, {m['epochs']} epochs, {m['device']}, "
           f"{m['seconds']:.1f}s)")
-    files = "checkpoint.npz, history.json, metrics.json, curves.png" + (", health.png" if config.monitor else "") + (
-        ", TensorBoard events" if args.tensorboard or args.histograms else "")
+    files = ("checkpoint.npz, history.json, metrics.json, curves.png, confusion.png"
+             + (", health.png" if config.monitor else "")
+             + (", TensorBoard events" if args.tensorboard or args.histograms else ""))
     print(f"run folder: {out}  ({files})")
     sys.stdout.flush()
     return 0

@@ -59,7 +59,9 @@ class Conv2d(Module):
 
 
 class Linear(Module):
-    """y = x @ weight.T + bias for x of shape (N, in_features); weight (out_features, in_features)."""
+    """y = x @ weight.T + bias for x of shape (N, in_features); weight (out_features, in_features).
+    As PyTorch's, it maps the last axis of any input (N, ..., in_features) -> (N, ..., out_features): on a
+    sequence (N, T, F) it is the time-distributed dense layer, the same weights at every step."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, init="kaiming_normal",
                  backend=None, dtype=np.float32):
@@ -72,10 +74,15 @@ class Linear(Module):
 
     def forward(self, x):
         self._backend.check(x.data, "Linear input")
-        if x.ndim != 2 or x.shape[1] != self.in_features:
-            raise ValueError(f"Linear: expected input of shape (N, {self.in_features}), got {tuple(x.shape)}")
+        if x.ndim < 2 or x.shape[-1] != self.in_features:
+            raise ValueError(f"Linear: expected input of shape (N, {self.in_features}), got {tuple(x.shape)} "
+                             f"(leading axes may be added: (N, T, {self.in_features}) maps every step)")
         self._check_dtype(x, "Linear")
-        return N.Linear()(x, *_params(self.weight, self.bias))
+        if x.ndim == 2:
+            return N.Linear()(x, *_params(self.weight, self.bias))
+        lead = tuple(x.shape[:-1])
+        y = N.Linear()(x.reshape(-1, self.in_features), *_params(self.weight, self.bias))
+        return y.reshape(lead + (self.out_features,))
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

@@ -15,6 +15,13 @@ PyTorch's, so state dicts move between the libraries unchanged:
           c' = f * c + i * g,   h' = o * tanh(c')
     GRU   r, z = sigma(W_i{r,z} x + b_i{r,z} + W_h{r,z} h + b_h{r,z})
           n = tanh(W_in x + b_in + r * (W_hn h + b_hn)),   h' = (1 - z) * n + z * h
+          (reset_after=False: n = tanh(W_in x + b_in + W_hn (r * h) + b_hn), Cho et al.'s GRU)
+
+bidirectional=True (PyTorch's layout): each layer also runs over the time-reversed sequence with its own
+`weight_ih_l{l}_reverse`, ... (listed after layer l's forward weights); y is (N, T, 2H), [forward |
+reverse] at each step in time order, layer l + 1 reads those 2H features (F_l = 2H), and h_n/c_n (and
+h0/c0) are (num_layers * 2, N, H) ordered l0, l0_reverse, l1, ... The reverse direction's final state is
+its state after reading step 0.
 
 Every weight starts uniform in [-1/sqrt(H), 1/sqrt(H)] (PyTorch's default), drawn on the host from the
 constructing backend's generator in state_dict order.
@@ -40,7 +47,7 @@ import math
 import numpy as np
 
 from gpunet import functional as F
-from gpunet.autograd import Node, Tensor, array_module, as_tensor
+from gpunet.autograd import Node, Tensor, array_module, as_tensor, concatenate
 from gpunet.nn.layers import _host_rng
 from gpunet.nn.module import Module, Parameter
 
@@ -51,38 +58,46 @@ class _RNNBase(Module):
     _kind = "RNN"
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
-                 backend=None, dtype=np.float32):
+                 backend=None, dtype=np.float32, bidirectional: bool = False):
         super().__init__()
         name = type(self).__name__
+        if not isinstance(bidirectional, bool):
+            raise TypeError(f"{name}: bidirectional must be True or False, got {bidirectional!r}")
         for what, v in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
             if isinstance(v, bool) or int(v) != v or int(v) < 1:
                 raise ValueError(f"{name}: {what} must be a positive integer, got {v!r}")
         self.input_size, self.hidden_size, self.num_layers = int(input_size), int(hidden_size), int(num_layers)
-        self.bias = bool(bias)
+        self.bias, self.bidirectional = bool(bias), bidirectional
+        self.num_directions = 2 if bidirectional else 1
         self.h_n = self.c_n = self.dh0 = self.dc0 = None
         g, h = _GATES[self._kind] * self.hidden_size, self.hidden_size
         rng, bound = _host_rng(backend), 1.0 / math.sqrt(self.hidden_size)
         for layer in range(self.num_layers):
-            fan = self.input_size if layer == 0 else h
-            shapes = [("weight_ih", (g, fan)), ("weight_hh", (g, h))]
-            shapes += [("bias_ih", (g,)), ("bias_hh", (g,))] if self.bias else []
-            for pname, shape in shapes:
-                setattr(self, f"{pname}_l{layer}", Parameter(rng.uniform(-bound, bound, size=shape)))
+            fan = self.input_size if layer == 0 else h * self.num_directions
+            for suffix in self._suffixes():
+                shapes = [("weight_ih", (g, fan)), ("weight_hh", (g, h))]
+                shapes += [("bias_ih", (g,)), ("bias_hh", (g,))] if self.bias else []
+                for pname, shape in shapes:
+                    setattr(self, f"{pname}_l{layer}{suffix}", Parameter(rng.uniform(-bound, bound, size=shape)))
         self.to(backend, dtype)
 
-    def _weights(self, layer: int):
-        p = self._parameters
-        b_ih, b_hh = p.get(f"bias_ih_l{layer}"), p.get(f"bias_hh_l{layer}")
-        return (p[f"weight_ih_l{layer}"], p[f"weight_hh_l{layer}"], b_ih, b_hh)
+    def _suffixes(self):
+        return ("", "_reverse")[:self.num_directions]
+
+    def _weights(self, layer: int, suffix: str = ""):
+        p, key = self._parameters, f"l{layer}{suffix}"
+        b_ih, b_hh = p.get(f"bias_ih_{key}"), p.get(f"bias_hh_{key}")
+        return (p[f"weight_ih_{key}"], p[f"weight_hh_{key}"], b_ih, b_hh)
 
     # --- forward -----------------------------------------------------------------------------------
 
     def _check_state(self, s, what: str, n: int):
         name = type(self).__name__
         self._backend.check(s, f"{name} {what}")
-        want = (self.num_layers, n, self.hidden_size)
+        want = (self.num_layers * self.num_directions, n, self.hidden_size)
         if tuple(s.shape) != want:
-            raise ValueError(f"{name}: expected {what} of shape {want} (num_layers, N, hidden_size), "
+            where = "num_layers * 2" if self.bidirectional else "num_layers"
+            raise ValueError(f"{name}: expected {what} of shape {want} ({where}, N, hidden_size), "
                              f"got {tuple(s.shape)}")
         self._check_dtype(s, f"{name} {what}")
 
@@ -96,13 +111,14 @@ class _RNNBase(Module):
         if c0 is not None and self._kind != "LSTM":
             raise TypeError(f"{name}: c0 is only used by LSTM")
         n, lstm = x.shape[0], self._kind == "LSTM"
-        state_shape = (self.num_layers, n, self.hidden_size)
+        state_shape = (self.num_layers * self.num_directions, n, self.hidden_size)
         states = []
         for s, what in ((h0, "h0"), (c0, "c0"))[:2 if lstm else 1]:
             if s is not None:
                 self._check_state(s.data if isinstance(s, Tensor) else s, what, n)
             states.append(as_tensor(s) if s is not None else Tensor(xp.zeros(state_shape, x.dtype), backend=be))
-        weights = [w for layer in range(self.num_layers) for w in self._weights(layer) if w is not None]
+        weights = [w for layer in range(self.num_layers) for suffix in self._suffixes()
+                   for w in self._weights(layer, suffix) if w is not None]
         outs = Recurrence(self)(x, *states, *weights)
         self.h_n = outs[1]
         self.c_n = outs[2] if lstm else None
@@ -121,7 +137,7 @@ class _RNNBase(Module):
             lstm, xp = self._kind == "LSTM", self._backend.xp
             given = len(args)
             args = list(args) + [None] * (3 - len(args))
-            shape = (self.num_layers, args[0].shape[0], self.hidden_size)
+            shape = (self.num_layers * self.num_directions, args[0].shape[0], self.hidden_size)
             for i, key in ((1, "h0"), (2, "c0"))[:2 if lstm else 1]:
                 if args[i] is None and kwargs.get(key) is None:
                     kwargs.pop(key, None)
@@ -143,7 +159,8 @@ class _RNNBase(Module):
                     self._check_state(s, what, self._cache[0][0].shape[0])
             if tuple(dy.shape) != self._cache[2].shape:
                 raise ValueError(f"{type(self).__name__}.backward: expected dy of shape {self._cache[2].shape} "
-                                 f"(N, T, hidden_size), got {tuple(dy.shape)}")
+                                 f"(N, T, {'2 * ' if self.bidirectional else ''}hidden_size), "
+                                 f"got {tuple(dy.shape)}")
         ins = self._run_array_backward(dy, (dh_n, dc_n), input_grad=True)
         xp = self._backend.xp
         grads = [t.grad if t.grad is not None else xp.zeros(t.shape, t.dtype) for t in ins[1:]]
@@ -178,13 +195,18 @@ class _RNNBase(Module):
         s = f"{self.input_size}, {self.hidden_size}"
         if self.num_layers != 1:
             s += f", num_layers={self.num_layers}"
-        return s + ("" if self.bias else ", bias=False")
+        return s + ("" if self.bias else ", bias=False") + (", bidirectional=True" if self.bidirectional else "")
 
 
 class Recurrence(Node):
     """A whole recurrent module's call as one node: inputs (x, h0[, c0], weights in state_dict order), outputs
     (y, h_n[, c_n]). Forward runs each layer's time loop (the module's `_layer_forward`); backward runs
-    backpropagation through time layer by layer (`_layer_backward`), the caches living in this node."""
+    backpropagation through time layer by layer (`_layer_backward`), the caches living in this node.
+
+    Bidirectional: layer l runs twice, unit k = 2 l (forward in time) and k = 2 l + 1 (the `_reverse`
+    weights, on the time-reversed sequence); their outputs, put back in time order, are concatenated on the
+    feature axis ([forward | reverse], PyTorch's layout) and feed layer l + 1. h_n[k] is unit k's last state:
+    for the reverse unit, its state after reading step 0."""
 
     def __init__(self, module: "_RNNBase"):
         self.m = module  # the layer code and sizes; nothing is saved on the module
@@ -194,7 +216,7 @@ class Recurrence(Node):
         nstate, per = (2 if m._kind == "LSTM" else 1), (4 if m.bias else 2)
         flat = rest[nstate:]
         ws = [tuple(flat[i * per:(i + 1) * per]) + ((None, None) if not m.bias else ())
-              for i in range(m.num_layers)]
+              for i in range(m.num_layers * m.num_directions)]
         return rest[:nstate], ws, per
 
     def forward(self, x, *rest):
@@ -202,15 +224,20 @@ class Recurrence(Node):
         (h0, *c0), ws, _ = self._split(rest)
         lstm = bool(c0)
         seq = xp.ascontiguousarray(x.transpose(1, 0, 2))  # (T, N, F), time-major
-        self.caches, h_n, c_n = [], [], []
+        self.caches, h_n, c_n, nd = [], [], [], m.num_directions
         for layer in range(m.num_layers):
-            cache = m._layer_forward(ws[layer], seq, h0[layer], c0[0][layer] if lstm else None)
-            self.caches.append(cache)
-            hs = cache[1]
-            seq = hs[1:]
-            h_n.append(hs[-1])
-            if lstm:
-                c_n.append(cache[2][-1])
+            outs = []
+            for d in range(nd):
+                k = layer * nd + d
+                inp = seq if d == 0 else xp.ascontiguousarray(seq[::-1])
+                cache = m._layer_forward(ws[k], inp, h0[k], c0[0][k] if lstm else None)
+                self.caches.append(cache)
+                hs = cache[1]
+                outs.append(hs[1:] if d == 0 else hs[:0:-1])
+                h_n.append(hs[-1])
+                if lstm:
+                    c_n.append(cache[2][-1])
+            seq = outs[0] if nd == 1 else xp.concatenate(outs, axis=2)
         self.ws, self.dtype = ws, x.dtype
         self.y_shape = (x.shape[0],) + tuple(seq.shape[0:1]) + tuple(seq.shape[2:])
         y = xp.ascontiguousarray(seq.transpose(1, 0, 2))
@@ -223,16 +250,25 @@ class Recurrence(Node):
         nstate, per = (2 if lstm else 1), (4 if m.bias else 2)
         dys = xp.zeros((self.y_shape[1], self.y_shape[0], self.y_shape[2]), self.dtype) if dy is None \
             else xp.ascontiguousarray(dy.transpose(1, 0, 2))
+        nd, hid = m.num_directions, m.hidden_size
         dh0, dc0, wgrads = [], [], []
         for layer in reversed(range(m.num_layers)):
-            base = 1 + nstate + layer * per
-            needs = [self.needs(base + k) for k in range(per)] + [False] * (4 - per)
-            dys, dh, dc, wg = m._layer_backward(self.ws[layer], needs, self.caches[layer], dys,
-                                                None if dh_n is None else dh_n[layer],
-                                                None if dc_n is None else dc_n[layer])
-            dh0.append(dh)
-            dc0.append(dc)
-            wgrads[:0] = wg[:per]
+            dx = None
+            for d in reversed(range(nd)):
+                k = layer * nd + d
+                base = 1 + nstate + k * per
+                needs = [self.needs(base + j) for j in range(per)] + [False] * (4 - per)
+                dyk = dys if nd == 1 else dys[:, :, d * hid:(d + 1) * hid]
+                dyk = xp.ascontiguousarray(dyk if d == 0 else dyk[::-1])
+                dxk, dh, dc, wg = m._layer_backward(self.ws[k], needs, self.caches[k], dyk,
+                                                    None if dh_n is None else dh_n[k],
+                                                    None if dc_n is None else dc_n[k])
+                dxk = dxk if d == 0 else dxk[::-1]
+                dx = dxk if dx is None else dx + dxk
+                dh0.append(dh)
+                dc0.append(dc)
+                wgrads[:0] = wg[:per]
+            dys = dx
         states = [xp.stack(dh0[::-1])] + ([xp.stack(dc0[::-1])] if lstm else [])
         return (xp.ascontiguousarray(dys.transpose(1, 0, 2)), *states, *wgrads)
 
@@ -242,10 +278,10 @@ class RNN(_RNNBase):
     _kind = "RNN"
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
-                 bias: bool = True, backend=None, dtype=np.float32):
+                 bias: bool = True, backend=None, dtype=np.float32, bidirectional: bool = False):
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"RNN: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-        super().__init__(input_size, hidden_size, num_layers, bias, backend, dtype)
+        super().__init__(input_size, hidden_size, num_layers, bias, backend, dtype, bidirectional)
         self.nonlinearity = nonlinearity
 
     def _layer_forward(self, ws, xs, h, c):
@@ -321,8 +357,22 @@ class LSTM(_RNNBase):
 
 
 class GRU(_RNNBase):
-    """Gated recurrent unit, gate rows r, z, n, with PyTorch's n = tanh(W_in x + b_in + r * (W_hn h + b_hn))."""
+    """Gated recurrent unit, gate rows r, z, n; h' = (1 - z) * n + z * h. Where the reset gate acts:
+
+        reset_after=True  (default; PyTorch, cuDNN, Keras's default)  n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
+        reset_after=False (Cho et al. 2014, as the course notes teach) n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)
+
+    The first lets all three recurrent products W_h{r,z,n} h run as one matrix product per step; the second
+    needs r before W_hn, so two. Same parameters either way (a state dict loads into both), different
+    functions: weights trained with one do not carry their meaning to the other."""
     _kind = "GRU"
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+                 reset_after: bool = True, backend=None, dtype=np.float32, bidirectional: bool = False):
+        if not isinstance(reset_after, bool):
+            raise TypeError(f"GRU: reset_after must be True or False, got {reset_after!r}")
+        super().__init__(input_size, hidden_size, num_layers, bias, backend, dtype, bidirectional)
+        self.reset_after = reset_after
 
     def _layer_forward(self, ws, xs, h, c):
         xp, hid = self._backend.xp, self.hidden_size
@@ -330,21 +380,29 @@ class GRU(_RNNBase):
         steps = xs.shape[0]
         hs = xp.empty((steps + 1,) + h.shape, dtype=xs.dtype)
         gates = xp.empty_like(xw)      # activated r, z, n
-        hns = xp.empty_like(hs[1:])    # W_hn h + b_hn, needed for dr
+        # reset_after: W_hn h + b_hn, needed for dr; else r * h, needed for dr and W_hn's gradient
+        saved = xp.empty_like(hs[1:])
         hs[0] = h
+        w_hh, b_hh = ws[1], ws[3]
         for t in range(steps):
-            hw = self._projection(hs[t], ws[1], ws[3])
             a = gates[t]
-            a[:, :2 * hid] = F.sigmoid(xw[t, :, :2 * hid] + hw[:, :2 * hid])
-            r, z = a[:, :hid], a[:, hid:2 * hid]
-            hns[t] = hw[:, 2 * hid:]
-            a[:, 2 * hid:] = xp.tanh(xw[t, :, 2 * hid:] + r * hns[t])
-            n = a[:, 2 * hid:]
+            if self.reset_after:
+                hw = self._projection(hs[t], w_hh, b_hh)
+                a[:, :2 * hid] = F.sigmoid(xw[t, :, :2 * hid] + hw[:, :2 * hid])
+                saved[t] = hw[:, 2 * hid:]
+                a[:, 2 * hid:] = xp.tanh(xw[t, :, 2 * hid:] + a[:, :hid] * saved[t])
+            else:
+                hw = self._projection(hs[t], w_hh[:2 * hid], None if b_hh is None else b_hh[:2 * hid])
+                a[:, :2 * hid] = F.sigmoid(xw[t, :, :2 * hid] + hw)
+                saved[t] = a[:, :hid] * hs[t]
+                a[:, 2 * hid:] = xp.tanh(xw[t, :, 2 * hid:] + self._projection(
+                    saved[t], w_hh[2 * hid:], None if b_hh is None else b_hh[2 * hid:]))
+            z, n = a[:, hid:2 * hid], a[:, 2 * hid:]
             hs[t + 1] = n + z * (hs[t] - n)
-        return xs, hs, gates, hns
+        return xs, hs, gates, saved
 
     def _layer_backward(self, ws, needs, cache, dys, dh_n, dc_n):
-        xs, hs, gates, hns = cache
+        xs, hs, gates, saved = cache
         xp, hid, w_hh = self._backend.xp, self.hidden_size, ws[1]
         dgx, dgh = xp.empty_like(gates), xp.empty_like(gates)
         dh_next = self._zero_state(dys, dh_n)
@@ -354,25 +412,56 @@ class GRU(_RNNBase):
             dh = dys[t] + dh_next
             dn = dh * (1 - z) * (1 - n * n)               # through tanh: pre-activation of n
             gx, gh = dgx[t], dgh[t]
-            gx[:, :hid] = dn * hns[t] * r * (1 - r)
             gx[:, hid:2 * hid] = dh * (hs[t] - n) * z * (1 - z)
             gx[:, 2 * hid:] = dn
-            gh[:, :2 * hid] = gx[:, :2 * hid]
-            gh[:, 2 * hid:] = dn * r
-            dh_next = dh * z + gh @ w_hh
+            if self.reset_after:
+                gx[:, :hid] = dn * saved[t] * r * (1 - r)
+                gh[:, :2 * hid] = gx[:, :2 * hid]
+                gh[:, 2 * hid:] = dn * r
+                dh_next = dh * z + gh @ w_hh
+            else:
+                drh = dn @ w_hh[2 * hid:]                 # gradient w.r.t. r * h
+                gx[:, :hid] = drh * hs[t] * r * (1 - r)
+                gh[...] = gx
+                dh_next = dh * z + drh * r + gh[:, :2 * hid] @ w_hh[:2 * hid]
         wg, dx = self._weight_grads(ws, needs, xs, hs, dgx, dgh)
+        if not self.reset_after and needs[1]:             # W_hn multiplies r * h, not h
+            g = dgh.shape[-1]
+            wg[1][2 * hid:] = dgh[..., 2 * hid:].reshape(-1, g - 2 * hid).T @ saved.reshape(-1, hid)
         return dx, dh_next, None, wg
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + ("" if self.reset_after else ", reset_after=False")
 
 
 class LastStep(Module):
     """(N, T, H) -> (N, H): the last time step, for many-to-one models (`Sequential(LSTM, LastStep(), Linear)`).
-    Its gradient is dy at the last step and zeros elsewhere."""
+    Its gradient is dy at the last step and zeros elsewhere.
+
+    `LastStep(bidirectional=True)` after a bidirectional layer's (N, T, 2H) output: the forward half at the
+    last step and the reverse half at step 0, i.e. each direction's final state after reading the whole
+    sequence (PyTorch users' `cat([h_n[-2], h_n[-1]])`). Plain `LastStep()` there would take the reverse
+    direction after one step only."""
+
+    def __init__(self, bidirectional: bool = False):
+        super().__init__()
+        if not isinstance(bidirectional, bool):
+            raise TypeError(f"LastStep: bidirectional must be True or False, got {bidirectional!r}")
+        self.bidirectional = bidirectional
 
     def forward(self, x):
         self._backend.check(x.data, "LastStep input")
         if x.ndim != 3 or x.shape[1] < 1:
             raise ValueError(f"LastStep: expected input of shape (N, T, H) with T >= 1, got {tuple(x.shape)}")
-        return x[:, -1]
+        if not self.bidirectional:
+            return x[:, -1]
+        if x.shape[2] % 2:
+            raise ValueError(f"LastStep(bidirectional=True): expected (N, T, 2 * H) features, got {tuple(x.shape)}")
+        h = x.shape[2] // 2
+        return concatenate([x[:, -1, :h], x[:, 0, h:]], axis=1)
+
+    def extra_repr(self) -> str:
+        return "bidirectional=True" if self.bidirectional else ""
 
 
 class RowsAsSequence(Module):

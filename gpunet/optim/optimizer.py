@@ -1,4 +1,9 @@
-"""Optimizers with PyTorch's update rules (torch.optim documentation, single parameter group).
+"""Optimizers with PyTorch's update rules (torch.optim documentation).
+
+`params` is model.parameters(), or PyTorch-style groups that differ in weight decay only:
+[{"params": weights, "weight_decay": 5e-4}, {"params": biases_and_norms, "weight_decay": 0.0}]
+(`decay_groups(model, wd)` builds exactly these; per-group learning rates are
+gpunet.transfer.GroupedOptimizer's). A group without "weight_decay" uses the optimizer's.
 
 Written once against the array module of each parameter: state lives next to the parameter, on its
 device, in its dtype. `step()` skips parameters with requires_grad False or grad None. Hyper-parameters
@@ -23,6 +28,39 @@ def _as_param_list(params, who: str) -> list:
         if not isinstance(p, Parameter):
             raise TypeError(f"{who}: expected Parameters (model.parameters()), item {i} is {type(p).__name__}")
     return params
+
+
+def _as_groups(params, who: str) -> tuple[list, list]:
+    """(parameters, their weight decay or None for the optimizer's) from Parameters or group dicts."""
+    params = [params] if isinstance(params, (Parameter, dict)) else list(params)
+    if not any(isinstance(g, dict) for g in params):
+        flat = _as_param_list(params, who)
+        return flat, [None] * len(flat)
+    flat, decays = [], []
+    for i, group in enumerate(params):
+        if not isinstance(group, dict) or "params" not in group:
+            raise TypeError(f"{who}: parameter group {i} must be a dict with 'params' (do not mix groups and "
+                            f"Parameters)")
+        other = sorted(set(group) - {"params", "weight_decay"})
+        if other:
+            raise ValueError(f"{who}: parameter group {i} sets {', '.join(other)}; groups may differ in "
+                             f"weight_decay only (per-group lr: gpunet.transfer.GroupedOptimizer)")
+        if "weight_decay" in group:
+            check_hyper(f"{who} group {i}", weight_decay=group["weight_decay"])
+        ps = _as_param_list(group["params"], f"{who} group {i}")
+        flat += ps
+        decays += [group.get("weight_decay")] * len(ps)
+    return flat, decays
+
+
+def decay_groups(model, weight_decay: float) -> list[dict]:
+    """Parameter groups that decay the weights (matrices, kernels: 2-D and up) but not the biases and the
+    BatchNorm scales and shifts (1-D): decaying those only pulls the layer's output toward zero and fights
+    normalisation, without limiting the model's capacity. Empty groups are left out."""
+    decayed = [p for p in model.parameters() if p.ndim >= 2]
+    kept = [p for p in model.parameters() if p.ndim < 2]
+    groups = [{"params": decayed, "weight_decay": weight_decay}, {"params": kept, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
 
 
 def _host(a):
@@ -63,7 +101,7 @@ class Optimizer:
     _hyper: tuple = ()
 
     def __init__(self, params, **hyper):
-        self.params = _as_param_list(params, type(self).__name__)
+        self.params, self._group_decay = _as_groups(params, type(self).__name__)
         if not self.params:
             raise ValueError(f"{type(self).__name__}: got an empty parameter list")
         check_hyper(type(self).__name__, **hyper)
@@ -76,12 +114,12 @@ class Optimizer:
             p.grad = None
 
     def step(self) -> None:
-        for p, st in zip(self.params, self.state):
+        for p, st, wd in zip(self.params, self.state, self._group_decay):
             if p.requires_grad and p.grad is not None:
                 st["step"] = st.get("step", 0) + 1
-                self._update(p, p.grad, st)
+                self._update(p, p.grad, st, self.weight_decay if wd is None else wd)
 
-    def _update(self, p: Parameter, g, st: dict) -> None:
+    def _update(self, p: Parameter, g, st: dict, weight_decay: float) -> None:
         raise TypeError(f"{type(self).__name__} does not define _update()")
 
     def state_dict(self) -> dict:
@@ -89,6 +127,7 @@ class Optimizer:
                  for i, st in enumerate(self.state) if st}
         group = {k: getattr(self, k) for k in self._hyper}
         group["params"] = list(range(len(self.params)))
+        group["param_weight_decay"] = list(self._group_decay)
         return {"state": state, "param_groups": [group]}
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -112,6 +151,8 @@ class Optimizer:
             if k in groups[0]:
                 v = groups[0][k]
                 setattr(self, k, tuple(v) if isinstance(v, list) else v)
+        if "param_weight_decay" in groups[0]:
+            self._group_decay = list(groups[0]["param_weight_decay"])
         self.state = new_state
 
     def __repr__(self) -> str:
@@ -130,9 +171,9 @@ class SGD(Optimizer):
         super().__init__(params, lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                          nesterov=nesterov)
 
-    def _update(self, p, g, st):
-        if self.weight_decay:
-            g = g + self.weight_decay * p.data
+    def _update(self, p, g, st, weight_decay):
+        if weight_decay:
+            g = g + weight_decay * p.data
         if self.momentum:
             buf = st.get("momentum_buffer")
             if buf is None:
@@ -155,10 +196,10 @@ class RMSprop(Optimizer):
         super().__init__(params, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
                          centered=centered)
 
-    def _update(self, p, g, st):
+    def _update(self, p, g, st, weight_decay):
         xp = array_module(p.data)
-        if self.weight_decay:
-            g = g + self.weight_decay * p.data
+        if weight_decay:
+            g = g + weight_decay * p.data
         v = st.get("square_avg")
         if v is None:
             v = st["square_avg"] = xp.zeros_like(p.data)
@@ -196,14 +237,14 @@ class Adam(Optimizer):
             raise ValueError(f"{type(self).__name__}: betas must lie in [0, 1), got {tuple(betas)}")
         super().__init__(params, lr=lr, betas=(b1, b2), eps=eps, weight_decay=weight_decay)
 
-    def _update(self, p, g, st):
+    def _update(self, p, g, st, weight_decay):
         xp = array_module(p.data)
         b1, b2 = self.betas
-        if self.weight_decay:
+        if weight_decay:
             if self._decoupled:
-                p.data *= 1 - self.lr * self.weight_decay
+                p.data *= 1 - self.lr * weight_decay
             else:
-                g = g + self.weight_decay * p.data
+                g = g + weight_decay * p.data
         if "exp_avg" not in st:
             st["exp_avg"], st["exp_avg_sq"] = xp.zeros_like(p.data), xp.zeros_like(p.data)
         m, v, t = st["exp_avg"], st["exp_avg_sq"], st["step"]

@@ -2,8 +2,11 @@
 
 `run(TrainConfig(...), out_dir)` is what `gpunet train` calls, and `fit(**options)` the same from Python.
 Options left as None take the dataset's defaults (DEFAULTS), then the optimizer's default learning rate
-(DEFAULT_LR). The run folder receives checkpoint.npz (every epoch), history.json, metrics.json and
-curves.png.
+(DEFAULT_LR). The run folder receives checkpoint.npz (every epoch), history.json, metrics.json (test
+accuracy and loss, per-class precision/recall/F1, their macro means, the confusion matrix), curves.png and
+confusion.png. With `early_stopping=PATIENCE` (`--early-stopping`) the run ends once the validation loss has
+not decreased for PATIENCE epochs, with the best epoch's weights (gpunet.training.early_stopping); its
+last history entry and metrics.json's "early_stopping" say why.
 
 Schedules advance once per batch:
     none           constant lr
@@ -34,10 +37,11 @@ from gpunet import optim
 from gpunet.atomic import atomic_write, remove_stale
 from gpunet.backend import get_backend, resolve_name
 from gpunet.checkpoint import CheckpointError, load_checkpoint
-from gpunet.data import DataLoader, RandomCropFlip, load_dataset, stratified_split
+from gpunet.data import Compose, DataLoader, RandomCropFlip, RandomRotation, load_dataset, stratified_split
 from gpunet.models import build_model
 from gpunet.modelsummary import summary
-from gpunet.nn import Parameter, SoftmaxCrossEntropy
+from gpunet.nn import L2Penalized, Parameter, SoftmaxCrossEntropy
+from gpunet.training.early_stopping import EarlyStopping
 from gpunet.training.tensorboard import EVENT_GLOB  # TensorBoard's event files (--tensorboard) are run files too
 from gpunet.training.trainer import Trainer, TrainingError, evaluate
 
@@ -56,10 +60,18 @@ DEFAULTS = {
 
 CUSTOM = "custom"  # the name of a Dataset passed to run(data=...) that is none of the above: MNIST's defaults
 
-# The augmentation each dataset gets when `augment` is on: shifts for digits (no flips: a mirrored 2 is
-# no digit), shifts and flips for clothes and CIFAR's objects.
-AUGMENTATIONS = {"digits": dict(padding=1, flip=False), "mnist": dict(padding=2, flip=False),
-                 "fashion-mnist": dict(padding=2, flip=True), "cifar10": dict(padding=4, flip=True)}
+# The augmentation each dataset gets when `augment` is on: small rotations, then shifts (crops of the
+# zero-padded image) for digits (no flips: a mirrored 2 is no digit), shifts and flips for clothes and
+# CIFAR's objects.
+AUGMENTATIONS = {"digits": dict(degrees=10, padding=1, flip=False), "mnist": dict(degrees=10, padding=2, flip=False),
+                 "fashion-mnist": dict(degrees=5, padding=2, flip=True),
+                 "cifar10": dict(degrees=5, padding=4, flip=True)}
+
+
+def build_augment(dataset: str):
+    """The augmentation of AUGMENTATIONS[dataset] (MNIST's for other datasets): rotation, then crop and flip."""
+    a = AUGMENTATIONS.get(dataset, AUGMENTATIONS["mnist"])
+    return Compose(RandomRotation(a["degrees"]), RandomCropFlip(a["padding"], a["flip"]))
 
 
 class RunFolderError(ValueError):
@@ -88,6 +100,8 @@ class TrainConfig:
     limit_train: int | None = None
     augment: bool | None = None
     monitor: int | None = None  # every N steps: update/parameter norm ratios and dead ReLUs into the history
+    l2: float | None = None  # lambda of the L2 penalty lambda/(2m)*sum ||W||^2 added to the loss (nn.L2Penalized)
+    early_stopping: int | None = None  # patience in epochs on the validation loss (EarlyStopping, min_delta 0)
 
     def resolved(self) -> "TrainConfig":
         """A copy with every None option filled from the dataset's and optimizer's defaults, validated."""
@@ -105,7 +119,8 @@ class TrainConfig:
             c.lr = DEFAULT_LR[c.optimizer]
         if c.optimizer == "adamw" and self.weight_decay is None:
             c.weight_decay = 1e-2
-        for key, lo in (("epochs", 1), ("batch_size", 1), ("limit_train", 1), ("monitor", 1), ("seed", 0)):
+        for key, lo in (("epochs", 1), ("batch_size", 1), ("limit_train", 1), ("monitor", 1), ("seed", 0),
+                        ("early_stopping", 1)):
             v = getattr(c, key)
             if v is not None and int(v) < lo:
                 raise ValueError(f"--{key.replace('_', '-')} must be >= {lo}, got {v}")
@@ -115,6 +130,10 @@ class TrainConfig:
         build_optimizer(c, [Parameter(np.zeros(1, np.float32))])
         if not 0 <= c.val_fraction < 1:
             raise ValueError(f"val_fraction must lie in [0, 1), got {c.val_fraction}")
+        if c.l2 is not None and not (math.isfinite(c.l2) and c.l2 >= 0):
+            raise ValueError(f"--l2 must be a finite number >= 0, got {c.l2}")
+        if c.early_stopping is not None and c.val_fraction == 0:
+            raise ValueError("--early-stopping watches the validation loss: it needs val_fraction > 0")
         return c
 
     def to_dict(self) -> dict:
@@ -122,6 +141,8 @@ class TrainConfig:
 
 
 def build_optimizer(cfg: TrainConfig, params):
+    """cfg's optimizer over `params` (Parameters, or groups such as optim.decay_groups(model, wd), whose own
+    weight decay then applies)."""
     params = list(params)
     wd = cfg.weight_decay
     if cfg.optimizer == "sgd":
@@ -203,7 +224,11 @@ def _resume_config(cfg: TrainConfig, ckpt, explicit: set) -> TrainConfig:
     return saved
 
 
-RUN_FILES = ("checkpoint.npz", "history.json", "metrics.json", "curves.png", "health.png")
+RUN_FILES = ("checkpoint.npz", "history.json", "metrics.json", "curves.png", "confusion.png", "health.png")
+
+# evaluate()'s per-class results that metrics.json records, as test_<name>
+CLASS_METRICS = ("macro_precision", "macro_recall", "macro_f1", "precision", "recall", "f1", "support",
+                 "confusion_matrix")
 
 
 def _check_run_folder(out_dir: Path, resume, overwrite: bool) -> list[Path]:
@@ -293,7 +318,7 @@ def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: 
     classes = np.unique(data.y_train)
     data = data.limit_train(cfg.limit_train, cfg.seed)
     tr, va = _train_val_split(data.y_train, cfg, classes)
-    augment = RandomCropFlip(**AUGMENTATIONS.get(cfg.dataset, AUGMENTATIONS["mnist"])) if cfg.augment else None
+    augment = build_augment(cfg.dataset) if cfg.augment else None
     train_loader = DataLoader(data.x_train[tr], data.y_train[tr], cfg.batch_size, shuffle=True, seed=cfg.seed,
                               backend=be, augment=augment)
     val_loader = None if va is None else DataLoader(data.x_train[va], data.y_train[va], 256, shuffle=False,
@@ -302,7 +327,7 @@ def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: 
 
     be.seed(cfg.seed)
     model = build_model(cfg.model, data.in_shape, data.num_classes, seed=cfg.seed, backend=be)
-    optimizer = build_optimizer(cfg, model.parameters())
+    optimizer = build_optimizer(cfg, optim.decay_groups(model, cfg.weight_decay))  # no decay on biases, BN
     scheduler = build_scheduler(cfg, optimizer, len(train_loader))
     callbacks = []
     if cfg.monitor:
@@ -311,11 +336,15 @@ def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: 
     if board is not None:
         callbacks.append(board)
     # labels were range-checked by the dataset readers: skip the per-step check (a device sync on CuPy)
-    trainer = Trainer(model, optimizer, SoftmaxCrossEntropy(check_range=False), scheduler, cfg.clip_grad_norm,
+    loss_fn = SoftmaxCrossEntropy(check_range=False)
+    if cfg.l2:
+        loss_fn = L2Penalized(loss_fn, model, cfg.l2)
+    trainer = Trainer(model, optimizer, loss_fn, scheduler, cfg.clip_grad_norm,
                       checkpoint_path=out_dir / "checkpoint.npz" if out_dir else None, config=cfg.to_dict(),
                       progress=progress, extra={"mean": data.mean, "std": data.std,
                                                 "in_shape": list(data.in_shape), "num_classes": data.num_classes},
-                      callbacks=callbacks)
+                      callbacks=callbacks,
+                      early_stopping=EarlyStopping("val_loss", cfg.early_stopping) if cfg.early_stopping else None)
     if ckpt is not None:
         replan = (cfg.epochs != ckpt.config.get("epochs") and cfg.epochs > ckpt.epoch and scheduler is not None
                   and cfg.schedule in LENGTH_DEPENDENT)
@@ -330,7 +359,11 @@ def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: 
         f"{cfg.optimizer} lr {cfg.lr:g}, {cfg.schedule} schedule, batch {cfg.batch_size}, seed {cfg.seed}")
     log(f"gpunet: model {cfg.model}: {summary(model, data.in_shape, cfg.batch_size).totals_line()}")
     if ckpt is not None:
-        log(f"gpunet: resumed from {ckpt.path} at epoch {ckpt.epoch}; training to epoch {cfg.epochs}")
+        if trainer.early_stopping is not None and trainer.early_stopping.stopped:
+            log(f"gpunet: {ckpt.path} stopped early ({trainer.early_stopping.reason()}): nothing left to train; "
+                f"evaluating it")
+        else:
+            log(f"gpunet: resumed from {ckpt.path} at epoch {ckpt.epoch}; training to epoch {cfg.epochs}")
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         for path in replaced:
@@ -339,6 +372,9 @@ def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: 
             remove_stale(out_dir / name)                  # removes checkpoint.npz's)
     try:
         history = trainer.fit(train_loader, val_loader, cfg.epochs)
+        es = trainer.early_stopping
+        if es is not None and es.stopped and (ckpt is None or es.stopped_epoch > ckpt.epoch):  # stopped in this run
+            log(f"gpunet: early stopping: {es.reason()}")
         test = evaluate(model, test_loader, trainer.loss_fn)
         if board is not None:
             board.log_test(test, trainer.epoch)
@@ -350,16 +386,19 @@ def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: 
         if board is not None:
             board.close()
     metrics = {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "test_samples": test["n"],
+               **{f"test_{key}": test[key] for key in CLASS_METRICS},
                "epochs": trainer.epoch, "device": be.name, "seconds": time.perf_counter() - t_start,
                "train_seconds": sum(h["seconds"] for h in history), "dataset": cfg.dataset, "model": cfg.model,
-               "seed": cfg.seed, "config": cfg.to_dict()}
+               "seed": cfg.seed, "early_stopping": es.summary() if es is not None else None,
+               "config": cfg.to_dict()}
     if out_dir is not None:
         _write_json(out_dir / "history.json", history)
         _write_json(out_dir / "metrics.json", metrics)
         try:
-            from gpunet.plots import plot_health, plot_history
+            from gpunet.plots import plot_confusion, plot_health, plot_history
             title = f"{cfg.model} on {cfg.dataset} ({be.name})"
             plot_history(history, out_dir / "curves.png", title)
+            plot_confusion(test["confusion_matrix"], out_dir / "confusion.png", f"{title}: test set")
             if any("update_ratio" in h for h in history):
                 plot_health(history, out_dir / "health.png", title)
         except ImportError as e:

@@ -18,6 +18,10 @@ Callbacks (`callbacks=[...]`) are objects with any of `on_train_begin(trainer)`,
 (global step, loss, lr) per step since the last one, global steps counted from 1 over the whole run),
 `on_epoch_end(trainer, stats)` (may add keys to the epoch's history entry,
 before it is checkpointed) and `on_train_end(trainer)`; gpunet.diagnostics.TrainingMonitor is one.
+
+`early_stopping=EarlyStopping(...)` ends `fit` before `epochs` when the monitored value stops improving,
+with the best epoch's weights restored; the stopping epoch's history entry says why ("stopped"), and the
+stopper's state is checkpointed with the rest (gpunet.training.early_stopping).
 """
 from __future__ import annotations
 
@@ -25,11 +29,14 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
+
 from gpunet import checkpoint as ckpt_mod
 from gpunet.atomic import remove_stale
 from gpunet.autograd import Tensor, no_grad
 from gpunet.nn import SoftmaxCrossEntropy
 from gpunet.optim import clip_grad_norm_
+from gpunet.training.metrics import confusion_counts, from_confusion
 from gpunet.training.progress import Progress
 
 
@@ -39,26 +46,34 @@ class TrainingError(RuntimeError):
 
 
 def evaluate(model, loader, loss_fn=None) -> dict:
-    """Mean loss and accuracy of `model` over `loader`, in eval mode (the previous mode is restored).
-    Returns {"loss", "accuracy", "n"}. One host synchronisation at the end."""
+    """Mean loss, accuracy and the confusion matrix of `model` over `loader`, in eval mode (the previous mode
+    is restored). Returns {"loss", "accuracy", "n"} plus per-class "precision", "recall", "f1", "support",
+    their "macro_*" means and "confusion_matrix" (rows true, columns predicted; gpunet.training.metrics).
+    One host synchronisation at the end."""
     loss_fn = loss_fn if loss_fn is not None else SoftmaxCrossEntropy()
+    xp = model.backend.xp
     was_training = model.training
     model.eval()
     try:
-        loss_sum, correct, n = None, None, 0
+        loss_sum, counts, n, k = None, None, 0, None
         with no_grad():
             for xb, yb in loader:
                 logits = model(Tensor(xb, backend=model.backend)).data
                 loss = loss_fn(logits, yb) * len(yb)
-                hits = (logits.argmax(axis=1) == yb).sum()
+                k = logits.shape[1]
+                batch = confusion_counts(xp, yb, logits.argmax(axis=1), k)
                 loss_sum = loss if loss_sum is None else loss_sum + loss
-                correct = hits if correct is None else correct + hits
+                counts = batch if counts is None else counts + batch
                 n += len(yb)
     finally:
         model.train(was_training)
     if n == 0:
         raise ValueError("evaluate: the loader yielded no samples")
-    return {"loss": float(loss_sum) / n, "accuracy": int(correct) / n, "n": n}
+    counts = model.backend.asnumpy(counts)
+    if counts[-1]:
+        raise ValueError(f"evaluate: {int(counts[-1])} labels outside [0, {k}) for a model with {k} outputs")
+    cm = counts[:-1].reshape(k, k)
+    return {"loss": float(loss_sum) / n, "accuracy": int(np.trace(cm)) / n, "n": n, **from_confusion(cm)}
 
 
 class Trainer:
@@ -68,7 +83,7 @@ class Trainer:
 
     def __init__(self, model, optimizer, loss_fn=None, scheduler=None, clip_grad_norm: float | None = None,
                  checkpoint_path=None, config: dict | None = None, progress: str = "auto", sync_every: int = 10,
-                 extra: dict | None = None, callbacks=()):
+                 extra: dict | None = None, callbacks=(), early_stopping=None):
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.loss_fn = loss_fn if loss_fn is not None else SoftmaxCrossEntropy()
         self.clip_grad_norm = clip_grad_norm
@@ -81,6 +96,7 @@ class Trainer:
         self.history: list[dict] = []
         self._loader = None  # the training loader, whose (seed, epoch) goes into checkpoints
         self.callbacks = list(callbacks)
+        self.early_stopping = early_stopping
 
     def _call(self, hook: str, *args) -> None:
         for cb in self.callbacks:
@@ -170,11 +186,14 @@ class Trainer:
         """Train until `epochs` epochs have run in total; return the history (one dict per epoch:
         epoch, train_loss, train_acc, val_loss, val_acc, lr, seconds, images_per_s)."""
         self._loader = train_loader
+        if self.early_stopping is not None and self.early_stopping.monitor.startswith("val_") and val_loader is None:
+            raise ValueError(f"EarlyStopping: monitor {self.early_stopping.monitor!r} needs a validation loader: "
+                             f"Trainer.fit(train_loader, val_loader, epochs)")
         if self.checkpoint_path is not None:  # temporaries of checkpoint writes killed mid-way
             remove_stale(self.checkpoint_path)
         self._call("on_train_begin")
         try:
-            while self.epoch < epochs:
+            while self.epoch < epochs and not (self.early_stopping is not None and self.early_stopping.stopped):
                 epoch = self.epoch + 1
                 lr = float(self.optimizer.lr)
                 stats = {"epoch": epoch, **self.train_epoch(train_loader, epoch, epochs), "lr": lr}
@@ -190,6 +209,9 @@ class Trainer:
                 if bad:  # the last step's loss was finite but its update was not: keep the previous checkpoint
                     raise TrainingError(self._diverged(f"the weights became non-finite ({', '.join(bad)})", epoch,
                                                        len(train_loader)))
+                stop = self.early_stopping is not None and self.early_stopping.update(epoch, stats, self.model)
+                if stop:
+                    stats["stopped"] = self.early_stopping.reason()
                 self.epoch = epoch
                 self.history.append(stats)
                 if self.checkpoint_path is not None:
@@ -200,6 +222,8 @@ class Trainer:
                         raise TrainingError(f"cannot write the checkpoint of epoch {epoch}: {e.strerror or e}; "
                                             f"{self._kept()}") from e
                 self.progress.end_epoch(stats, epochs)
+                if stop:
+                    break
         finally:
             self.progress.close()
             self._call("on_train_end")
@@ -211,8 +235,10 @@ class Trainer:
         """Write model, optimizer, scheduler, epoch, history, config and RNG state to `path` (atomic)."""
         loader = loader if loader is not None else self._loader
         rng = ckpt_mod.rng_state(self.backend, loader, self.model)
+        extra = self.extra if self.early_stopping is None else {**self.extra,
+                                                               "early_stopping": self.early_stopping.state_dict()}
         return ckpt_mod.save_checkpoint(path, self.model, self.optimizer, self.scheduler, self.epoch, self.config,
-                                        rng, self.history, self.extra)
+                                        rng, self.history, extra)
 
     def resume(self, path_or_ckpt, train_loader=None) -> "ckpt_mod.Checkpoint":
         """Restore everything `save` wrote; pass the training loader so its epoch counter continues too."""
@@ -221,4 +247,8 @@ class Trainer:
         ckpt_mod.set_rng_state(ck.rng, self.backend, train_loader)
         self.epoch, self.history = ck.epoch, list(ck.history)
         self._loader = train_loader
+        if self.early_stopping is not None:
+            if "early_stopping" not in ck.extra:
+                raise ckpt_mod.CheckpointError(f"{ck.path}: was written without early stopping; resume it without")
+            self.early_stopping.load_state_dict(ck.extra["early_stopping"])
         return ck
