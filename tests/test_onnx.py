@@ -17,7 +17,8 @@ ort = pytest.importorskip("onnxruntime")
 from gpunet.onnx import ExportError, export  # noqa: E402
 
 RTOL = 1e-5
-SHAPES = {"cnn": (1, 8, 8), "lenet": (1, 28, 28), "resnet-small": (3, 32, 32), "mlp": (1, 8, 8)}
+SHAPES = {"cnn": (1, 8, 8), "lenet": (1, 28, 28), "lenet5-classic": (1, 28, 28), "vgg": (3, 32, 32), "alexnet": (1, 28, 28),
+          "inception": (1, 8, 8), "resnet-small": (3, 32, 32), "mlp": (1, 8, 8)}
 
 
 def run_onnx(path, *arrays):

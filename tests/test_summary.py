@@ -8,7 +8,8 @@ from gpunet import nn
 from gpunet.cli.main import main
 from gpunet.models import MODELS, build_model
 
-SHAPES = {"cnn": (1, 8, 8), "lenet": (1, 28, 28), "resnet-small": (3, 32, 32), "mlp": (1, 8, 8)}
+SHAPES = {"cnn": (1, 8, 8), "lenet": (1, 28, 28), "lenet5-classic": (1, 28, 28), "vgg": (3, 32, 32), "alexnet": (1, 28, 28),
+          "inception": (1, 8, 8), "resnet-small": (3, 32, 32), "mlp": (1, 8, 8)}
 
 
 @pytest.mark.parametrize("name", MODELS)

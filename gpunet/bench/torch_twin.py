@@ -121,6 +121,8 @@ def _translate(m, torch, cls):
         return tnn.ELU(m.alpha)
     if kind is g.PReLU:
         return tnn.PReLU(m.num_parameters)
+    if kind is g.LocalResponseNorm:
+        return tnn.LocalResponseNorm(m.size, m.alpha, m.beta, m.k)
     raise TypeError(f"torch_twin: no PyTorch translation for gpunet layer {kind.__name__}")
 
 
