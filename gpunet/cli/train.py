@@ -3,6 +3,10 @@
 With no options: the default CNN on scikit-learn's embedded 8x8 digits, offline, on `--device auto`.
 Artifacts go to --out (default runs/<timestamp>): checkpoint.npz, history.json, metrics.json, curves.png
 (and health.png with --monitor).
+
+Data-parallel: `mpiexec -n K gpunet train --distributed [options]` (needs gpunet[distributed]). --batch-size
+stays the global batch (each rank takes batch/K); rank 0 alone prints and writes the run folder. A rank that
+fails prints its error and ends every rank (MPI_Abort); --timeout bounds every collective.
 """
 from __future__ import annotations
 
@@ -48,10 +52,28 @@ def add_parser(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run already in --out (without it, a folder holding a run is refused)")
     p.add_argument("--quiet", action="store_true", help="no progress bar: one line per epoch")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel training over the ranks mpiexec started (mpiexec -n K gpunet train "
+                        "--distributed ...); --batch-size is the global batch")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="with --distributed: a collective (gradient allreduce, broadcast, ...) waiting longer than "
+                        "this for the other ranks fails and ends the job (default 600)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    if not args.distributed:
+        if args.timeout is not None:
+            raise ValueError("--timeout applies to --distributed runs only")
+        return _run(args, None)
+    from gpunet import distributed
+    comm = distributed.init(timeout=600.0 if args.timeout is None else args.timeout)
+    from gpunet.cli.main import describe
+    with comm.abort_on_error("gpunet train", lambda e: describe(e, args)):
+        return _run(args, comm)
+
+
+def _run(args, comm) -> int:
     from pathlib import Path
 
     from gpunet.training.recipe import TrainConfig, default_out_dir
@@ -70,11 +92,13 @@ def run(args) -> int:
     else:
         out = default_out_dir()
     result = train_run(config, out_dir=out, resume=args.resume, progress="lines" if args.quiet else "auto",
-                       explicit=explicit, overwrite=args.overwrite)
+                       explicit=explicit, overwrite=args.overwrite, comm=comm)
+    if comm is not None and comm.rank != 0:
+        return 0
     m = result.metrics
     print(f"test accuracy {100 * m['test_accuracy']:.2f}%  test loss {m['test_loss']:.4f}  "
           f"({m['test_samples']} {m['dataset']} test images, {m['epochs']} epochs, {m['device']}, "
-          f"{m['seconds']:.1f}s)")
+          f"{m['seconds']:.1f}s" + (f", {m['world_size']} ranks" if m["world_size"] > 1 else "") + ")")
     files = "checkpoint.npz, history.json, metrics.json, curves.png" + (", health.png" if config.monitor else "")
     print(f"run folder: {out}  ({files})")
     sys.stdout.flush()

@@ -198,6 +198,10 @@ class Dropout(Module):
     construction, from the constructing backend's generator, and `counter` advances by ceil(numel / 4)
     per forward (Philox4x64 yields four 64-bit words per counter step), so successive masks never
     overlap and the same seed gives the same masks on every device. Set `seed`/`counter` to replay.
+
+    `shard_rows = (lo, m)` (set by a data-parallel Trainer each step): the input holds rows [lo, lo + n) of
+    a global batch of m rows; the mask is those rows of the global batch's mask (exactly, when lo times the
+    elements per row is a multiple of 4) and the counter advances as for the global batch.
     """
 
     def __init__(self, p: float = 0.5, backend=None):
@@ -208,6 +212,7 @@ class Dropout(Module):
         self.p = p
         self.seed = int(_host_rng(backend).integers(0, 2**63))
         self.counter = 0
+        self.shard_rows = None
         self.to(backend)
 
     def forward(self, x):
@@ -215,8 +220,13 @@ class Dropout(Module):
         be.check(x.data, "Dropout input")
         if not self.training or self.p == 0.0:
             return x
-        y = N.Dropout(self.p, self.seed, self.counter, be)(x)
-        self.counter += math.ceil(x.size / 4)
+        counter, advance = self.counter, math.ceil(x.size / 4)
+        if self.shard_rows is not None and x.shape[0]:
+            lo, m = self.shard_rows
+            per_row = x.size // x.shape[0]
+            counter, advance = counter + lo * per_row // 4, math.ceil(m * per_row / 4)
+        y = N.Dropout(self.p, self.seed, counter, be)(x)
+        self.counter += advance
         return y
 
     def extra_repr(self) -> str:

@@ -16,6 +16,13 @@ Callbacks (`callbacks=[...]`) are objects with any of `on_train_begin(trainer)`,
 `on_before_step(trainer)` (after backward and clipping, before `optimizer.step()`),
 `on_after_step(trainer)`, `on_epoch_end(trainer, stats)` (may add keys to the epoch's history entry,
 before it is checkpointed) and `on_train_end(trainer)`; gpunet.diagnostics.TrainingMonitor is one.
+
+Data-parallel (`comm=gpunet.distributed.init()`, the training loader built with `shard=(rank, size)`):
+before the first step every rank checks that all ranks built the same model and takes rank 0's weights
+and buffers; after each backward the gradients are summed over ranks in a few flat buckets (weighted by
+each rank's sample count, so the result is the global batch's gradient); the losses and accuracies read
+back at each sync are summed over ranks, so every rank sees the same numbers and stops at the same step.
+Dropout layers draw the rows of the global batch's mask that belong to this rank's slice.
 """
 from __future__ import annotations
 
@@ -25,8 +32,11 @@ from pathlib import Path
 
 from gpunet import checkpoint as ckpt_mod
 from gpunet.atomic import remove_stale
+import numpy as np
+
 from gpunet.autograd import Tensor, no_grad
-from gpunet.nn import SoftmaxCrossEntropy
+from gpunet.distributed.gradients import DEFAULT_BUCKET_BYTES, GradientReducer
+from gpunet.nn import Dropout, SoftmaxCrossEntropy
 from gpunet.optim import clip_grad_norm_
 from gpunet.training.progress import Progress
 
@@ -36,9 +46,10 @@ class TrainingError(RuntimeError):
     be written."""
 
 
-def evaluate(model, loader, loss_fn=None) -> dict:
+def evaluate(model, loader, loss_fn=None, comm=None) -> dict:
     """Mean loss and accuracy of `model` over `loader`, in eval mode (the previous mode is restored).
-    Returns {"loss", "accuracy", "n"}. One host synchronisation at the end."""
+    Returns {"loss", "accuracy", "n"}. One host synchronisation at the end. With `comm`, each rank evaluates
+    its shard (a loader built with `shard=`) and the sums are reduced: every rank returns the whole set's."""
     loss_fn = loss_fn if loss_fn is not None else SoftmaxCrossEntropy()
     was_training = model.training
     model.eval()
@@ -54,19 +65,26 @@ def evaluate(model, loader, loss_fn=None) -> dict:
                 n += len(yb)
     finally:
         model.train(was_training)
+    sums = np.array([0.0 if loss_sum is None else float(loss_sum), 0 if correct is None else int(correct), n],
+                    dtype=np.float64)
+    if comm is not None:
+        sums = comm.allreduce_sum([sums], "evaluation reduce")[0]
+    loss_total, correct, n = float(sums[0]), int(sums[1]), int(sums[2])
     if n == 0:
         raise ValueError("evaluate: the loader yielded no samples")
-    return {"loss": float(loss_sum) / n, "accuracy": int(correct) / n, "n": n}
+    return {"loss": loss_total / n, "accuracy": correct / n, "n": n}
 
 
 class Trainer:
     """Train a classifier. `scheduler` (optional) is stepped once per batch; `clip_grad_norm` clips the
     global gradient norm; `checkpoint_path` receives a checkpoint after every epoch; `config` and `extra`
-    are stored in it. `progress`: "auto" (tqdm bar on a TTY, else one line per epoch), "bar", "lines" or "none"."""
+    are stored in it. `progress`: "auto" (tqdm bar on a TTY, else one line per epoch), "bar", "lines" or "none".
+    `comm` (gpunet.distributed): train data-parallel with the other ranks; `bucket_bytes` sizes the gradient
+    buckets. Only the caller decides which rank writes: pass checkpoint_path and progress on rank 0 only."""
 
     def __init__(self, model, optimizer, loss_fn=None, scheduler=None, clip_grad_norm: float | None = None,
                  checkpoint_path=None, config: dict | None = None, progress: str = "auto", sync_every: int = 10,
-                 extra: dict | None = None, callbacks=()):
+                 extra: dict | None = None, callbacks=(), comm=None, bucket_bytes: int = DEFAULT_BUCKET_BYTES):
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.loss_fn = loss_fn if loss_fn is not None else SoftmaxCrossEntropy()
         self.clip_grad_norm = clip_grad_norm
@@ -79,6 +97,9 @@ class Trainer:
         self.history: list[dict] = []
         self._loader = None  # the training loader, whose (seed, epoch) goes into checkpoints
         self.callbacks = list(callbacks)
+        self.comm = comm if comm is not None and comm.size > 1 else None
+        self.bucket_bytes = int(bucket_bytes)
+        self._reducer = None
 
     def _call(self, hook: str, *args) -> None:
         for cb in self.callbacks:
@@ -92,13 +113,20 @@ class Trainer:
 
     # --- one epoch -------------------------------------------------------------------------------------
 
-    def _sync(self, losses, first_step: int, epoch: int):
-        """Read the pending per-step (loss * batch) values back in one transfer; raise at the first non-finite."""
-        vals = self.backend.asnumpy(self.backend.xp.stack(losses))
-        for i, v in enumerate(vals):
+    def _sync(self, losses, hits, counts, first_step: int, epoch: int):
+        """Read the pending per-step (loss * batch) values and hit counts back in one transfer (summed over
+        ranks when distributed); raise at the first non-finite loss. Returns (losses, hits, samples)."""
+        xp = self.backend.xp
+        vals = self.backend.asnumpy(xp.concatenate([xp.stack(losses).astype(xp.float64),
+                                                    xp.stack(hits).astype(xp.float64)]))
+        vals = np.concatenate([vals, np.asarray(counts, dtype=np.float64)])
+        if self.comm is not None:  # every rank sees the same sums, so all stop together on a NaN
+            vals = self.comm.allreduce_sum([vals], "loss reduce")[0]
+        k = len(losses)
+        for i, v in enumerate(vals[:k]):
             if not math.isfinite(float(v)):
                 raise TrainingError(self._diverged(f"the loss became {float(v)}", epoch, first_step + i))
-        return vals
+        return vals[:k], int(vals[k:2 * k].sum()), int(vals[2 * k:].sum())
 
     def _nonfinite_parameters(self) -> list[str]:
         """Names of parameters holding NaN/inf (one host synchronisation)."""
@@ -123,14 +151,18 @@ class Trainer:
         steps = len(loader)
         self.progress.start_epoch(epoch, epochs, steps)
         t0 = time.perf_counter()
-        losses, hits = [], []
+        losses, hits, counts = [], [], []
         loss_sum, correct, seen, synced = 0.0, 0, 0, 0
         for step, (xb, yb) in enumerate(loader, 1):
             opt.zero_grad()
+            if self.comm is not None:
+                self._set_dropout_rows(loader)
             out = model(Tensor(xb, backend=model.backend))  # the batch needs no gradient: the first layer skips dx
             loss = loss_fn(out, yb)
             if loss.requires_grad:  # a fully frozen model has nothing to differentiate
                 loss.backward()
+            if self.comm is not None:
+                self._reducer.reduce(len(yb), self.backend.xp)
             logits, loss = out.data, loss.data
             if self.clip_grad_norm is not None:
                 try:
@@ -145,17 +177,39 @@ class Trainer:
                 self.scheduler.step()
             losses.append(loss * len(yb))
             hits.append((logits.argmax(axis=1) == yb).sum())
-            seen += len(yb)
+            counts.append(len(yb))
             if step % self.sync_every == 0 or step == steps:
-                vals = self._sync(losses, synced + 1, epoch)
+                vals, n_hits, n_seen = self._sync(losses, hits, counts, synced + 1, epoch)
                 loss_sum += float(vals.sum(dtype="float64"))
-                correct += int(self.backend.asnumpy(self.backend.xp.stack(hits)).sum())
+                correct += n_hits
+                seen += n_seen
                 n_new = step - synced
-                losses, hits, synced = [], [], step
+                losses, hits, counts, synced = [], [], [], step
                 self.progress.update(n_new, loss_sum / seen, correct / seen, seen / (time.perf_counter() - t0))
         seconds = time.perf_counter() - t0
         return {"train_loss": loss_sum / seen, "train_acc": correct / seen, "seconds": seconds,
                 "images_per_s": seen / seconds if seconds > 0 else float("inf")}
+
+    # --- data-parallel ---------------------------------------------------------------------------------
+
+    def _start_distributed(self, train_loader) -> None:
+        """Before the first step: same model everywhere, rank 0's weights, the same number of steps."""
+        comm = self.comm
+        comm.check_same_model(self.model)
+        comm.broadcast_model(self.model, root=0)
+        steps = comm.allgather(len(train_loader), "step count check")
+        if len(set(steps)) != 1:
+            raise ValueError(f"rank {comm.rank} of {comm.size}: the ranks' training loaders yield different numbers "
+                             f"of batches per epoch ({steps}): build them with the same data, batch size and "
+                             f"drop_last, and shard=(rank, size) with a final batch of at least {comm.size} samples "
+                             f"(or drop_last=True)")
+        self._reducer = GradientReducer(self.optimizer.params, comm, self.bucket_bytes)
+
+    def _set_dropout_rows(self, loader) -> None:
+        part = getattr(loader, "last_part", None)
+        for m in self.model.modules():
+            if isinstance(m, Dropout):
+                m.shard_rows = None if part is None else (part[0], part[2])
 
     # --- the loop ----------------------------------------------------------------------------------------
 
@@ -165,6 +219,8 @@ class Trainer:
         self._loader = train_loader
         if self.checkpoint_path is not None:  # temporaries of checkpoint writes killed mid-way
             remove_stale(self.checkpoint_path)
+        if self.comm is not None:
+            self._start_distributed(train_loader)
         self._call("on_train_begin")
         try:
             while self.epoch < epochs:
@@ -173,7 +229,7 @@ class Trainer:
                 stats = {"epoch": epoch, **self.train_epoch(train_loader, epoch, epochs), "lr": lr}
                 if val_loader is not None:
                     t = time.perf_counter()
-                    val = evaluate(self.model, val_loader, self.loss_fn)
+                    val = evaluate(self.model, val_loader, self.loss_fn, self.comm)
                     stats.update(val_loss=val["loss"], val_acc=val["accuracy"])
                     stats["seconds"] += time.perf_counter() - t
                 else:
@@ -195,6 +251,10 @@ class Trainer:
                 self.progress.end_epoch(stats, epochs)
         finally:
             self.progress.close()
+            if self.comm is not None:
+                for m in self.model.modules():
+                    if isinstance(m, Dropout):
+                        m.shard_rows = None
             self._call("on_train_end")
         return self.history
 
