@@ -55,6 +55,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--distributed", action="store_true",
                    help="data-parallel training over the ranks mpiexec started (mpiexec -n K gpunet train "
                         "--distributed ...); --batch-size is the global batch")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="with --distributed: batch norm uses the statistics of the global batch over all ranks "
+                        "(as one process would), at the cost of collectives in every batch-norm layer")
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                    help="with --distributed: a collective (gradient allreduce, broadcast, ...) waiting longer than "
                         "this for the other ranks fails and ends the job (default 600)")
@@ -63,8 +66,9 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     if not args.distributed:
-        if args.timeout is not None:
-            raise ValueError("--timeout applies to --distributed runs only")
+        for flag, value in (("--timeout", args.timeout is not None), ("--sync-bn", args.sync_bn)):
+            if value:
+                raise ValueError(f"{flag} applies to --distributed runs only")
         return _run(args, None)
     from gpunet import distributed
     comm = distributed.init(timeout=600.0 if args.timeout is None else args.timeout)
@@ -92,7 +96,8 @@ def _run(args, comm) -> int:
     else:
         out = default_out_dir()
     result = train_run(config, out_dir=out, resume=args.resume, progress="lines" if args.quiet else "auto",
-                       explicit=explicit, overwrite=args.overwrite, comm=comm)
+                       explicit=explicit, overwrite=args.overwrite, comm=comm,
+                       sync_bn=args.sync_bn)
     if comm is not None and comm.rank != 0:
         return 0
     m = result.metrics

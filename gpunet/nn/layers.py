@@ -84,11 +84,14 @@ class Linear(Module):
 class _BatchNorm(Module):
     """Per-channel batch normalisation (PyTorch semantics): training uses batch statistics (biased variance)
     and updates running = (1 - momentum) * running + momentum * batch (unbiased variance); eval uses the
-    running statistics. momentum=None averages all batches seen (cumulative moving average)."""
+    running statistics. momentum=None averages all batches seen (cumulative moving average).
+    `comm` (a gpunet.distributed communicator of several ranks): training uses the statistics of the global
+    batch over all ranks (synchronised batch norm, gpunet.distributed.sync_bn)."""
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
-                 backend=None, dtype=np.float32):
+                 backend=None, dtype=np.float32, comm=None):
         super().__init__()
+        self.comm = comm
         self.num_features, self.eps, self.momentum, self.affine = int(num_features), float(eps), momentum, affine
         c = self.num_features
         self.weight = Parameter(np.ones(c)) if affine else None
@@ -112,6 +115,10 @@ class _BatchNorm(Module):
             return N.BatchNormEval(be.ops, self.running_mean, self.running_var, self.eps)(x, gamma, beta)
         self.num_batches_tracked += 1
         momentum = self.momentum if self.momentum is not None else 1.0 / int(self.num_batches_tracked)
+        if self.comm is not None and self.comm.size > 1:
+            from gpunet.distributed.sync_bn import SyncBatchNormTrain
+            return SyncBatchNormTrain(self.comm, self.running_mean, self.running_var, momentum, self.eps)(x, gamma,
+                                                                                                       beta)
         return N.BatchNormTrain(be.ops, self.running_mean, self.running_var, momentum, self.eps)(x, gamma, beta)
 
     def extra_repr(self) -> str:

@@ -248,14 +248,16 @@ def _write_json(path: Path, obj) -> None:
 
 
 def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: str = "auto", log=print,
-        explicit: set | None = None, data=None, overwrite: bool = False, comm=None) -> RunResult:
+        explicit: set | None = None, data=None, overwrite: bool = False, comm=None,
+        sync_bn: bool = False) -> RunResult:
     """Train (or resume) per `config`; write artifacts to `out_dir` (None: write nothing). A folder holding
     another run is refused unless `overwrite` (its run files are then deleted when training starts).
     `explicit` names the options the user set by hand (for resume checks; default: those differing from
     TrainConfig()).
     `data`: a Dataset (gpunet.data.from_arrays) to train on instead of loading `config.dataset`; its name
     picks the defaults ("custom" when it is none of the known datasets).
-    `comm`: train data-parallel with the other ranks of this communicator (see the module docstring)."""
+    `comm`: train data-parallel with the other ranks of this communicator (see the module docstring);
+    `sync_bn`: its batch norms then use the global batch's statistics (gpunet.distributed.sync_bn)."""
     t_start = time.perf_counter()
     comm = comm if comm is not None and comm.size > 1 else None
     rank, world = (comm.rank, comm.size) if comm is not None else (0, 1)
@@ -312,6 +314,9 @@ def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: 
 
     be.seed(cfg.seed)
     model = build_model(cfg.model, data.in_shape, data.num_classes, seed=cfg.seed, backend=be)
+    if sync_bn and comm is not None:
+        from gpunet.distributed import convert_sync_batchnorm
+        convert_sync_batchnorm(model, comm)
     optimizer = build_optimizer(cfg, model.parameters())
     scheduler = build_scheduler(cfg, optimizer, len(train_loader))
     callbacks = []
@@ -339,6 +344,7 @@ def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: 
         f"{cfg.optimizer} lr {cfg.lr:g}, {cfg.schedule} schedule, batch {cfg.batch_size}, seed {cfg.seed}")
     if comm is not None:
         log(f"gpunet: data-parallel over {world} ranks: {cfg.batch_size // world} images per rank and step"
+            + ("; synchronised batch norm" if sync_bn else "")
             + (f"; the final batch of {len(tr) % cfg.batch_size} images (fewer than the ranks) is dropped"
                if tiny_last else ""))
     if ckpt is not None:
@@ -359,7 +365,7 @@ def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: 
     metrics = {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "test_samples": test["n"],
                "epochs": trainer.epoch, "device": be.name, "seconds": time.perf_counter() - t_start,
                "train_seconds": sum(h["seconds"] for h in history), "dataset": cfg.dataset, "model": cfg.model,
-               "seed": cfg.seed, "world_size": world, "config": cfg.to_dict()}
+               "seed": cfg.seed, "world_size": world, "sync_bn": bool(sync_bn and comm is not None), "config": cfg.to_dict()}
     if out_dir is not None:
         _write_json(out_dir / "history.json", history)
         _write_json(out_dir / "metrics.json", metrics)

@@ -21,7 +21,8 @@ Data-parallel (`comm=gpunet.distributed.init()`, the training loader built with 
 before the first step every rank checks that all ranks built the same model and takes rank 0's weights
 and buffers; after each backward the gradients are summed over ranks in a few flat buckets (weighted by
 each rank's sample count, so the result is the global batch's gradient); the losses and accuracies read
-back at each sync are summed over ranks, so every rank sees the same numbers and stops at the same step.
+back at each sync are summed over ranks, so every rank sees the same numbers and stops at the same step;
+at the end of each epoch the floating buffers (running statistics) are averaged over ranks.
 Dropout layers draw the rows of the global batch's mask that belong to this rank's slice.
 """
 from __future__ import annotations
@@ -205,6 +206,15 @@ class Trainer:
                              f"(or drop_last=True)")
         self._reducer = GradientReducer(self.optimizer.params, comm, self.bucket_bytes)
 
+    def _average_buffers(self) -> None:
+        """Make the floating buffers (batch norm's running statistics) the mean over ranks, so every rank
+        evaluates and checkpoints the same model. Without sync-BN each rank's statistics come from its own
+        shard; with it they are identical already (and stay so: the mean of equal values is exact)."""
+        bufs = [b for _, b in self.model.named_buffers() if np.issubdtype(b.dtype, np.floating)]
+        if bufs:
+            for b, m in zip(bufs, self.comm.allreduce_mean(bufs, "running statistics mean")):
+                b[...] = m
+
     def _set_dropout_rows(self, loader) -> None:
         part = getattr(loader, "last_part", None)
         for m in self.model.modules():
@@ -227,6 +237,8 @@ class Trainer:
                 epoch = self.epoch + 1
                 lr = float(self.optimizer.lr)
                 stats = {"epoch": epoch, **self.train_epoch(train_loader, epoch, epochs), "lr": lr}
+                if self.comm is not None:
+                    self._average_buffers()
                 if val_loader is not None:
                     t = time.perf_counter()
                     val = evaluate(self.model, val_loader, self.loss_fn, self.comm)
