@@ -78,6 +78,48 @@ def cnn_syncbn(comm, out):
     _digits_run(comm, out, "cnn", sync_bn=True)
 
 
+def mlp_standin_nccl(comm, out):
+    """The mlp case on the CuPy stand-in (tests/cupy_standin) with its checking NCCL: device buffers are
+    reduced by `allReduce` calls, the data moved between the ranks on the host by mpi4py (test only).
+    With a 4th argument "unavailable", the stand-in says NCCL is unavailable: MPI with host staging."""
+    import warnings
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import cupy_standin
+    from cupy_standin import _nccl
+    cupy_standin.install()
+    available = sys.argv[4:5] != ["unavailable"]
+
+    def exchange(kind, array, root):
+        if kind == "allreduce":
+            return comm.mpi_comm.allreduce(array)
+        return comm.mpi_comm.bcast(array, root=root)
+
+    cupy_standin.install_nccl(exchange, available=available)
+    from gpunet.distributed.nccl import for_device
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dcomm, how = for_device(comm)
+    data = load_digits()
+    be = get_backend("cupy")
+    x, y = data.x_train[:STEPS * BATCH], data.y_train[:STEPS * BATCH]
+    loader = DataLoader(x, y, BATCH, shuffle=True, seed=3, backend=be, shard=(comm.rank, comm.size))
+    model = build_model("mlp", data.in_shape, data.num_classes, seed=comm.rank, backend=be)
+    opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    loss = RecordingLoss()
+    cupy_standin.reset_counts()
+    Trainer(model, opt, loss, progress="none", comm=dcomm, sync_every=5).fit(loader, epochs=1)
+    reads = cupy_standin.syncs()
+    sums = comm.allreduce_sum([np.array(loss.sums, dtype=np.float64)])[0]
+    state = {f"p/{n}": np.asarray(v) for n, v in model.state_dict().items()}
+    calls = [c for c in _nccl.CALLS if c[0] == "allReduce"]
+    (out / f"rank{comm.rank}.json").write_text(json.dumps({
+        "how": how, "nccl": type(dcomm).__name__, "warnings": [str(w.message) for w in caught],
+        "allreduce_calls": calls, "bcast_calls": [c for c in _nccl.CALLS if c[0] == "bcast"],
+        "init": [c for c in _nccl.CALLS if c[0] == "init"], "reads": reads}))
+    np.savez(out / f"rank{comm.rank}.npz", losses=sums / BATCH, **state)
+
+
 def _with_abort(fn):
     @functools.wraps(fn)
     def run(comm, out):
@@ -118,11 +160,12 @@ def rank_stuck(comm, out):
     comm.allreduce_mean([np.ones(3, np.float32)])
 
 
-CASES = {f.__name__: f for f in (primitives, mlp, cnn, cnn_syncbn, rank_raises, mismatched_models, rank_stuck)}
+CASES = {f.__name__: f for f in (primitives, mlp, cnn, cnn_syncbn, mlp_standin_nccl, rank_raises, mismatched_models,
+                                 rank_stuck)}
 
 if __name__ == "__main__":
     case, out = sys.argv[1], Path(sys.argv[2])
-    timeout = float(sys.argv[3]) if len(sys.argv) > 3 else 120.0
+    timeout = float(sys.argv[3]) if len(sys.argv) > 3 and sys.argv[3] != "-" else 120.0
     comm = distributed.init(timeout=timeout)
     CASES[case](comm, out)
     (out / f"done{comm.rank}.json").write_text(json.dumps({"rank": comm.rank, "size": comm.size}))

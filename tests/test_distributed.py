@@ -324,3 +324,32 @@ def test_a_batch_not_divisible_by_the_ranks_is_refused(mpiexec, tmp_path):
     proc, seconds = _train_cli(mpiexec, 2, tmp_path / "run", "--batch-size", "31", "--epochs", "1")
     _fails(proc, seconds, "--batch-size 31 is not divisible by the 2 ranks")
     assert not (tmp_path / "run" / "checkpoint.npz").exists()
+
+
+# --- NCCL wiring on the CuPy stand-in (tests/cupy_standin/_nccl.py checks every call) -------------------
+
+def test_nccl_path_on_the_cupy_standin(mpiexec, tmp_path):
+    """2 ranks on the stand-in with its checking NCCL: one in-place float32 allReduce per bucket and step, the
+    weights broadcast by NCCL, the same losses as one NumPy process, and no device read added by the
+    distributed path (the same count as one stand-in process). Then NCCL unavailable: a warning, MPI with
+    host staging, the same results."""
+    if shutil.which("g++") is None:
+        pytest.skip("the CuPy stand-in runs kernels on the CUDA emulator, which needs g++")
+    _ok(_case(mpiexec, None, "mlp", tmp_path / "numpy")[0])
+    _ok(_case(mpiexec, None, "mlp_standin_nccl", tmp_path / "one")[0])
+    _ok(_case(mpiexec, 2, "mlp_standin_nccl", tmp_path / "nccl")[0])
+    _ok(_case(mpiexec, 2, "mlp_standin_nccl", tmp_path / "staged", "-", "unavailable")[0])
+    one = json.loads((tmp_path / "one" / "rank0.json").read_text())
+    for r in range(2):
+        info = json.loads((tmp_path / "nccl" / f"rank{r}.json").read_text())
+        assert info["nccl"] == "NcclCommunicator" and info["how"].endswith("NCCL") and not info["warnings"]
+        assert info["init"] == [["init", 2, r]]
+        calls = info["allreduce_calls"]
+        assert len(calls) == 20 and all(c[1:] == [calls[0][1], 7, 0, True] for c in calls)  # float32, sum, in place
+        assert len(info["bcast_calls"]) == 6  # the mlp's 3 weights and 3 biases
+        assert info["reads"] == one["reads"], (info["reads"], one["reads"])
+        staged = json.loads((tmp_path / "staged" / f"rank{r}.json").read_text())
+        assert staged["nccl"] == "Communicator" and not staged["allreduce_calls"]
+        assert any("NCCL is unavailable" in w and "host staging" in w for w in staged["warnings"])
+    _compare_runs(tmp_path / "numpy", tmp_path / "nccl", 2)
+    _compare_runs(tmp_path / "numpy", tmp_path / "staged", 2)

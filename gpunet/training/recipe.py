@@ -289,9 +289,10 @@ def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: 
                          f"--epochs {ckpt.epoch} or more (`gpunet eval {ckpt.path}` evaluates it as it is)")
 
     device, why = resolve_name(cfg.device)
-    if comm is not None and device == "cupy":
-        from gpunet.distributed.communicator import use_device_of_rank
-        why += f"; GPU {use_device_of_rank(comm)} of rank {rank}"
+    if comm is not None and device == "cupy":  # NCCL between GPUs (or MPI with host staging, with a warning)
+        from gpunet.distributed.nccl import for_device
+        comm, how = for_device(comm)
+        why += f"; {how}"
     be = get_backend(device)
     stats = (np.asarray(ckpt.extra["mean"]), np.asarray(ckpt.extra["std"])) if ckpt is not None else None
     if data is None:
