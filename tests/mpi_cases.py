@@ -146,6 +146,17 @@ def rank_raises(comm, out):
 
 
 @_with_abort
+def nan_on_one_rank(comm, out):
+    """Row 80 is NaN: with batches of 32 in order it is in rank 1's half of step 3 (rows 80-95)."""
+    data, be = load_digits(), get_backend("cpu")
+    x = data.x_train.copy()
+    x[80] = np.nan
+    loader = DataLoader(x, data.y_train, 32, shuffle=False, backend=be, shard=(comm.rank, comm.size))
+    model = build_model("mlp", data.in_shape, data.num_classes, seed=0, backend=be)
+    Trainer(model, optim.SGD(model.parameters(), lr=0.1), progress="none", comm=comm, sync_every=5).fit(loader, 1)
+
+
+@_with_abort
 def mismatched_models(comm, out):
     data, be = load_digits(), get_backend("cpu")
     loader = DataLoader(data.x_train, data.y_train, 32, seed=0, backend=be, shard=(comm.rank, comm.size))
@@ -160,8 +171,8 @@ def rank_stuck(comm, out):
     comm.allreduce_mean([np.ones(3, np.float32)])
 
 
-CASES = {f.__name__: f for f in (primitives, mlp, cnn, cnn_syncbn, mlp_standin_nccl, rank_raises, mismatched_models,
-                                 rank_stuck)}
+CASES = {f.__name__: f for f in (primitives, mlp, cnn, cnn_syncbn, mlp_standin_nccl, rank_raises, nan_on_one_rank,
+                                 mismatched_models, rank_stuck)}
 
 if __name__ == "__main__":
     case, out = sys.argv[1], Path(sys.argv[2])

@@ -310,6 +310,12 @@ def test_a_rank_raising_mid_epoch_ends_every_rank(mpiexec, tmp_path):
     assert not list(tmp_path.glob("done*.json"))
 
 
+def test_a_nan_on_one_rank_stops_every_rank_at_the_same_step(mpiexec, tmp_path):
+    proc, seconds = _case(mpiexec, 2, "nan_on_one_rank", tmp_path, timeout=FAULT_SECONDS + 60)
+    _fails(proc, seconds, "training diverged: the loss became nan at epoch 1, step 3")
+    assert not list(tmp_path.glob("done*.json"))
+
+
 def test_mismatched_models_are_an_error_on_every_rank(mpiexec, tmp_path):
     proc, seconds = _case(mpiexec, 2, "mismatched_models", tmp_path, timeout=FAULT_SECONDS + 60)
     _fails(proc, seconds, "the ranks built different models", "rank 0 has param 1.weight (256, 64)")

@@ -153,6 +153,12 @@ class Communicator:
             return
         try:
             yield self
+        except SystemExit as e:
+            if not e.code:  # a clean exit is no failure
+                raise
+            print(f"{prog}: rank {self.rank} of {self.size} exited with {e.code!r}; ending all ranks", file=sys.stderr,
+                  flush=True)
+            self.abort(e.code if isinstance(e.code, int) else 1)
         except BaseException as e:  # noqa: BLE001 - every failure ends the job
             if os.environ.get("GPUNET_DEBUG") or not isinstance(e, (Exception, KeyboardInterrupt)):
                 traceback.print_exc()

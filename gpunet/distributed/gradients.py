@@ -10,6 +10,8 @@ A parameter without a gradient on a rank contributes zeros there.
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 DEFAULT_BUCKET_BYTES = 4 << 20
@@ -33,6 +35,7 @@ class GradientReducer:
                 last.append(p)
                 size += nbytes
         self._buffers = [None] * len(self.buckets)
+        self.seconds = 0.0  # spent in the bucket allreduces (waiting for slower ranks included)
 
     def __len__(self) -> int:
         return len(self.buckets)
@@ -58,7 +61,9 @@ class GradientReducer:
                     xp.multiply(p.grad.reshape(-1), n_local, out=buf[off:off + k])
                 off += k
             buf[off] = n_local
+            t0 = time.perf_counter()
             self.comm.allreduce_inplace(buf, f"gradient allreduce (bucket {i + 1} of {len(self.buckets)})")
+            self.seconds += time.perf_counter() - t0
             total = buf[off:off + 1]  # stays on the device: no read back
             off = 0
             for p in params:

@@ -31,10 +31,10 @@ import math
 import time
 from pathlib import Path
 
-from gpunet import checkpoint as ckpt_mod
-from gpunet.atomic import remove_stale
 import numpy as np
 
+from gpunet import checkpoint as ckpt_mod
+from gpunet.atomic import remove_stale
 from gpunet.autograd import Tensor, no_grad
 from gpunet.distributed.gradients import DEFAULT_BUCKET_BYTES, GradientReducer
 from gpunet.nn import Dropout, SoftmaxCrossEntropy
