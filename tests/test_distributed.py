@@ -274,6 +274,14 @@ def test_cli_two_ranks_complete_and_match_the_single_process_accuracy(mpiexec, t
     assert abs(m2["test_accuracy"] - m1["test_accuracy"]) <= 0.01, (m1["test_accuracy"], m2["test_accuracy"])
 
 
+def test_cli_sync_bn_on_two_ranks(mpiexec, tmp_path):
+    proc, _ = _train_cli(mpiexec, 2, tmp_path / "run", "--sync-bn", "--epochs", "1", "--limit-train", "200")
+    _ok(proc)
+    assert "synchronised batch norm" in proc.stdout
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["sync_bn"] is True and m["world_size"] == 2 and m["test_accuracy"] > 0.5
+
+
 def test_cli_resume_under_two_ranks_and_under_one(mpiexec, tmp_path):
     opts = ("--model", "mlp", "--limit-train", "300", "--schedule", "none")
     _ok(_train_cli(mpiexec, 2, tmp_path / "straight", *opts, "--epochs", "2")[0])
