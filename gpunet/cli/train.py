@@ -4,6 +4,10 @@ With no options: the default CNN on scikit-learn's embedded 8x8 digits, offline,
 Artifacts go to --out (default runs/<timestamp>): checkpoint.npz, history.json, metrics.json (with
 per-class precision, recall, F1 and the confusion matrix), curves.png, confusion.png (and health.png
 with --monitor).
+
+Data-parallel: `mpiexec -n K gpunet train --distributed [options]` (needs gpunet[distributed]). --batch-size
+stays the global batch (each rank takes batch/K); rank 0 alone prints and writes the run folder. A rank that
+fails prints its error and ends every rank (MPI_Abort); --timeout bounds every collective.
 """
 from __future__ import annotations
 
@@ -68,10 +72,32 @@ def add_parser(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run already in --out (without it, a folder holding a run is refused)")
     p.add_argument("--quiet", action="store_true", help="no progress bar: one line per epoch")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel training over the ranks mpiexec started (mpiexec -n K gpunet train "
+                        "--distributed ...); --batch-size is the global batch")
+    p.add_argument("--sync-bn", action="store_true",
+                   help="with --distributed: batch norm uses the statistics of the global batch over all ranks "
+                        "(as one process would), at the cost of collectives in every batch-norm layer")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="with --distributed: a collective (gradient allreduce, broadcast, ...) waiting longer than "
+                        "this for the other ranks fails and ends the job (default 600)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    if not args.distributed:
+        for flag, value in (("--timeout", args.timeout is not None), ("--sync-bn", args.sync_bn)):
+            if value:
+                raise ValueError(f"{flag} applies to --distributed runs only")
+        return _run(args, None)
+    from gpunet import distributed
+    comm = distributed.init(timeout=600.0 if args.timeout is None else args.timeout)
+    from gpunet.cli.main import describe
+    with comm.abort_on_error("gpunet train", lambda e: describe(e, args)):
+        return _run(args, comm)
+
+
+def _run(args, comm) -> int:
     from pathlib import Path
 
     from gpunet.training.recipe import TrainConfig, default_out_dir
@@ -91,12 +117,14 @@ def run(args) -> int:
         out = default_out_dir()
     result = train_run(config, out_dir=out, resume=args.resume, progress="lines" if args.quiet else "auto",
                        explicit=explicit, overwrite=args.overwrite, tensorboard=args.tensorboard,
-                       histograms_every=args.histograms)
+                       histograms_every=args.histograms, comm=comm, sync_bn=args.sync_bn)
+    if comm is not None and comm.rank != 0:
+        return 0
     m = result.metrics
     print(f"test accuracy {100 * m['test_accuracy']:.2f}%  test loss {m['test_loss']:.4f}  "
           f"macro F1 {m['test_macro_f1']:.4f}  "
           f"({m['test_samples']} {m['dataset']} test images, {m['epochs']} epochs, {m['device']}, "
-          f"{m['seconds']:.1f}s)")
+          f"{m['seconds']:.1f}s" + (f", {m['world_size']} ranks" if m["world_size"] > 1 else "") + ")")
     files = ("checkpoint.npz, history.json, metrics.json, curves.png, confusion.png"
              + (", health.png" if config.monitor else "")
              + (", TensorBoard events" if args.tensorboard or args.histograms else ""))

@@ -91,11 +91,14 @@ class Linear(Module):
 class _BatchNorm(Module):
     """Per-channel batch normalisation (PyTorch semantics): training uses batch statistics (biased variance)
     and updates running = (1 - momentum) * running + momentum * batch (unbiased variance); eval uses the
-    running statistics. momentum=None averages all batches seen (cumulative moving average)."""
+    running statistics. momentum=None averages all batches seen (cumulative moving average).
+    `comm` (a gpunet.distributed communicator of several ranks): training uses the statistics of the global
+    batch over all ranks (synchronised batch norm, gpunet.distributed.sync_bn)."""
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
-                 backend=None, dtype=np.float32):
+                 backend=None, dtype=np.float32, comm=None):
         super().__init__()
+        self.comm = comm
         self.num_features, self.eps, self.momentum, self.affine = int(num_features), float(eps), momentum, affine
         c = self.num_features
         self.weight = Parameter(np.ones(c)) if affine else None
@@ -119,6 +122,10 @@ class _BatchNorm(Module):
             return N.BatchNormEval(be.ops, self.running_mean, self.running_var, self.eps)(x, gamma, beta)
         self.num_batches_tracked += 1
         momentum = self.momentum if self.momentum is not None else 1.0 / int(self.num_batches_tracked)
+        if self.comm is not None and self.comm.size > 1:
+            from gpunet.distributed.sync_bn import SyncBatchNormTrain
+            return SyncBatchNormTrain(self.comm, self.running_mean, self.running_var, momentum, self.eps)(x, gamma,
+                                                                                                       beta)
         return N.BatchNormTrain(be.ops, self.running_mean, self.running_var, momentum, self.eps)(x, gamma, beta)
 
     def extra_repr(self) -> str:
@@ -205,6 +212,10 @@ class Dropout(Module):
     construction, from the constructing backend's generator, and `counter` advances by ceil(numel / 4)
     per forward (Philox4x64 yields four 64-bit words per counter step), so successive masks never
     overlap and the same seed gives the same masks on every device. Set `seed`/`counter` to replay.
+
+    `shard_rows = (lo, m)` (set by a data-parallel Trainer each step): the input holds rows [lo, lo + n) of
+    a global batch of m rows; the mask is those rows of the global batch's mask (exactly, when lo times the
+    elements per row is a multiple of 4) and the counter advances as for the global batch.
     """
 
     def __init__(self, p: float = 0.5, backend=None):
@@ -215,6 +226,7 @@ class Dropout(Module):
         self.p = p
         self.seed = int(_host_rng(backend).integers(0, 2**63))
         self.counter = 0
+        self.shard_rows = None
         self.to(backend)
 
     def forward(self, x):
@@ -222,8 +234,13 @@ class Dropout(Module):
         be.check(x.data, "Dropout input")
         if not self.training or self.p == 0.0:
             return x
-        y = N.Dropout(self.p, self.seed, self.counter, be)(x)
-        self.counter += math.ceil(x.size / 4)
+        counter, advance = self.counter, math.ceil(x.size / 4)
+        if self.shard_rows is not None and x.shape[0]:
+            lo, m = self.shard_rows
+            per_row = x.size // x.shape[0]
+            counter, advance = counter + lo * per_row // 4, math.ceil(m * per_row / 4)
+        y = N.Dropout(self.p, self.seed, counter, be)(x)
+        self.counter += advance
         return y
 
     def extra_repr(self) -> str:

@@ -21,6 +21,11 @@ uninterrupted run does. Changing the length re-plans step, cosine and warmup-cos
 checkpoint reached over the remaining epochs (no warm-up, so the lr never jumps back up; one log line
 says so): not the longer run straight. none, exp and inverse-time do not depend on the length and go on
 unchanged, so for them N epochs plus a resume to N+M equals N+M straight.
+
+Data-parallel (`comm`, from gpunet.distributed.init(); `gpunet train --distributed` under mpiexec): the
+batch size stays the global batch and must divide by the number of ranks; each rank trains and evaluates
+on its shard; rank 0 alone logs, shows progress and writes the run folder. A checkpoint holds host arrays
+and the global batch's state, so it resumes under any number of ranks.
 """
 from __future__ import annotations
 
@@ -271,7 +276,7 @@ def _write_json(path: Path, obj) -> None:
 
 def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: str = "auto", log=print,
         explicit: set | None = None, data=None, overwrite: bool = False, tensorboard: bool = False,
-        histograms_every: int | None = None) -> RunResult:
+        histograms_every: int | None = None, comm=None, sync_bn: bool = False) -> RunResult:
     """Train (or resume) per `config`; write artifacts to `out_dir` (None: write nothing). A folder holding
     another run is refused unless `overwrite` (its run files are then deleted when training starts).
     `explicit` names the options the user set by hand (for resume checks; default: those differing from
@@ -279,8 +284,14 @@ def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: 
     `data`: a Dataset (gpunet.data.from_arrays) to train on instead of loading `config.dataset`; its name
     picks the defaults ("custom" when it is none of the known datasets).
     `tensorboard`: write TensorBoard event files into `out_dir` (TensorBoardLogger; `histograms_every` N adds
-    weight and gradient histograms every N epochs)."""
+    weight and gradient histograms every N epochs; rank 0's only when distributed).
+    `comm`: train data-parallel with the other ranks of this communicator (see the module docstring);
+    `sync_bn`: its batch norms then use the global batch's statistics (gpunet.distributed.sync_bn)."""
     t_start = time.perf_counter()
+    comm = comm if comm is not None and comm.size > 1 else None
+    rank, world = (comm.rank, comm.size) if comm is not None else (0, 1)
+    if rank != 0:  # rank 0 alone speaks and writes
+        log, progress = None, "none"
     log = log or (lambda *a, **k: None)
     cfg = config or TrainConfig()
     if data is not None:
@@ -294,8 +305,11 @@ def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: 
         if out_dir is None:
             raise ValueError("--tensorboard writes into the run folder: give out_dir")
         from gpunet.training.tensorboard import TensorBoardLogger
-        board = TensorBoardLogger(out_dir, histograms_every)  # fails now, naming the package, when it is missing
+        if rank == 0:  # rank 0 alone writes the run folder
+            board = TensorBoardLogger(out_dir, histograms_every)  # fails now, naming the package, if missing
     replaced = _check_run_folder(out_dir, resume, overwrite) if out_dir is not None else []
+    if rank != 0:
+        out_dir = None  # every rank checked the folder (the same answer everywhere); rank 0 alone writes it
     ckpt = None
     if resume is not None:
         ckpt = load_checkpoint(resume)
@@ -303,11 +317,18 @@ def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: 
         if "epochs" not in explicit:
             cfg.epochs = ckpt.config.get("epochs")
     cfg = cfg.resolved()
+    if cfg.batch_size % world:
+        raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by the {world} ranks: it is the global batch, "
+                         f"split evenly (each rank takes batch/{world}); use a multiple of {world}")
     if ckpt is not None and cfg.epochs < ckpt.epoch:
         raise ValueError(f"--epochs {cfg.epochs}: {ckpt.path} has trained {ckpt.epoch} epochs already; resume with "
                          f"--epochs {ckpt.epoch} or more (`gpunet eval {ckpt.path}` evaluates it as it is)")
 
     device, why = resolve_name(cfg.device)
+    if comm is not None and device == "cupy":  # NCCL between GPUs (or MPI with host staging, with a warning)
+        from gpunet.distributed.nccl import for_device
+        comm, how = for_device(comm)
+        why += f"; {how}"
     be = get_backend(device)
     stats = (np.asarray(ckpt.extra["mean"]), np.asarray(ckpt.extra["std"])) if ckpt is not None else None
     if data is None:
@@ -319,14 +340,20 @@ def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: 
     data = data.limit_train(cfg.limit_train, cfg.seed)
     tr, va = _train_val_split(data.y_train, cfg, classes)
     augment = build_augment(cfg.dataset) if cfg.augment else None
+    shard = (rank, world) if comm is not None else None
+    # with K ranks, a final batch of fewer than K images would leave a rank without a step: drop it
+    tiny_last = comm is not None and 0 < len(tr) % cfg.batch_size < world
     train_loader = DataLoader(data.x_train[tr], data.y_train[tr], cfg.batch_size, shuffle=True, seed=cfg.seed,
-                              backend=be, augment=augment)
+                              backend=be, augment=augment, shard=shard, drop_last=tiny_last)
     val_loader = None if va is None else DataLoader(data.x_train[va], data.y_train[va], 256, shuffle=False,
-                                                    backend=be)
-    test_loader = DataLoader(data.x_test, data.y_test, 256, shuffle=False, backend=be)
+                                                    backend=be, shard=shard)
+    test_loader = DataLoader(data.x_test, data.y_test, 256, shuffle=False, backend=be, shard=shard)
 
     be.seed(cfg.seed)
     model = build_model(cfg.model, data.in_shape, data.num_classes, seed=cfg.seed, backend=be)
+    if sync_bn and comm is not None:
+        from gpunet.distributed import convert_sync_batchnorm
+        convert_sync_batchnorm(model, comm)
     optimizer = build_optimizer(cfg, optim.decay_groups(model, cfg.weight_decay))  # no decay on biases, BN
     scheduler = build_scheduler(cfg, optimizer, len(train_loader))
     callbacks = []
@@ -343,7 +370,7 @@ def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: 
                       checkpoint_path=out_dir / "checkpoint.npz" if out_dir else None, config=cfg.to_dict(),
                       progress=progress, extra={"mean": data.mean, "std": data.std,
                                                 "in_shape": list(data.in_shape), "num_classes": data.num_classes},
-                      callbacks=callbacks,
+                      callbacks=callbacks, comm=comm,
                       early_stopping=EarlyStopping("val_loss", cfg.early_stopping) if cfg.early_stopping else None)
     if ckpt is not None:
         replan = (cfg.epochs != ckpt.config.get("epochs") and cfg.epochs > ckpt.epoch and scheduler is not None
@@ -358,6 +385,11 @@ def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: 
         f"{len(data.y_test)} test images {data.in_shape}; model {cfg.model}; "
         f"{cfg.optimizer} lr {cfg.lr:g}, {cfg.schedule} schedule, batch {cfg.batch_size}, seed {cfg.seed}")
     log(f"gpunet: model {cfg.model}: {summary(model, data.in_shape, cfg.batch_size).totals_line()}")
+    if comm is not None:
+        log(f"gpunet: data-parallel over {world} ranks: {cfg.batch_size // world} images per rank and step"
+            + ("; synchronised batch norm" if sync_bn else "")
+            + (f"; the final batch of {len(tr) % cfg.batch_size} images (fewer than the ranks) is dropped"
+               if tiny_last else ""))
     if ckpt is not None:
         if trainer.early_stopping is not None and trainer.early_stopping.stopped:
             log(f"gpunet: {ckpt.path} stopped early ({trainer.early_stopping.reason()}): nothing left to train; "
@@ -375,7 +407,7 @@ def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: 
         es = trainer.early_stopping
         if es is not None and es.stopped and (ckpt is None or es.stopped_epoch > ckpt.epoch):  # stopped in this run
             log(f"gpunet: early stopping: {es.reason()}")
-        test = evaluate(model, test_loader, trainer.loss_fn)
+        test = evaluate(model, test_loader, trainer.loss_fn, comm)
         if board is not None:
             board.log_test(test, trainer.epoch)
     except TrainingError:
@@ -389,8 +421,8 @@ def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: 
                **{f"test_{key}": test[key] for key in CLASS_METRICS},
                "epochs": trainer.epoch, "device": be.name, "seconds": time.perf_counter() - t_start,
                "train_seconds": sum(h["seconds"] for h in history), "dataset": cfg.dataset, "model": cfg.model,
-               "seed": cfg.seed, "early_stopping": es.summary() if es is not None else None,
-               "config": cfg.to_dict()}
+               "seed": cfg.seed, "world_size": world, "sync_bn": bool(sync_bn and comm is not None),
+               "early_stopping": es.summary() if es is not None else None, "config": cfg.to_dict()}
     if out_dir is not None:
         _write_json(out_dir / "history.json", history)
         _write_json(out_dir / "metrics.json", metrics)

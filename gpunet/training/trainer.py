@@ -22,6 +22,13 @@ before it is checkpointed) and `on_train_end(trainer)`; gpunet.diagnostics.Train
 `early_stopping=EarlyStopping(...)` ends `fit` before `epochs` when the monitored value stops improving,
 with the best epoch's weights restored; the stopping epoch's history entry says why ("stopped"), and the
 stopper's state is checkpointed with the rest (gpunet.training.early_stopping).
+Data-parallel (`comm=gpunet.distributed.init()`, the training loader built with `shard=(rank, size)`):
+before the first step every rank checks that all ranks built the same model and takes rank 0's weights
+and buffers; after each backward the gradients are summed over ranks in a few flat buckets (weighted by
+each rank's sample count, so the result is the global batch's gradient); the losses and accuracies read
+back at each sync are summed over ranks, so every rank sees the same numbers and stops at the same step;
+at the end of each epoch the floating buffers (running statistics) are averaged over ranks.
+Dropout layers draw the rows of the global batch's mask that belong to this rank's slice.
 """
 from __future__ import annotations
 
@@ -34,7 +41,8 @@ import numpy as np
 from gpunet import checkpoint as ckpt_mod
 from gpunet.atomic import remove_stale
 from gpunet.autograd import Tensor, no_grad
-from gpunet.nn import SoftmaxCrossEntropy
+from gpunet.distributed.gradients import DEFAULT_BUCKET_BYTES, GradientReducer
+from gpunet.nn import Dropout, SoftmaxCrossEntropy
 from gpunet.optim import clip_grad_norm_
 from gpunet.training.metrics import confusion_counts, from_confusion
 from gpunet.training.progress import Progress
@@ -45,11 +53,12 @@ class TrainingError(RuntimeError):
     be written."""
 
 
-def evaluate(model, loader, loss_fn=None) -> dict:
+def evaluate(model, loader, loss_fn=None, comm=None) -> dict:
     """Mean loss, accuracy and the confusion matrix of `model` over `loader`, in eval mode (the previous mode
     is restored). Returns {"loss", "accuracy", "n"} plus per-class "precision", "recall", "f1", "support",
     their "macro_*" means and "confusion_matrix" (rows true, columns predicted; gpunet.training.metrics).
-    One host synchronisation at the end."""
+    One host synchronisation at the end. With `comm`, each rank evaluates its shard (a loader built with
+    `shard=`) and the sums are reduced: every rank returns the whole set's."""
     loss_fn = loss_fn if loss_fn is not None else SoftmaxCrossEntropy()
     xp = model.backend.xp
     was_training = model.training
@@ -67,23 +76,35 @@ def evaluate(model, loader, loss_fn=None) -> dict:
                 n += len(yb)
     finally:
         model.train(was_training)
-    if n == 0:
+    if k is None:  # no batch here: the number of classes comes from the ranks that had one
+        k = next((kk for kk in (comm.allgather(None, "evaluation classes") if comm is not None else []) if kk), None)
+    elif comm is not None:
+        comm.allgather(k, "evaluation classes")
+    if k is None:
         raise ValueError("evaluate: the loader yielded no samples")
-    counts = model.backend.asnumpy(counts)
+    counts = (model.backend.asnumpy(counts).astype(np.float64) if counts is not None
+              else np.zeros(k * k + 1, np.float64))
+    sums = np.concatenate([[0.0 if loss_sum is None else float(loss_sum), n], counts])
+    if comm is not None:
+        sums = comm.allreduce_sum([sums], "evaluation reduce")[0]
+    loss_total, n, counts = float(sums[0]), int(sums[1]), sums[2:].astype(np.int64)
     if counts[-1]:
         raise ValueError(f"evaluate: {int(counts[-1])} labels outside [0, {k}) for a model with {k} outputs")
     cm = counts[:-1].reshape(k, k)
-    return {"loss": float(loss_sum) / n, "accuracy": int(np.trace(cm)) / n, "n": n, **from_confusion(cm)}
+    return {"loss": loss_total / n, "accuracy": int(np.trace(cm)) / n, "n": n, **from_confusion(cm)}
 
 
 class Trainer:
     """Train a classifier. `scheduler` (optional) is stepped once per batch; `clip_grad_norm` clips the
     global gradient norm; `checkpoint_path` receives a checkpoint after every epoch; `config` and `extra`
-    are stored in it. `progress`: "auto" (tqdm bar on a TTY, else one line per epoch), "bar", "lines" or "none"."""
+    are stored in it. `progress`: "auto" (tqdm bar on a TTY, else one line per epoch), "bar", "lines" or "none".
+    `comm` (gpunet.distributed): train data-parallel with the other ranks; `bucket_bytes` sizes the gradient
+    buckets. Only the caller decides which rank writes: pass checkpoint_path and progress on rank 0 only."""
 
     def __init__(self, model, optimizer, loss_fn=None, scheduler=None, clip_grad_norm: float | None = None,
                  checkpoint_path=None, config: dict | None = None, progress: str = "auto", sync_every: int = 10,
-                 extra: dict | None = None, callbacks=(), early_stopping=None):
+                 extra: dict | None = None, callbacks=(), early_stopping=None, comm=None,
+                 bucket_bytes: int = DEFAULT_BUCKET_BYTES):
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.loss_fn = loss_fn if loss_fn is not None else SoftmaxCrossEntropy()
         self.clip_grad_norm = clip_grad_norm
@@ -97,6 +118,9 @@ class Trainer:
         self._loader = None  # the training loader, whose (seed, epoch) goes into checkpoints
         self.callbacks = list(callbacks)
         self.early_stopping = early_stopping
+        self.comm = comm if comm is not None and comm.size > 1 else None
+        self.bucket_bytes = int(bucket_bytes)
+        self._reducer = None
 
     def _call(self, hook: str, *args) -> None:
         for cb in self.callbacks:
@@ -110,13 +134,20 @@ class Trainer:
 
     # --- one epoch -------------------------------------------------------------------------------------
 
-    def _sync(self, losses, first_step: int, epoch: int):
-        """Read the pending per-step (loss * batch) values back in one transfer; raise at the first non-finite."""
-        vals = self.backend.asnumpy(self.backend.xp.stack(losses))
-        for i, v in enumerate(vals):
+    def _sync(self, losses, hits, counts, first_step: int, epoch: int):
+        """Read the pending per-step (loss * batch) values and hit counts back in one transfer (summed over
+        ranks when distributed); raise at the first non-finite loss. Returns (losses, hits, samples per step)."""
+        xp = self.backend.xp
+        vals = self.backend.asnumpy(xp.concatenate([xp.stack(losses).astype(xp.float64),
+                                                    xp.stack(hits).astype(xp.float64)]))
+        vals = np.concatenate([vals, np.asarray(counts, dtype=np.float64)])
+        if self.comm is not None:  # every rank sees the same sums, so all stop together on a NaN
+            vals = self.comm.allreduce_sum([vals], "loss reduce")[0]
+        k = len(losses)
+        for i, v in enumerate(vals[:k]):
             if not math.isfinite(float(v)):
                 raise TrainingError(self._diverged(f"the loss became {float(v)}", epoch, first_step + i))
-        return vals
+        return vals[:k], int(vals[k:2 * k].sum()), vals[2 * k:]
 
     def _nonfinite_parameters(self) -> list[str]:
         """Names of parameters holding NaN/inf (one host synchronisation)."""
@@ -141,15 +172,19 @@ class Trainer:
         steps = len(loader)
         self.progress.start_epoch(epoch, epochs, steps)
         t0 = time.perf_counter()
-        losses, hits, lrs, sizes = [], [], [], []
+        losses, hits, counts, lrs = [], [], [], []
         done = (epoch - 1) * steps  # global steps before this epoch
         loss_sum, correct, seen, synced = 0.0, 0, 0, 0
         for step, (xb, yb) in enumerate(loader, 1):
             opt.zero_grad()
+            if self.comm is not None:
+                self._set_dropout_rows(loader)
             out = model(Tensor(xb, backend=model.backend))  # the batch needs no gradient: the first layer skips dx
             loss = loss_fn(out, yb)
             if loss.requires_grad:  # a fully frozen model has nothing to differentiate
                 loss.backward()
+            if self.comm is not None:
+                self._reducer.reduce(len(yb), self.backend.xp)
             logits, loss = out.data, loss.data
             if self.clip_grad_norm is not None:
                 try:
@@ -164,21 +199,51 @@ class Trainer:
             if self.scheduler is not None:
                 self.scheduler.step()
             losses.append(loss * len(yb))
-            sizes.append(len(yb))
             hits.append((logits.argmax(axis=1) == yb).sum())
-            seen += len(yb)
+            counts.append(len(yb))
             if step % self.sync_every == 0 or step == steps:
-                vals = self._sync(losses, synced + 1, epoch)
+                vals, n_hits, step_counts = self._sync(losses, hits, counts, synced + 1, epoch)
                 loss_sum += float(vals.sum(dtype="float64"))
-                correct += int(self.backend.asnumpy(self.backend.xp.stack(hits)).sum())
+                correct += n_hits
+                seen += int(step_counts.sum())
                 n_new = step - synced
                 self._call("on_steps", [(done + synced + 1 + i, float(v) / n, lr)
-                                        for i, (v, n, lr) in enumerate(zip(vals, sizes, lrs))])
-                losses, hits, lrs, sizes, synced = [], [], [], [], step
+                                        for i, (v, n, lr) in enumerate(zip(vals, step_counts, lrs))])
+                losses, hits, counts, lrs, synced = [], [], [], [], step
                 self.progress.update(n_new, loss_sum / seen, correct / seen, seen / (time.perf_counter() - t0))
         seconds = time.perf_counter() - t0
         return {"train_loss": loss_sum / seen, "train_acc": correct / seen, "seconds": seconds,
                 "images_per_s": seen / seconds if seconds > 0 else float("inf")}
+
+    # --- data-parallel ---------------------------------------------------------------------------------
+
+    def _start_distributed(self, train_loader) -> None:
+        """Before the first step: same model everywhere, rank 0's weights, the same number of steps."""
+        comm = self.comm
+        comm.check_same_model(self.model)
+        comm.broadcast_model(self.model, root=0)
+        steps = comm.allgather(len(train_loader), "step count check")
+        if len(set(steps)) != 1:
+            raise ValueError(f"rank {comm.rank} of {comm.size}: the ranks' training loaders yield different numbers "
+                             f"of batches per epoch ({steps}): build them with the same data, batch size and "
+                             f"drop_last, and shard=(rank, size) with a final batch of at least {comm.size} samples "
+                             f"(or drop_last=True)")
+        self._reducer = GradientReducer(self.optimizer.params, comm, self.bucket_bytes)
+
+    def _average_buffers(self) -> None:
+        """Make the floating buffers (batch norm's running statistics) the mean over ranks, so every rank
+        evaluates and checkpoints the same model. Without sync-BN each rank's statistics come from its own
+        shard; with it they are identical already (and stay so: the mean of equal values is exact)."""
+        bufs = [b for _, b in self.model.named_buffers() if np.issubdtype(b.dtype, np.floating)]
+        if bufs:
+            for b, m in zip(bufs, self.comm.allreduce_mean(bufs, "running statistics mean")):
+                b[...] = m
+
+    def _set_dropout_rows(self, loader) -> None:
+        part = getattr(loader, "last_part", None)
+        for m in self.model.modules():
+            if isinstance(m, Dropout):
+                m.shard_rows = None if part is None else (part[0], part[2])
 
     # --- the loop ----------------------------------------------------------------------------------------
 
@@ -191,15 +256,19 @@ class Trainer:
                              f"Trainer.fit(train_loader, val_loader, epochs)")
         if self.checkpoint_path is not None:  # temporaries of checkpoint writes killed mid-way
             remove_stale(self.checkpoint_path)
+        if self.comm is not None:
+            self._start_distributed(train_loader)
         self._call("on_train_begin")
         try:
             while self.epoch < epochs and not (self.early_stopping is not None and self.early_stopping.stopped):
                 epoch = self.epoch + 1
                 lr = float(self.optimizer.lr)
                 stats = {"epoch": epoch, **self.train_epoch(train_loader, epoch, epochs), "lr": lr}
+                if self.comm is not None:
+                    self._average_buffers()
                 if val_loader is not None:
                     t = time.perf_counter()
-                    val = evaluate(self.model, val_loader, self.loss_fn)
+                    val = evaluate(self.model, val_loader, self.loss_fn, self.comm)
                     stats.update(val_loss=val["loss"], val_acc=val["accuracy"])
                     stats["seconds"] += time.perf_counter() - t
                 else:
@@ -226,6 +295,10 @@ class Trainer:
                     break
         finally:
             self.progress.close()
+            if self.comm is not None:
+                for m in self.model.modules():
+                    if isinstance(m, Dropout):
+                        m.shard_rows = None
             self._call("on_train_end")
         return self.history
 

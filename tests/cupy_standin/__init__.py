@@ -24,6 +24,26 @@ def install():
     return _modules.install(sys.modules)
 
 
+def install_nccl(exchange=None, available: bool = True):
+    """Add the checking `cupy.cuda.nccl` (tests/cupy_standin/_nccl.py) to an installed stand-in; `exchange`
+    moves the data between ranks (default: a single rank). Returns the module; its calls are in _nccl.CALLS."""
+    from . import _nccl
+    if exchange is not None:
+        _nccl.STATE["exchange"] = exchange
+    _nccl.STATE["available"] = available
+    m = _nccl.module()
+    sys.modules["cupy.cuda.nccl"] = m
+    sys.modules["cupy.cuda"].nccl = m
+    return m
+
+
+def remove_nccl():
+    sys.modules.pop("cupy.cuda.nccl", None)
+    cuda = sys.modules.get("cupy.cuda")
+    if cuda is not None and hasattr(cuda, "nccl"):
+        del cuda.nccl
+
+
 def reset_counts():
     COUNTS.clear()
     LAUNCHES.clear()

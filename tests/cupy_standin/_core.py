@@ -92,6 +92,7 @@ def _device(a: np.ndarray) -> "ndarray":
 
 # ------------------------------------------------------------------ the device memory the pool would hold
 _LIVE: dict[int, int] = {}       # id of a backing array that owns its memory -> bytes the pool gave it
+_BY_PTR: dict[int, "weakref.ref"] = {}  # address of a live allocation -> its backing array (for raw pointers)
 HOOKS: list = []                 # active cupy.cuda.memory_hook.MemoryHook objects
 _POOL_UNIT = 512                 # CuPy's memory pool rounds every allocation up to 512 bytes
 
@@ -100,6 +101,7 @@ def _allocated(a: np.ndarray):
     size = -(-max(a.nbytes, 1) // _POOL_UNIT) * _POOL_UNIT
     key, ptr = id(a), a.ctypes.data
     _LIVE[key] = size
+    _BY_PTR[ptr] = weakref.ref(a)
     for h in HOOKS:
         h.malloc_postprocess(device_id=0, size=a.nbytes, mem_size=size, mem_ptr=ptr, pmem_id=0)
     weakref.finalize(a, _freed, key, size, ptr)
@@ -107,8 +109,22 @@ def _allocated(a: np.ndarray):
 
 def _freed(key: int, size: int, ptr: int):
     _LIVE.pop(key, None)
+    _BY_PTR.pop(ptr, None)
     for h in HOOKS:
         h.free_postprocess(device_id=0, mem_size=size, mem_ptr=ptr, pmem_id=0)
+
+
+def memory_at(ptr: int, nbytes: int) -> np.ndarray:
+    """The live device allocation holding [ptr, ptr + nbytes), as its backing NumPy array; a pointer to freed
+    or foreign memory, or a range running past the allocation's end, raises (a raw call would corrupt memory)."""
+    for base, ref in list(_BY_PTR.items()):
+        a = ref()
+        if a is not None and base <= ptr < base + max(a.nbytes, 1):
+            if ptr + nbytes > base + a.nbytes:
+                raise ValueError(f"device pointer {ptr:#x} + {nbytes} bytes runs past the end of its allocation "
+                                 f"({a.nbytes} bytes at {base:#x})")
+            return a
+    raise ValueError(f"{ptr:#x} is not the address of live device memory")
 
 
 def used_bytes() -> int:
