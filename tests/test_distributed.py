@@ -266,6 +266,8 @@ def test_cli_two_ranks_complete_and_match_the_single_process_accuracy(mpiexec, t
     assert {"checkpoint.npz", "history.json", "metrics.json", "curves.png"} <= files
     m2 = json.loads((tmp_path / "k2" / "metrics.json").read_text())
     assert m2["world_size"] == 2 and m2["test_samples"] == 359
+    cm = np.array(m2["test_confusion_matrix"])  # reduced over the ranks' shards: the whole test split's
+    assert cm.sum() == 359 and np.trace(cm) / 359 == m2["test_accuracy"] and "confusion.png" in files
     proc, _ = _train_cli(mpiexec, None, tmp_path / "k1", *opts)
     _ok(proc)
     m1 = json.loads((tmp_path / "k1" / "metrics.json").read_text())
