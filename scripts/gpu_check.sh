@@ -16,6 +16,8 @@
 #   parity-cnn         gpunet parity --device cuda (default CNN)
 #   parity-resnet      gpunet parity --device cuda --model resnet-small
 #   bench              gpunet bench --device cuda --out OUTDIR/bench
+#   nccl               scripts/nccl_check.py on one rank per GPU (mpiexec when present; needs mpi4py): the NCCL
+#                      path of gpunet.distributed (unique id over MPI, allReduce, broadcast) for real
 # Exit status: 0 when every step that ran passed, 1 otherwise (the logs say which).
 set -u
 
@@ -108,6 +110,13 @@ step pytest-emulator env GPUNET_TEST_BACKENDS=emulator "$PY" -m pytest -q -p no:
 step parity-cnn "${GPUNET[@]}" parity --device cuda --json "$OUT/parity-cnn.json"
 step parity-resnet "${GPUNET[@]}" parity --device cuda --model resnet-small --json "$OUT/parity-resnet.json"
 step bench "${GPUNET[@]}" bench --device cuda --out "$OUT/bench"
+NGPU=$("$PY" -c 'import cupy; print(cupy.cuda.runtime.getDeviceCount())' 2>/dev/null || echo 1)
+if command -v mpiexec > /dev/null 2>&1; then
+    step nccl env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
+        mpiexec --oversubscribe -n "$NGPU" "$PY" scripts/nccl_check.py
+else
+    step nccl "$PY" scripts/nccl_check.py   # a singleton MPI process: one rank
+fi
 
 {
     echo "gpu_check $(date -u) commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)"

@@ -171,8 +171,22 @@ def rank_stuck(comm, out):
     comm.allreduce_mean([np.ones(3, np.float32)])
 
 
+def nccl_check_script(comm, out):
+    """scripts/nccl_check.py (the real-GPU NCCL check gpu_check.sh runs) on the stand-in and its checking NCCL,
+    so the script cannot rot between GPU sessions."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import cupy_standin
+    cupy_standin.install()
+    cupy_standin.install_nccl(lambda kind, array, root: comm.mpi_comm.allreduce(array) if kind == "allreduce"
+                              else comm.mpi_comm.bcast(array, root=root))
+    sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
+    import nccl_check
+    if nccl_check.main() != 0:
+        raise SystemExit(1)
+
+
 CASES = {f.__name__: f for f in (primitives, mlp, cnn, cnn_syncbn, mlp_standin_nccl, rank_raises, nan_on_one_rank,
-                                 mismatched_models, rank_stuck)}
+                                 mismatched_models, rank_stuck, nccl_check_script)}
 
 if __name__ == "__main__":
     case, out = sys.argv[1], Path(sys.argv[2])

@@ -369,3 +369,10 @@ def test_nccl_path_on_the_cupy_standin(mpiexec, tmp_path):
         assert any("NCCL is unavailable" in w and "host staging" in w for w in staged["warnings"])
     _compare_runs(tmp_path / "numpy", tmp_path / "nccl", 2)
     _compare_runs(tmp_path / "numpy", tmp_path / "staged", 2)
+
+
+def test_the_gpu_nccl_check_script_runs_on_the_standin(mpiexec, tmp_path):
+    """scripts/nccl_check.py is what a GPU session runs (gpu_check.sh); here it runs on the checking stand-in."""
+    proc, _ = _case(mpiexec, 2, "nccl_check_script", tmp_path)
+    _ok(proc)
+    assert "nccl_check: PASS" in proc.stdout and "2 rank(s)" in proc.stdout and "FAIL" not in proc.stdout
