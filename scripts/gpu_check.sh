@@ -113,7 +113,7 @@ step bench "${GPUNET[@]}" bench --device cuda --out "$OUT/bench"
 NGPU=$("$PY" -c 'import cupy; print(cupy.cuda.runtime.getDeviceCount())' 2>/dev/null || echo 1)
 if command -v mpiexec > /dev/null 2>&1; then
     step nccl env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
-        mpiexec --oversubscribe -n "$NGPU" "$PY" scripts/nccl_check.py
+        mpiexec -n "$NGPU" "$PY" scripts/nccl_check.py
 else
     step nccl "$PY" scripts/nccl_check.py   # a singleton MPI process: one rank
 fi
