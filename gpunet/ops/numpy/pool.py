@@ -43,8 +43,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gpunet.ops._numpy_util import float_array, parallel, workspace
-from gpunet.ops.geometry import Window2d, pool2d_geometry
+from gpunet.ops.geometry import Window2d
+from gpunet.ops.numpy.util import parallel, workspace
 
 # Max-pool backward scatters plane chunks of about this many dx bytes at a time, so the chunk's dx, its
 # flat indices and its values stay in cache from zeroing to scatter. (64, 64, 32, 32) 2x2 on one thread,
@@ -147,9 +147,8 @@ def _first_real(win: Window2d) -> np.ndarray:
 
 # --- max pooling ----------------------------------------------------------------------------------
 
-def max_pool2d_forward(x, kernel, stride, padding):
-    dt = float_array("max_pool2d", "input", x)
-    win = pool2d_geometry("max_pool2d", x.shape, kernel, stride, padding)
+def max_pool2d_forward(x, win: Window2d):
+    dt = x.dtype
     lay = _layout(win)
     y = np.empty((win.n, win.c, win.oh, win.ow), dtype=dt)
     argmax = np.empty(y.shape, dtype=np.int32)
@@ -205,16 +204,8 @@ def _max_fwd(lay: _Layout, x, y, argmax):
         np.copyto(argmax, np.broadcast_to(_first_real(win), argmax.shape), where=y == -np.inf)
 
 
-def max_pool2d_backward(dy, argmax, x_shape, kernel, stride, padding):
-    dt, win = _check_backward("max_pool2d", dy, x_shape, kernel, stride, padding)
-    if not hasattr(argmax, "dtype") or np.dtype(argmax.dtype) != np.int32 or tuple(argmax.shape) != tuple(dy.shape):
-        raise ValueError(f"max_pool2d backward: expected an int32 argmax of shape {tuple(dy.shape)}, got "
-                         f"{getattr(argmax, 'dtype', type(argmax).__name__)} of shape "
-                         f"{tuple(getattr(argmax, 'shape', ()))}")
-    if argmax.size and (int(argmax.min()) < 0 or int(argmax.max()) >= win.h * win.w):
-        raise ValueError(f"max_pool2d backward: argmax holds flat indices outside the {win.h}x{win.w} input "
-                         f"plane (range {int(argmax.min())}..{int(argmax.max())}); it must come from "
-                         f"max_pool2d_forward on the same input shape")
+def max_pool2d_backward(dy, argmax, win: Window2d):
+    dt = dy.dtype
     dx = np.empty(win.in_shape, dtype=dt)
     overlap = win.kh > win.sh or win.kw > win.sw
     parallel(lambda n0, n1: _max_bwd_scatter(win, dy[n0:n1], argmax[n0:n1], dx[n0:n1], overlap), win.n, dx.size)
@@ -253,20 +244,10 @@ def _wide_dy(lay: _Layout, dy):
     return g
 
 
-def _check_backward(op, dy, x_shape, kernel, stride, padding):
-    dt = float_array(f"{op} backward", "dy", dy)
-    win = pool2d_geometry(op, tuple(x_shape), kernel, stride, padding)
-    want = (win.n, win.c, win.oh, win.ow)
-    if tuple(dy.shape) != want:
-        raise ValueError(f"{op} backward: expected dy of shape {want}, got {tuple(dy.shape)}")
-    return dt, win
-
-
 # --- average pooling ------------------------------------------------------------------------------
 
-def avg_pool2d_forward(x, kernel, stride, padding):
-    dt = float_array("avg_pool2d", "input", x)
-    win = pool2d_geometry("avg_pool2d", x.shape, kernel, stride, padding)
+def avg_pool2d_forward(x, win: Window2d):
+    dt = x.dtype
     lay = _layout(win)
     y = np.empty((win.n, win.c, win.oh, win.ow), dtype=dt)
     parallel(lambda n0, n1: _avg_fwd(lay, x[n0:n1], y[n0:n1]), win.n, x.size)
@@ -288,8 +269,8 @@ def _avg_fwd(lay: _Layout, x, y):
         np.divide(_wide(lay, yw, nb), x.dtype.type(win.kh * win.kw), out=y)
 
 
-def avg_pool2d_backward(dy, x_shape, kernel, stride, padding):
-    dt, win = _check_backward("avg_pool2d", dy, x_shape, kernel, stride, padding)
+def avg_pool2d_backward(dy, win: Window2d):
+    dt = dy.dtype
     lay = _layout(win)
     dx = np.empty(win.in_shape, dtype=dt)
     parallel(lambda n0, n1: _avg_bwd(lay, dy[n0:n1], dx[n0:n1]), win.n, dx.size)
