@@ -384,3 +384,19 @@ def test_cli_on_the_device(device_backend, capsys):
     text = capsys.readouterr().out
     assert rc == 0, text
     assert f"{device_backend.name} vs numpy" in text and "PASS: all" in text
+
+
+def test_auto_means_what_it_means_everywhere_and_the_no_gpu_fallback_is_explicit(monkeypatch):
+    """"auto" is gpunet.backend's (CUDA when usable, GPUNET_DEVICE first); only when it finds no GPU does
+    parity compare `no_gpu` instead of NumPy with itself."""
+    import gpunet.backend as backend_mod
+    from gpunet.parity import resolve_device
+    monkeypatch.delenv("GPUNET_DEVICE", raising=False)
+    monkeypatch.setattr(backend_mod, "cuda_status", lambda: (False, "no GPU here"))
+    assert resolve_device("auto").name == "emulator"
+    assert resolve_device(None, no_gpu="numpy").name == "numpy"
+    assert resolve_device("cpu").name == "numpy" and resolve_device("emu").name == "emulator"
+    monkeypatch.setenv("GPUNET_DEVICE", "cpu")              # an explicit choice, not a missing GPU
+    assert resolve_device("auto").name == "numpy"
+    be, why = backend_mod.select_backend("auto")
+    assert be.name == "numpy" and why == "GPUNET_DEVICE='cpu'"
