@@ -30,13 +30,9 @@ import numpy as np
 
 from gpunet.ops.numpy.util import parallel, workspace
 
-BN_BLOCK_BYTES = 1 << 20
-# Each thread's share of a pass is at least this many elements, so below 2M every pass runs on the
-# calling thread. On the 2-core CI machine, fwd+bwd with one thread against two (best of 20, A/B):
-# (64, 64, 8, 8) 0.52 vs 0.68 ms, (64, 32, 16, 16) 0.74 vs 0.74, (64, 16, 32, 32) 1.48 vs 1.55,
-# (256, 3, 32, 32) 1.36 vs 1.38; from 3.2M elements two threads win: (128, 32, 28, 28) 6.2 vs 4.6 ms,
-# (64, 64, 32, 32) 8.4 vs 6.3. A hand-off costs more than the halved pass saves while the data is small
-# and in cache.
+BN_BLOCK_BYTES = 1 << 20   # a block of every pass stays in cache for all the passes of one stage
+# Each thread's share of a pass is at least this many elements: below 2M one thread, as a hand-off
+# costs more than the halved pass saves (benchmarks/README.md, "NumPy ops").
 BN_PARALLEL_MIN_ELEMENTS = 1 << 20
 
 
@@ -121,15 +117,9 @@ def batch_norm_train(shape, x, gamma, beta, running_mean, running_var, momentum,
     return y.reshape(x.shape), mean.astype(dt), invstd.astype(dt)
 
 
-# The eval forward folds the running mean into the shift, y = x*scale + (beta - mean*scale): two
-# passes instead of three, as PyTorch's CPU kernel does, when every channel's running mean lies
-# within this many running standard deviations of zero (the backward folds likewise: see
-# _backward_folded). x*scale then has at most about this many times y's magnitude, so the extra
-# rounding is a few ulps of y. Data far from zero (1000 + noise)
-# keeps the three-pass form, which removes the offset exactly first. Three -> two passes, float32,
-# medians of 30 alternating calls: (64, 64, 32, 32) 1.63 -> 1.28 ms, (256, 3, 32, 32) 0.37 -> 0.23,
-# (64, 16, 32, 32) 0.36 -> 0.26 (PyTorch: 0.67, 0.09, 0.14; one NumPy pass costs about PyTorch's
-# whole fused call). Two threads or 256 KB blocks did not help.
+# The eval forward (and the backward, _backward_folded) folds the mean into the shift, two passes
+# instead of three, when every channel's mean lies within this many standard deviations of zero: the
+# extra rounding is then a few ulps of y (benchmarks/README.md, "NumPy ops").
 FOLD_MAX_OFFSET = 8.0
 
 
@@ -193,10 +183,7 @@ def _backward_folded(dy3, x3, gamma, mean64, inv, shape):
     """The backward for batch means within FOLD_MAX_OFFSET stds of zero: x - mean is never formed.
     Pass 1 only reads (sum dy and sum dy*x per row); sum dy*(x - mean) = sum dy*x - mean*sum dy then
     cancels at most a factor ~FOLD_MAX_OFFSET, and dx = a*dy + b*x + (c - b*mean): 6 operations per
-    element instead of 8, and no x - mean array written and read back. Against the exact form,
-    medians of 20 alternating calls (post-ReLU x): (128, 32, 28, 28) 3.47 -> 3.17 ms, (128, 32, 14,
-    14) 0.63 -> 0.51, (64, 16, 32, 32) 0.77 -> 0.64, (64, 64, 8, 8) 0.26 -> 0.22, (256, 3, 32, 32)
-    0.75 -> 0.63; max relative errors against float64 the same order (1-3e-7)."""
+    element instead of 8, and no x - mean array written and read back (benchmarks/README.md)."""
     n, c, s = x3.shape
     per_image = c * s * x3.dtype.itemsize
     rows = np.empty((2, n, c), dtype=x3.dtype)    # per (n, c): sum dy, sum dy*x

@@ -35,7 +35,7 @@ is split between threads (NumPy releases the GIL in these loops).
     windows: np.add.at, which adds its updates one after another in index-array order; that array is
     laid out in row-major output order per plane, so every pixel's sum is taken in exactly the order
     the sum rule names, for any dy (inf and NaN included). It replaced per-tap masked passes over a
-    phase accumulator (9 passes of 3 ops for 3x3/s2/p1): (64, 64, 32, 32) 8.8 -> 2.3 ms on 2 cores.
+    phase accumulator (benchmarks/README.md).
 """
 from __future__ import annotations
 
@@ -47,9 +47,7 @@ from gpunet.ops.geometry import Window2d
 from gpunet.ops.numpy.util import parallel, workspace
 
 # Max-pool backward scatters plane chunks of about this many dx bytes at a time, so the chunk's dx, its
-# flat indices and its values stay in cache from zeroing to scatter. (64, 64, 32, 32) 2x2 on one thread,
-# medians of 30: 2.68 ms for the whole half-batch at once, 2.68 / 2.38 / 2.47 in chunks of 64 / 256 /
-# 1024 planes (0.25 / 1 / 4 MB).
+# flat indices and its values stay in cache from zeroing to scatter (benchmarks/README.md, "NumPy ops").
 SCATTER_CHUNK_BYTES = 1 << 20
 
 
@@ -112,9 +110,7 @@ def _load_phases(lay: _Layout, x, fill, name: str):
     views = _phase_views(lay, buf, nb)
     if any(region.shape[-2:] != (lay.rows, lay.pitch) for region, _ in views):
         buf.fill(fill)
-    # else the data covers every plane (2x2/s2 on even sizes) and the fill, as costly as a copy, is
-    # skipped: max-pool forward 2x2 (128, 32, 28, 28) 4.39 -> 4.17 ms, (64, 64, 32, 32) 4.07 -> 3.65,
-    # avg-pool 1.41 -> 1.21 and 2.36 -> 2.12 (medians of 20 alternating calls)
+    # else the data covers every plane (2x2/s2 on even sizes) and the fill, as costly as a copy, is skipped
     for region, sl in views:
         np.copyto(region, x[sl])
     return buf
