@@ -12,7 +12,7 @@ def runs(side):
             out.append(json.loads((d / "results.json").read_text()))
     return out
 data = {s: runs(s) for s in ("before", "after")}
-ids = [r["id"] for r in data["before"][0]["rows"] if r.get("gpunet")]
+ids = [r["id"] for r in data["before"][0]["rows"] if r.get("gpunet") and r.get("unit") == "ms"]
 def rows(side, rid):
     return [r for run in data[side] for r in run["rows"] if r["id"] == rid and r.get("gpunet")]
 print(f"runs {lo}-{min(hi, len(data['before']) + lo - 1)}: before {len(data['before'])}, after {len(data['after'])}\n")
