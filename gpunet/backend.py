@@ -1,11 +1,13 @@
 """Device selection: one Backend object per device kind.
 
-A Backend bundles the array module (`xp`), the implementation of the hot ops (`ops`) and a seeded
-random generator. Layers and optimizers only ever talk to `backend.xp` and `backend.ops`, so the same
-model code runs on NumPy, on CuPy, and on the CPU emulator of our CUDA kernels.
+A Backend bundles the array module (`xp`), the engine of the hot ops (`ops`: gpunet.ops.numpy.NumpyOps,
+or gpunet.cuda.ops.CudaOps for 'cupy' and 'emulator') and a seeded random generator. Layers and
+optimizers only ever talk to `backend.xp` and `backend.ops`, so the same model code runs on NumPy, on
+CuPy, and on the CPU emulator of our CUDA kernels.
 
+`ALIASES` is the one table of device names (the CLI, the bench and parity take their choices from it).
 Selection order (Chainer's rule): explicit argument, then the GPUNET_DEVICE environment variable,
-then `auto` (CuPy when a usable CUDA device exists, else NumPy).
+then `auto`, which has one meaning everywhere: CuPy when a usable CUDA device exists, else NumPy.
 """
 from __future__ import annotations
 
@@ -14,18 +16,21 @@ import os
 
 import numpy as np
 
+from gpunet.arrays import DeviceError, is_device_array
+
 log = logging.getLogger("gpunet")
 
-_ALIASES = {
+# Every device name -> its backend kind. DEVICES: the names the CLI offers (`--device`), one per kind.
+ALIASES = {
     "numpy": "numpy", "cpu": "numpy", "np": "numpy",
     "cupy": "cupy", "cuda": "cupy", "gpu": "cupy",
     "emulator": "emulator", "emu": "emulator",
     "auto": "auto",
 }
+DEVICES = ("auto", "cpu", "cuda", "emulator")
 
-
-class DeviceError(RuntimeError):
-    """A requested device cannot be used, or arrays from two devices were mixed."""
+__all__ = ["ALIASES", "DEVICES", "Backend", "DeviceError", "is_device_array", "to_host", "require_host",
+           "cuda_status", "resolve_name", "select_backend", "get_backend"]
 
 
 class Backend:
@@ -57,7 +62,7 @@ class Backend:
         """Move `a` to this device (an explicit, user-requested copy)."""
         if self.name == "cupy":
             return self.xp.asarray(a, dtype=dtype)
-        if _is_cupy_array(a):
+        if is_device_array(a):
             a = a.get()
         return np.asarray(a, dtype=dtype)
 
@@ -71,7 +76,7 @@ class Backend:
 
     def check(self, a, what: str = "array"):
         """Raise if `a` lives on another device. Silent host<->device copies hide bugs and cost time."""
-        on_gpu = _is_cupy_array(a)
+        on_gpu = is_device_array(a)
         if on_gpu != self.is_gpu:
             raise DeviceError(
                 f"{what}: got a {'CuPy (cuda)' if on_gpu else 'NumPy (cpu)'} array but the model is on "
@@ -88,14 +93,10 @@ class Backend:
         return hash(self.name)
 
 
-def _is_cupy_array(a) -> bool:
-    return type(a).__module__.startswith("cupy")
-
-
 def to_host(a) -> np.ndarray:
     """A host NumPy array of `a` (NumPy, CuPy, a torch tensor, or anything np.asarray takes): the one place
     a device array is copied down."""
-    if _is_cupy_array(a):
+    if is_device_array(a):
         return a.get()
     if hasattr(a, "detach"):  # torch
         return a.detach().cpu().numpy()
@@ -105,20 +106,20 @@ def to_host(a) -> np.ndarray:
 def require_host(a, what: str):
     """`a` itself, unless it is a device array: host-side consumers (loaders, dataset builders) refuse those by
     name rather than with CuPy's generic 'implicit conversion' TypeError, and never copy behind the user's back."""
-    if _is_cupy_array(a):
+    if is_device_array(a):
         raise DeviceError(f"{what}: got a CuPy (device) array of shape {tuple(a.shape)}; this takes host data "
                           "(NumPy arrays); copy it explicitly with a.get() or cupy.asnumpy(a)")
     return a
 
 
 def _numpy_ops(backend):
-    from gpunet.ops.numpy_ops import NumpyOps
-    return NumpyOps(backend)
+    from gpunet.ops.numpy import NumpyOps
+    return NumpyOps()
 
 
 def _cuda_ops(backend):
-    from gpunet.ops.cuda_ops import CudaOps
-    return CudaOps(backend)
+    from gpunet.cuda.ops import CudaOps
+    return CudaOps(backend.name)
 
 
 def cuda_status() -> tuple[bool, str]:
@@ -150,31 +151,31 @@ def resolve_name(name: str | None = None) -> tuple[str, str]:
     if requested == "auto" and os.environ.get("GPUNET_DEVICE", "").strip():
         env = os.environ["GPUNET_DEVICE"].strip().lower()
         if env != "auto":
-            if env not in _ALIASES:
-                raise ValueError(f"GPUNET_DEVICE={env!r} is not a device; expected one of {sorted(_ALIASES)}")
-            return _ALIASES[env], f"GPUNET_DEVICE={env!r}"
-    key = _ALIASES.get(requested)
+            if env not in ALIASES:
+                raise ValueError(f"GPUNET_DEVICE={env!r} is not a device; expected one of {sorted(ALIASES)}")
+            return ALIASES[env], f"GPUNET_DEVICE={env!r}"
+    key = ALIASES.get(requested)
     if key is None:
-        raise ValueError(f"unknown device {name!r}; expected one of {sorted(_ALIASES)}")
+        raise ValueError(f"unknown device {name!r}; expected one of {sorted(ALIASES)}")
     if key != "auto":
         return key, f"requested {name!r}"
     ok, why = cuda_status()
     return ("cupy", f"auto: {why}") if ok else ("numpy", f"auto: no usable GPU, using NumPy ({why})")
 
 
-def get_backend(name: str | Backend | None = None) -> Backend:
-    """Return the (shared) Backend for `name`: numpy|cpu, cupy|cuda|gpu, emulator, auto (default)."""
+def select_backend(name: str | Backend | None = None) -> tuple[Backend, str]:
+    """(the shared Backend for `name`, why it was chosen), resolving the name once."""
     if isinstance(name, Backend):
-        return name
+        return name, f"given {name!r}"
     key, why = resolve_name(name)
     if key in _cache:
-        return _cache[key]
+        return _cache[key], why
     if key == "numpy":
         be = Backend("numpy", np, _numpy_ops)
     elif key == "emulator":
         be = Backend("emulator", np, _cuda_ops)
     else:
-        ok, reason = cuda_status()
+        ok, reason = (True, why) if why.startswith("auto") else cuda_status()   # auto has probed already
         if not ok:
             raise DeviceError(f"device 'cupy' requested but unusable: {reason}")
         import cupy
@@ -182,4 +183,9 @@ def get_backend(name: str | Backend | None = None) -> Backend:
     if str(why).startswith("auto"):
         log.info("gpunet: using %s backend (%s)", be.name, why)
     _cache[key] = be
-    return be
+    return be, why
+
+
+def get_backend(name: str | Backend | None = None) -> Backend:
+    """Return the (shared) Backend for `name`: numpy|cpu, cupy|cuda|gpu, emulator, auto (default)."""
+    return select_backend(name)[0]

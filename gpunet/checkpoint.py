@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from gpunet.atomic import atomic_write
-from gpunet.backend import _is_cupy_array, to_host
+from gpunet.backend import is_device_array, to_host
 
 FORMAT = "gpunet-checkpoint"
 VERSION = 1
@@ -49,7 +49,7 @@ class Checkpoint:
 # --- encoding arbitrary state trees: arrays go to the archive, the rest to JSON -----------------------
 
 def _is_array(v) -> bool:
-    return isinstance(v, np.ndarray) or _is_cupy_array(v)
+    return isinstance(v, np.ndarray) or is_device_array(v)
 
 
 def _encode(obj, path: str, arrays: dict):

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from gpunet.autograd import Node, Tensor
-from gpunet.backend import Backend, cuda_status, get_backend
+from gpunet.backend import Backend, get_backend, resolve_name
 
 # Relative tolerance at step 1, per quantity and dtype (step k allows k times as much), and the
 # absolute floor per dtype. Measured margins and the reasoning: docs/parity.md.
@@ -368,13 +368,16 @@ def _optimizer(name: str, params, lr: float):
     raise ValueError(f"parity: unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
 
 
-def resolve_device(device) -> Backend:
-    """A Backend for `device`; "auto" means CUDA when usable, else the CPU emulator of our kernels."""
+def resolve_device(device, no_gpu: str = "emulator") -> Backend:
+    """A Backend for `device`. "auto" means what it means everywhere (gpunet.backend: CUDA when usable,
+    else NumPy); when it finds no GPU, parity compares `no_gpu` instead ("emulator": the CPU emulator of
+    our kernels, the default; "numpy": NumPy with itself)."""
     if isinstance(device, Backend):
         return device
-    if device is None or str(device).lower() == "auto":
-        return get_backend("cupy" if cuda_status()[0] else "emulator")
-    return get_backend(device)
+    key, why = resolve_name(device)
+    if key == "numpy" and why.startswith("auto"):
+        return get_backend(no_gpu)
+    return get_backend(key)
 
 
 # --- the run --------------------------------------------------------------------------------------
@@ -382,13 +385,14 @@ def resolve_device(device) -> Backend:
 def run_parity(model="cnn", device="auto", steps: int = 3, *, batch_size: int = 16, seed: int = 0,
                dtype="float32", optimizer: str = "momentum", lr: float | None = None, data: str | None = None,
                in_shape=None, num_classes=None, batches=None, tolerances: dict | None = None,
-               tol_scale: float = 1.0, lockstep: bool = False, reference="numpy", log=None) -> ParityReport:
+               tol_scale: float = 1.0, lockstep: bool = False, reference="numpy", no_gpu: str = "emulator",
+               log=None) -> ParityReport:
     """Train `model` on `reference` (NumPy) and on `device` for `steps` identical steps; compare everything.
 
     model: a name of `gpunet.models` (cnn, lenet, resnet-small, mlp) or a factory
         `factory(in_shape, num_classes) -> Module` (called with the NumPy generator seeded).
-    device: "cuda", "emulator", "numpy" (a self-check: exactly 0), "auto" (CUDA if usable, else
-        emulator) or a Backend.
+    device: "cuda", "emulator", "numpy" (a self-check: exactly 0), "auto" (CUDA if usable) or a Backend.
+    no_gpu: what "auto" compares when no GPU is usable: "emulator" (default) or "numpy".
     data: "digits" (scikit-learn's embedded digits via gpunet.data; the default for named models) or
         "random" (a seeded Gaussian batch per step, shape `in_shape`, default (1, 8, 8); the default for
         factories). `batches`, a list of host (x, y) pairs, overrides both.
@@ -421,7 +425,7 @@ def run_parity(model="cnn", device="auto", steps: int = 3, *, batch_size: int = 
             raise ValueError(f"parity: unknown tolerance kinds {sorted(unknown)}; expected {sorted(tols)}")
         tols.update(tolerances)
     tols = {k: v * float(tol_scale) for k, v in tols.items()}
-    dev_be = resolve_device(device)
+    dev_be = resolve_device(device, no_gpu=no_gpu)
     ref_be = get_backend(reference)
 
     if not callable(model) and not isinstance(model, str):

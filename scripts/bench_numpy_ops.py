@@ -4,6 +4,7 @@
     python scripts/bench_numpy_ops.py                 # every row, 7 interleaved repetitions
     python scripts/bench_numpy_ops.py --reps 15 --only conv
     python scripts/bench_numpy_ops.py --threads 2     # default: the BLAS pool size NumPy reports
+    python scripts/bench_numpy_ops.py --only conv --algo im2col   # pin one conv algorithm (an A/B run)
 
 Each row runs NumPy and torch alternately (one NumPy repetition, one torch repetition, ...) after two
 warm-ups each, so both see the same machine load; the table shows the best and the median time of
@@ -30,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gpunet.ops.numpy_ops import NumpyOps  # noqa: E402
+from gpunet.ops.numpy import NumpyOps  # noqa: E402
 
 # name: (kind, params, target ratio or None)
 #   conv: (N, C_in, C_out, H, W, k, stride, pad); bn: shape; maxpool/avgpool: (shape, k, stride, pad)
@@ -92,7 +93,7 @@ def sgemm_gflops(m, k, n, reps=5) -> float:
     return 2.0 * m * n * k / min(timed(lambda: np.matmul(a, b, out=out)) for _ in range(reps)) / 1e9
 
 
-def make_row(kind, params, ops, torch):
+def make_row(kind, params, ops, torch, algo=None):
     """(numpy fn, torch fn, flops or None) for one row; inputs float32, built once."""
     F = torch.nn.functional
     rng = np.random.default_rng(0)
@@ -107,8 +108,8 @@ def make_row(kind, params, ops, torch):
         tdy = torch.from_numpy(dy)
 
         def np_fn():
-            y, ctx = ops.conv2d_forward(x, wt, b, s, p, True)
-            ops.conv2d_backward(dy, ctx)
+            y, ctx = ops.conv2d_forward(x, wt, b, s, p, True, algo=algo)
+            ops.conv2d_backward(dy, ctx, algo=algo)
 
         def torch_fn():
             for t in (tx, tw, tb):
@@ -171,6 +172,9 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=7, help="timed repetitions per row (default 7)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: NumPy's BLAS threads)")
     ap.add_argument("--only", default="", help="run the rows whose name contains this text")
+    ap.add_argument("--algo", default=None,
+                    help="force this conv algorithm (gpunet.ops.numpy.conv.ALGORITHMS or 'reference'); rows it "
+                         "does not serve are skipped (default: the table's choice)")
     args = ap.parse_args(argv)
     try:
         import torch
@@ -192,8 +196,12 @@ def main(argv=None) -> int:
     for name, kind, params, target in ROWS:
         if args.only and args.only not in name:
             continue
-        np_fn, torch_fn, flops, gemm = make_row(kind, params, ops, torch)
-        a, b = race(np_fn, torch_fn, args.reps)
+        np_fn, torch_fn, flops, gemm = make_row(kind, params, ops, torch, args.algo)
+        try:
+            a, b = race(np_fn, torch_fn, args.reps)
+        except ValueError as e:   # the forced algorithm does not serve this row
+            print(f"{name:34s} skipped: {e}")
+            continue
         ratio = min(a) / min(b)
         paired = statistics.median(x / y for x, y in zip(a, b))
         notes = ""

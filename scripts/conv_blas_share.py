@@ -21,8 +21,9 @@ import numpy as np
 
 from gpunet.bench.timing import measure
 from gpunet.bench.workloads import CONVS
-from gpunet.ops import _blas, _malloc
-from gpunet.ops import _numpy_conv as conv
+from gpunet.ops.numpy import blas as _blas
+from gpunet.ops.numpy import malloc as _malloc
+from gpunet.ops.numpy import conv
 
 _blas_seconds = [0.0]
 

@@ -39,7 +39,7 @@ def rows():
 def _ops(engine: str):
     """(conv_fwd, conv_bwd, bn_train, bn_bwd, maxf, maxb, avgf, avgb) of one engine."""
     if engine == "numpy":
-        from gpunet.ops.numpy_ops import NumpyOps
+        from gpunet.ops.numpy import NumpyOps
         o = NumpyOps()
         return (o.conv2d_forward, o.conv2d_backward, o.batch_norm_train, o.batch_norm_backward,
                 o.max_pool2d_forward, o.max_pool2d_backward, o.avg_pool2d_forward, o.avg_pool2d_backward)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpunet.backend import _ALIASES, cuda_status, get_backend
+from gpunet.backend import ALIASES, cuda_status, get_backend
 
 REPO = Path(__file__).resolve().parents[1]
 _ALL = ("numpy", "emulator", "cupy")
@@ -23,7 +23,7 @@ def _selected():
     names = os.environ.get("GPUNET_TEST_BACKENDS", ",".join(_ALL))
     picked = []
     for n in (n.strip().lower() for n in names.split(",")):
-        n = _ALIASES.get(n, n)  # get_backend's aliases: cpu, cuda, gpu, ...
+        n = ALIASES.get(n, n)  # get_backend's aliases: cpu, cuda, gpu, ...
         if n and n not in picked:
             picked.append(n)
     if STANDIN in picked and "cupy" in picked:

@@ -1,6 +1,6 @@
 """Straightforward loop-based reference implementations of the hot ops, in float64 (or exact integers).
 
-A second oracle, independent of gpunet.ops.numpy_ops (which is vectorised and fast): every function
+A second oracle, independent of gpunet.ops.numpy (which is vectorised and fast): every function
 here loops over output elements and spells the definition out, so it is easy to check by eye and
 slow. Use small shapes. The CUDA-kernel tests may use it too.
 

@@ -100,7 +100,7 @@ def test_train_then_eval(tmp_path, capsys):
     assert f"test accuracy {100 * m['test_accuracy']:.2f}%" in ev and f"test loss {m['test_loss']:.4f}" in ev
 
 
-@pytest.mark.skipif(importlib.util.find_spec("gpunet.ops.cuda_ops") is None, reason="CUDA ops not built yet")
+@pytest.mark.skipif(importlib.util.find_spec("gpunet.cuda.ops") is None, reason="CUDA ops not built yet")
 def test_checkpoint_from_cpu_evaluates_on_the_device(tmp_path, capsys, device_backend):
     assert train(tmp_path) == 0
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())

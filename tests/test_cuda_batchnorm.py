@@ -240,7 +240,7 @@ def test_argument_errors(device_backend):
 def test_inconsistent_split_writes_nothing(device_backend):
     """The reduction kernels refuse a chunk layout that does not tile M, or a wrong block shape."""
     be = device_backend
-    ctx = KernelContext(be)
+    ctx = KernelContext(be.name)
     xp = be.xp
     x = be.asarray(np.ones((4, 2, 3, 3), np.float32))
     pm = xp.full((2, 2), 7.0, dtype=np.float32)
@@ -272,7 +272,7 @@ def test_reductions_of_one_channel_with_2_31_minus_1_values():
     (and its loop index j + 256 would have wrapped too): dbeta and the statistics silently lost the
     chunk. The arrays are np.zeros (untouched pages cost no memory) with values set at both ends.
     Emulator only (about 30 s): the reduction kernels are launched directly."""
-    ctx = KernelContext(get_backend("emulator"))
+    ctx = KernelContext("emulator")
     m = 2**31 - 1
     p, chunk = bn.split(1, m)
     assert (p, chunk) == (512, 2**22) and (p - 1) * chunk + chunk == 2**31

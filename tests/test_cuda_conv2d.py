@@ -20,8 +20,9 @@ import pytest
 from gpunet.backend import get_backend
 from gpunet.cuda import conv2d as conv
 from gpunet.cuda.loader import KernelContext
+from gpunet.ops import checks
 from gpunet.ops.geometry import conv2d_geometry
-from gpunet.ops.numpy_ops import NumpyOps
+from gpunet.ops.numpy import NumpyOps
 
 # id: (x shape, w shape, stride, padding)
 CASES = {
@@ -47,8 +48,13 @@ _contexts: dict = {}
 
 def _ctx(be):
     if be.name not in _contexts:
-        _contexts[be.name] = KernelContext(be)
+        _contexts[be.name] = KernelContext(be.name)
     return _contexts[be.name]
+
+
+def _forward(ctx, x, w, b, stride, padding, relu):
+    """The launcher on a window validated as the facade does (gpunet.ops.checks)."""
+    return conv.conv2d_forward(ctx, x, w, b, checks.conv2d(x, w, b, stride, padding), relu)
 
 
 def _inputs(case, dtype, bias, seed=0):
@@ -64,7 +70,7 @@ def _run(be, x, w, b, stride, padding, relu, dy_seed=1):
     """Forward then backward on the device; everything returned as host arrays."""
     ctx = _ctx(be)
     dev = (lambda a: None if a is None else be.asarray(a))
-    y, cache = conv.conv2d_forward(ctx, dev(x), dev(w), dev(b), stride, padding, relu)
+    y, cache = _forward(ctx, dev(x), dev(w), dev(b), stride, padding, relu)
     dy = np.random.default_rng(dy_seed).standard_normal(y.shape).astype(x.dtype)
     dx, dw, db = conv.conv2d_backward(ctx, dev(dy), cache)
     host = (lambda a: None if a is None else be.asnumpy(a))
@@ -89,7 +95,7 @@ def _check(name, got, want, bound, k, dtype):
 def _check_against_numpy(x, w, b, stride, padding, relu, y, dy, dx, dw, db):
     """Compare device results with NumpyOps in float64, within the summation-order bound."""
     dtype = x.dtype.type
-    ops = NumpyOps(get_backend("numpy"))
+    ops = NumpyOps()
     f64 = (lambda a: None if a is None else a.astype(np.float64))
     absf = (lambda a: None if a is None else np.abs(a.astype(np.float64)))
     y_ref, _ = ops.conv2d_forward(f64(x), f64(w), f64(b), stride, padding, relu)
@@ -152,7 +158,7 @@ def test_gradcheck_float64_kernels(device_backend, monkeypatch, case):
     saved = {}
 
     def forward(x, w, b):
-        y, saved["cache"] = conv.conv2d_forward(ctx, x, w, b, stride, padding, True)
+        y, saved["cache"] = _forward(ctx, x, w, b, stride, padding, True)
         return y
 
     def backward(dy):
@@ -224,8 +230,8 @@ def test_no_out_of_bounds_access(monkeypatch, case, bias, split):
 def test_nan_propagates_through_relu(device_backend):
     x, w, b, stride, padding = _inputs("cout70-tail", np.float32, True)
     x[0, 1, 3, 2] = np.nan
-    y, cache = conv.conv2d_forward(_ctx(device_backend), *(device_backend.asarray(a) for a in (x, w, b)),
-                                   stride, padding, True)
+    y, cache = _forward(_ctx(device_backend), *(device_backend.asarray(a) for a in (x, w, b)),
+                        stride, padding, True)
     y = device_backend.asnumpy(y)
     # Output pixels whose 3x3 window (pad 1) covers input (3, 2) in image 0: rows 2..4, cols 1..3.
     assert np.isnan(y[0, :, 2:5, 1:4]).all()
@@ -239,32 +245,33 @@ def test_non_contiguous_inputs_and_inputs_untouched(device_backend):
     be = device_backend
     xd, wd, bd = be.asarray(xt), be.asarray(w), be.asarray(b)
     before = [be.asnumpy(a).copy() for a in (xd, wd, bd)]
-    y, cache = conv.conv2d_forward(_ctx(be), xd, wd, bd, stride, padding, True)
+    y, cache = _forward(_ctx(be), xd, wd, bd, stride, padding, True)
     dy = be.asarray(np.ones(y.shape))
     conv.conv2d_backward(_ctx(be), dy, cache)
     for a, a0 in zip((xd, wd, bd), before):
         np.testing.assert_array_equal(be.asnumpy(a), a0)
-    y_c, _ = conv.conv2d_forward(_ctx(be), be.asarray(x), wd, bd, stride, padding, True)
+    y_c, _ = _forward(_ctx(be), be.asarray(x), wd, bd, stride, padding, True)
     np.testing.assert_array_equal(be.asnumpy(y), be.asnumpy(y_c))
 
 
-def test_launcher_errors(device_backend):
-    be, ctx = device_backend, _ctx(device_backend)
+def test_facade_errors(device_backend):
+    """Arguments are checked once, at the facade (CudaOps, through gpunet.ops.checks)."""
+    be, ops = device_backend, device_backend.ops
     x = be.asarray(np.zeros((1, 3, 5, 5), np.float32))
     w = be.asarray(np.zeros((4, 3, 3, 3), np.float32))
     with pytest.raises(TypeError, match="float32 or float64"):
-        conv.conv2d_forward(ctx, be.asarray(np.zeros((1, 3, 5, 5), np.int32)), w, None, 1, 0, False)
-    with pytest.raises(TypeError, match="one dtype"):
-        conv.conv2d_forward(ctx, x, be.asarray(np.zeros((4, 3, 3, 3))), None, 1, 0, False)
+        ops.conv2d_forward(be.asarray(np.zeros((1, 3, 5, 5), np.int32)), w, None, 1, 0, False)
+    with pytest.raises(TypeError, match="weight has dtype float64 but the input is float32"):
+        ops.conv2d_forward(x, be.asarray(np.zeros((4, 3, 3, 3))), None, 1, 0, False)
     with pytest.raises(ValueError, match=r"bias of shape \(C_out,\)=\(4,\)"):
-        conv.conv2d_forward(ctx, x, w, be.asarray(np.zeros(3, np.float32)), 1, 0, False)
+        ops.conv2d_forward(x, w, be.asarray(np.zeros(3, np.float32)), 1, 0, False)
     with pytest.raises(ValueError, match=r"expected input of shape \(N, 3, H, W\)"):
-        conv.conv2d_forward(ctx, be.asarray(np.zeros((1, 2, 5, 5), np.float32)), w, None, 1, 0, False)
+        ops.conv2d_forward(be.asarray(np.zeros((1, 2, 5, 5), np.float32)), w, None, 1, 0, False)
     with pytest.raises(ValueError, match="does not fit"):
-        conv.conv2d_forward(ctx, be.asarray(np.zeros((1, 3, 2, 2), np.float32)), w, None, 1, 0, False)
-    y, cache = conv.conv2d_forward(ctx, x, w, None, 1, 0, True)
+        ops.conv2d_forward(be.asarray(np.zeros((1, 3, 2, 2), np.float32)), w, None, 1, 0, False)
+    y, cache = ops.conv2d_forward(x, w, None, 1, 0, True)
     with pytest.raises(ValueError, match=r"dy of shape \(1, 4, 3, 3\)"):
-        conv.conv2d_backward(ctx, be.asarray(np.zeros((1, 4, 3, 2), np.float32)), cache)
+        ops.conv2d_backward(be.asarray(np.zeros((1, 4, 3, 2), np.float32)), cache)
 
 
 def _launch_fwd(ctx, x, w, y, block=conv.THREADS, **over):
@@ -331,7 +338,7 @@ def test_backward_without_input_grad_launches_no_dgrad(device_backend, monkeypat
     be = device_backend
     x, w, b, stride, padding = _inputs(case, np.float32, True)
     ctx = _ctx(be)
-    y, cache = conv.conv2d_forward(ctx, be.asarray(x), be.asarray(w), be.asarray(b), stride, padding, True)
+    y, cache = _forward(ctx, be.asarray(x), be.asarray(w), be.asarray(b), stride, padding, True)
     dy = be.asarray(np.random.default_rng(1).standard_normal(y.shape).astype(np.float32))
     _, dw_full, db_full = conv.conv2d_backward(ctx, dy, cache)
     launched = []
@@ -364,13 +371,13 @@ def test_dx_with_more_stride_phases_than_grid_z_allows(monkeypatch):
     """Stride 256x256 on a 256x256 image: 65536 stride phases, one more than grid.z allowed when dx put
     the phases there (a launch error on a GPU). Folded into grid.x they run, and every dx pixel is
     written (outputs start as NaN): the 2x2 window's own pixels get their gradient, the rest 0."""
-    ctx = KernelContext(get_backend("emulator"))
+    ctx = KernelContext("emulator")
     monkeypatch.setattr(ctx, "xp", _NanEmpty(ctx.xp))
     rng = np.random.default_rng(5)
     x, w, b = rng.standard_normal((1, 1, 256, 256)), rng.standard_normal((2, 1, 2, 2)), rng.standard_normal(2)
     geom = conv.backward_geometry(conv2d_geometry(x.shape, w.shape, 256, 0), 2)
     assert geom.dgrad_grid == (65536, 1, 1)
-    y, cache = conv.conv2d_forward(ctx, x, w, b, 256, 0, False)
+    y, cache = _forward(ctx, x, w, b, 256, 0, False)
     dy = rng.standard_normal(y.shape)
     dx, dw, db = conv.conv2d_backward(ctx, dy, cache)
     _check_against_numpy(x, w, b, 256, 0, False, y, dy, dx, dw, db)
@@ -383,11 +390,11 @@ def test_dx_with_more_stride_phases_than_grid_z_allows(monkeypatch):
 def test_dx_folded_phases_cover_every_pixel(monkeypatch, xs, ws, stride, padding):
     """With the stride larger than the image on one axis only min(s, size) phases are launched; dx
     (starting as NaN) must still be written everywhere and match NumPy."""
-    ctx = KernelContext(get_backend("emulator"))
+    ctx = KernelContext("emulator")
     monkeypatch.setattr(ctx, "xp", _NanEmpty(ctx.xp))
     rng = np.random.default_rng(6)
     x, w = rng.standard_normal(xs), rng.standard_normal(ws)
-    y, cache = conv.conv2d_forward(ctx, x, w, None, stride, padding, True)
+    y, cache = _forward(ctx, x, w, None, stride, padding, True)
     dy = rng.standard_normal(y.shape)
     dx, dw, db = conv.conv2d_backward(ctx, dy, cache)
     _check_against_numpy(x, w, None, stride, padding, True, y, dy, dx, dw, db)
@@ -433,10 +440,10 @@ def test_sizes_the_kernels_refuse_are_refused_by_the_launcher(device_backend):
     x = be.asarray(np.ones((1, 1, 1, 1), np.float32))
     w = be.asarray(np.ones((1, 1, 1, 1), np.float32))
     with pytest.raises(ValueError, match=r"stride height = 268435456 is not below the kernels' limit 268435456"):
-        conv.conv2d_forward(ctx, x, w, None, (2**28, 1), 0, False)
+        _forward(ctx, x, w, None, (2**28, 1), 0, False)
     with pytest.raises(ValueError, match=r"padding width = 268435456"):
-        conv.conv2d_forward(ctx, x, w, None, 1, (0, 2**28), False)
-    y, _ = conv.conv2d_forward(ctx, x, w, None, (2**28 - 1, 1), 0, False)   # just below: computed
+        _forward(ctx, x, w, None, 1, (0, 2**28), False)
+    y, _ = _forward(ctx, x, w, None, (2**28 - 1, 1), 0, False)   # just below: computed
     assert be.asnumpy(y).tolist() == [[[[1.0]]]]
 
 

@@ -91,7 +91,7 @@ def test_large_mask_statistics_and_counter_shift(device_backend):
 def test_any_grid_is_correct(device_backend):
     """One thread per 4-word block in a grid-stride loop: a tiny grid gives the same mask."""
     be = device_backend
-    ctx = KernelContext(be)
+    ctx = KernelContext(be.name)
     n, seed, counter = 103, 2**70 + 1, 2**64 - 5
     want = numpy_mask((n,), 0.5, seed, counter, np.float32)
     mask = be.xp.full((n,), 7.0, dtype=np.float32)

@@ -14,7 +14,7 @@ import pytest
 
 from gpunet.backend import DeviceError, get_backend
 from gpunet.cuda.conv2d import Conv2dCache
-from gpunet.ops.cuda_ops import CudaOps
+from gpunet.cuda.ops import CudaOps
 from gpunet.ops.interface import Ops
 
 PROTOCOL = [n for n, v in vars(Ops).items() if callable(v) and not n.startswith("_")]

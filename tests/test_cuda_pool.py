@@ -3,7 +3,7 @@
 Runs through CudaOps on every device backend (the CPU emulator always, CuPy with a GPU). Max-pool must
 agree with the NumPy reference BIT FOR BIT: values, argmax, and the backward (both add dy in row-major
 output order), ties, NaN, infinities and overlapping windows included. Average pooling too: both sides
-sum in the same documented order and divide once (gpunet/ops/_numpy_pool.py, avgpool2d.cu).
+sum in the same documented order and divide once (gpunet/ops/numpy/pool.py, avgpool2d.cu).
 """
 from __future__ import annotations
 
@@ -179,7 +179,7 @@ def test_deterministic_across_schedules(device_backend):
 def test_any_grid_is_correct(device_backend):
     """Grid-stride loops: a tiny grid with odd blocks computes the same as the launcher's grid."""
     be = device_backend
-    ctx = KernelContext(be)
+    ctx = KernelContext(be.name)
     x = _data((2, 3, 9, 7), np.float32, "ties")
     ry, ram = _ref().max_pool2d_forward(x, 3, 2, 1)
     geo = tuple(i32(v) for v in (2, 3, 9, 7, 3, 3, 2, 2, 1, 1, 5, 4))
@@ -197,7 +197,7 @@ def test_any_grid_is_correct(device_backend):
 def test_inconsistent_launch_writes_nothing(device_backend):
     """The kernels re-check the geometry: a wrong OH from a buggy launcher leaves the outputs alone."""
     be = device_backend
-    ctx = KernelContext(be)
+    ctx = KernelContext(be.name)
     xp = be.xp
     x = be.asarray(_data((1, 1, 4, 4), np.float32))
     y = xp.full((1, 1, 2, 2), 7.0, dtype=np.float32)

@@ -5,7 +5,7 @@ import pytest
 
 from gpunet import functional as F
 from gpunet.gradcheck import gradcheck
-from gpunet.ops._numpy_util import relu_into
+from gpunet.arrays import relu_into
 
 try:
     import torch

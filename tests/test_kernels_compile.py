@@ -135,9 +135,6 @@ def test_loader_cupy_path_without_a_gpu(tmp_path, monkeypatch):
     compile errors come back as KernelCompileError with file and line."""
     import types
 
-    import gpunet.backend as backend_mod
-    from gpunet.backend import Backend
-
     made = []
 
     class CompileException(Exception):
@@ -156,12 +153,11 @@ def test_loader_cupy_path_without_a_gpu(tmp_path, monkeypatch):
     fake = types.ModuleType("cupy")
     fake.RawModule = RawModule
     monkeypatch.setitem(sys.modules, "cupy", fake)
-    monkeypatch.setattr(backend_mod, "cuda_status", lambda: (True, "stand-in"))
     (tmp_path / "good.cu").write_text('#include "h.cuh"\nextern "C" __global__ void k() {}\n')
     (tmp_path / "h.cuh").write_text("// v1\n")
     (tmp_path / "bad.cu").write_text(BAD_SOURCE)
     monkeypatch.setenv("GPUNET_KERNEL_DIR", str(tmp_path))
-    ctx = KernelContext(Backend("cupy", fake, lambda be: None))
+    ctx = KernelContext("cupy")
     name, mod = ctx.kernel("good.cu", "k")
     assert name == "k" and ctx.module("good.cu") is mod and len(made) == 1
     code, options = made[0]

@@ -1,4 +1,4 @@
-"""gpunet.ops._malloc: the NumPy backend fixes glibc's malloc thresholds so freed activations are reused
+"""gpunet.ops.numpy.malloc: the NumPy backend fixes glibc's malloc thresholds so freed activations are reused
 instead of being faulted in again. Process-wide, so each case runs in a fresh interpreter."""
 import json
 import subprocess
@@ -6,12 +6,12 @@ import sys
 
 import pytest
 
-from gpunet.ops import _malloc
+from gpunet.ops.numpy import malloc as _malloc
 
 _PROBE = r"""
 import json, resource, numpy as np
 from gpunet.backend import get_backend
-from gpunet.ops._malloc import malloc_state
+from gpunet.ops.numpy.malloc import malloc_state
 ops = get_backend("numpy").ops  # creating the NumPy ops applies the tuning (unless switched off)
 rng = np.random.default_rng(0)
 x, dy = rng.standard_normal((2, 64, 32, 16, 16), dtype=np.float32)

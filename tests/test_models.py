@@ -58,7 +58,7 @@ def test_errors():
         build_model("mlp", (1, 8, 8), 1)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("gpunet.ops.cuda_ops") is None, reason="CUDA ops not built yet")
+@pytest.mark.skipif(importlib.util.find_spec("gpunet.cuda.ops") is None, reason="CUDA ops not built yet")
 def test_cnn_on_the_device_matches_numpy(device_backend):
     x = np.random.default_rng(1).standard_normal((4, 1, 8, 8)).astype(np.float32)
     ref = build_model("cnn", (1, 8, 8), 10, seed=0).eval()(x)

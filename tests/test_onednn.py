@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from gpunet.onednn import _capi
-from gpunet.ops.numpy_ops import NumpyOps
+from gpunet.ops.numpy import NumpyOps
 
 try:
     importlib.metadata.version("onednn-cpu-gomp")

@@ -1,4 +1,4 @@
-"""NumpyOps (the reference backend) against the loop references in tests/reference.py (float64),
+"""NumpyOps (the NumPy engine) against the loop references in tests/reference.py (float64),
 central finite differences, and PyTorch CPU as a third opinion (skipped when torch is missing).
 
 Edge shapes throughout: batch 1, 1x1 spatial, odd and non-square sizes, stride > 1, padding, kernels
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import reference as ref
-from gpunet.ops.numpy_ops import NumpyOps
+from gpunet.ops.numpy import NumpyOps
 
 try:
     import torch
@@ -133,166 +133,6 @@ def test_conv2d_float32_stays_float32_and_agrees_with_float64():
     y64, c64 = OPS.conv2d_forward(*(a.astype(np.float64) for a in (x, w, b)), s, p, True)
     for got, want in zip((y, *grads), (y64, *OPS.conv2d_backward(dy.astype(np.float64), c64))):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-
-
-@pytest.mark.parametrize("block", [1, 3000], ids=["one-image-blocks", "two-image-blocks"])
-@pytest.mark.parametrize("case", ["3x3-s1-p1", "k5-s2-p2-overlap", "scatter-s2", "pointwise"])
-def test_conv2d_multiple_blocks_and_noncontiguous(monkeypatch, case, block):
-    """Small block budgets (several blocks, the last one ragged) and strided inputs: same result."""
-    from gpunet.ops import _numpy_conv
-    x, w, b, s, p = _conv_inputs(case)
-    x = np.concatenate([x, x[:1] * 0.5])                 # an odd batch: ragged blocks
-    y0, c0 = OPS.conv2d_forward(x, w, b, s, p, True)
-    dy = np.random.default_rng(5).standard_normal(y0.shape)
-    g0 = OPS.conv2d_backward(dy, c0)
-    monkeypatch.setattr(_numpy_conv, "BLOCK_BYTES", block)
-    xs = np.ascontiguousarray(x.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
-    y1, c1 = OPS.conv2d_forward(xs, w, b, s, p, True)
-    g1 = OPS.conv2d_backward(np.asfortranarray(dy), c1)
-    np.testing.assert_allclose(y1, y0, rtol=1e-13, atol=1e-13)
-    for a1, a0 in zip(g1, g0):
-        np.testing.assert_allclose(a1, a0, rtol=1e-13, atol=1e-13)
-
-
-# The tap path (gpunet/ops/_numpy_conv_taps.py): stride-1 "same" convolutions as one GEMM per kernel
-# row over a padded block, images stacked. Forced on small shapes with TAP_MIN_CHANNELS = 1.
-TAP_CASES = {
-    "3x3": ((2, 3, 7, 6), 5, 3, 1),
-    "batch1-5x5": ((1, 2, 6, 9), 3, 5, 2),
-    "nonsquare-3x5": ((3, 4, 5, 8), 6, (3, 5), (1, 2)),
-    "1x3-row-kernel": ((2, 3, 4, 5), 2, (1, 3), (0, 1)),
-    "5x1-column-kernel": ((2, 2, 6, 3), 3, (5, 1), (2, 0)),
-    "1x1-spatial": ((3, 2, 1, 1), 4, 3, 1),
-    "one-row-image": ((2, 3, 1, 7), 2, 3, 1),
-    "7x7-on-4x4": ((2, 2, 4, 4), 3, 7, 3),
-}
-
-
-def _force_path(monkeypatch, module, threshold: str):
-    """Let `module`'s conv path serve any channel count, and record its forward/backward calls."""
-    monkeypatch.setattr(module, threshold, 1)
-    calls = []
-    for name in ("forward", "backward"):
-        fn = getattr(module, name)
-        monkeypatch.setattr(module, name, lambda *a, _fn=fn, _name=name, **k: (calls.append(_name), _fn(*a, **k))[1])
-    return calls
-
-
-@pytest.fixture
-def force_taps(monkeypatch):
-    from gpunet.ops import _numpy_conv_taps as taps
-    return _force_path(monkeypatch, taps, "TAP_MIN_CHANNELS")
-
-
-def _tap_inputs(case, dtype=np.float64, seed=0):
-    xs, co, k, p = TAP_CASES[case]
-    kh, kw = (k, k) if isinstance(k, int) else k
-    rng = np.random.default_rng(seed)
-    return (rng.standard_normal(xs).astype(dtype), rng.standard_normal((co, xs[1], kh, kw)).astype(dtype),
-            rng.standard_normal(co).astype(dtype), p)
-
-
-@pytest.mark.parametrize("dw_rows", [192, 0], ids=["dw-one-gemm", "dw-per-row"])
-@pytest.mark.parametrize("relu", [False, True], ids=["linear", "relu"])
-@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-@pytest.mark.parametrize("case", TAP_CASES)
-def test_conv2d_tap_path_matches_reference(force_taps, monkeypatch, case, bias, relu, dw_rows):
-    from gpunet.ops import _numpy_conv_taps as taps
-    monkeypatch.setattr(taps, "DW_SINGLE_GEMM_MAX_ROWS", dw_rows)
-    x, w, b, p = _tap_inputs(case)
-    b = b if bias else None
-    y, ctx = OPS.conv2d_forward(x, w, b, 1, p, relu)
-    np.testing.assert_allclose(y, ref.conv2d(x, w, b, 1, p, relu), rtol=1e-12, atol=1e-12)
-    dy = np.random.default_rng(1).standard_normal(y.shape)
-    dx, dw, db = OPS.conv2d_backward(dy, ctx)
-    assert force_taps == ["forward", "backward"]
-    _assert_matches_reference_backward((dx, dw, db), dy, x, w, b, 1, p, relu)
-
-
-@pytest.mark.parametrize("block", [1, 2500], ids=["one-image-blocks", "ragged-blocks"])
-@pytest.mark.parametrize("dw_rows", [192, 0], ids=["dw-one-gemm", "dw-per-row"])
-def test_conv2d_tap_path_blocks_strided_input_and_stale_workspace(force_taps, monkeypatch, block, dw_rows):
-    """Several blocks (the last one ragged), a non-contiguous x and dy, and workspace buffers left
-    full of NaN by an earlier call: the zero margins and slack must be rewritten every block."""
-    from gpunet.ops import _numpy_conv_taps as taps
-    from gpunet.ops._numpy_util import workspace
-    x, w, b, p = _tap_inputs("nonsquare-3x5")
-    x = np.concatenate([x, x[:2] * 0.5])                   # 5 images
-    y0, c0 = OPS.conv2d_forward(x, w, b, 1, p, True)
-    dy = np.random.default_rng(5).standard_normal(y0.shape)
-    g0 = OPS.conv2d_backward(dy, c0)
-    monkeypatch.setattr(taps, "TAP_BLOCK_BYTES", block)
-    monkeypatch.setattr(taps, "DW_SINGLE_GEMM_MAX_ROWS", dw_rows)
-    for buf in workspace().buffers.values():
-        buf[...] = np.nan
-    xs = np.ascontiguousarray(x.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
-    y1, c1 = OPS.conv2d_forward(xs, w, b, 1, p, True)
-    g1 = OPS.conv2d_backward(np.asfortranarray(dy), c1)
-    np.testing.assert_allclose(y1, y0, rtol=1e-13, atol=1e-13)
-    for a1, a0 in zip(g1, g0):
-        np.testing.assert_allclose(a1, a0, rtol=1e-13, atol=1e-13)
-
-
-def test_conv2d_tap_path_relu_mask_blocks_nan_and_inf_gradient(force_taps):
-    x, w, b, p = _tap_inputs("3x3")
-    y, ctx = OPS.conv2d_forward(x, w, b, 1, p, True)
-    assert (y == 0).any() and (y > 0).any()
-    dy = np.ones_like(y)
-    dy[y == 0] = np.nan
-    dy[(y == 0) & (np.arange(y.size).reshape(y.shape) % 2 == 0)] = np.inf
-    dx, dw, db = OPS.conv2d_backward(dy, ctx)
-    assert np.isfinite(dx).all() and np.isfinite(dw).all() and np.isfinite(db).all()
-    rdx, rdw, rdb = ref.conv2d_backward(np.where(y > 0, dy, 0), x, w, b, 1, p, True)
-    np.testing.assert_allclose(dx, rdx, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(dw, rdw, rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("case", ["3x3", "nonsquare-3x5", "batch1-5x5"])
-@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
-def test_conv2d_tap_path_edges_do_not_wrap_into_the_next_row(force_taps, case):
-    """The block has no padding columns: a tap past an image's right edge would read the next row's
-    first pixel (or the next image's). Infinities on every edge column and row must reach exactly the
-    outputs whose windows hold them, in y and, through dy, in dx."""
-    x, w, b, p = _tap_inputs(case)
-    n, c, h, wd = x.shape
-    x[:, 0, :, -1] = np.inf
-    x[:, -1, :, 0] = -np.inf
-    x[-1, :, -1, :] = np.inf
-    y, ctx = OPS.conv2d_forward(x, w, b, 1, p, False)
-    want = ref.conv2d(x, w, b, 1, p, False)
-    assert np.isfinite(want).any() and not np.isfinite(want).all()
-    np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
-    x = np.random.default_rng(3).standard_normal(x.shape)
-    _, ctx = OPS.conv2d_forward(x, w, b, 1, p, False)
-    dy = np.random.default_rng(4).standard_normal(y.shape)
-    dy[0, :, :, -1] = np.inf
-    dy[-1, 0, 0, :] = -np.inf
-    rdx = ref.conv2d_backward(dy, x, w, b, 1, p, False)[0]
-    assert np.isfinite(rdx).any() and not np.isfinite(rdx).all()
-    np.testing.assert_allclose(OPS.conv2d_backward(dy, ctx)[0], rdx, rtol=1e-12, atol=1e-12)
-
-
-def test_conv2d_tap_path_float32_agrees_with_float64(force_taps):
-    x, w, b, p = _tap_inputs("nonsquare-3x5", np.float32)
-    y, ctx = OPS.conv2d_forward(x, w, b, 1, p, True)
-    dy = np.random.default_rng(2).standard_normal(y.shape).astype(np.float32)
-    grads = OPS.conv2d_backward(dy, ctx)
-    assert all(a.dtype == np.float32 for a in (y, *grads))
-    y64, c64 = OPS.conv2d_forward(*(a.astype(np.float64) for a in (x, w, b)), 1, p, True)
-    for got, want in zip((y, *grads), (y64, *OPS.conv2d_backward(dy.astype(np.float64), c64))):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-
-
-def test_conv2d_tap_path_serves_wide_same_convolutions_only():
-    from gpunet.ops import _numpy_conv_taps as taps
-    from gpunet.ops.geometry import conv2d_geometry
-    wide = taps.TAP_MIN_CHANNELS
-    assert taps.applies(conv2d_geometry((2, wide, 8, 8), (4, wide, 3, 3), 1, 1))
-    assert taps.applies(conv2d_geometry((2, wide, 8, 8), (4, wide, 5, 5), 1, 2))
-    assert not taps.applies(conv2d_geometry((2, wide - 1, 8, 8), (4, wide - 1, 3, 3), 1, 1))  # thin K
-    assert not taps.applies(conv2d_geometry((2, wide, 8, 8), (4, wide, 3, 3), 2, 1))       # stride 2
-    assert not taps.applies(conv2d_geometry((2, wide, 8, 8), (4, wide, 3, 3), 1, 0))       # "valid"
-    assert not taps.applies(conv2d_geometry((2, wide, 8, 8), (4, wide, 1, 1), 1, 0))       # 1x1
 
 
 def test_conv2d_argument_errors():
@@ -540,13 +380,13 @@ def test_batch_norm_running_stats_over_several_steps_then_eval():
 def test_batch_norm_gives_the_same_bits_for_any_thread_count(monkeypatch):
     """Small inputs run on one thread, large ones share blocks between threads: per-(n, c) row sums
     and float64 sums over N make the split invisible, forced here on a small input."""
-    from gpunet.ops import _numpy_bn
-    monkeypatch.setattr(_numpy_bn, "BLOCK_BYTES", 3000)            # several blocks per thread
+    from gpunet.ops.numpy import batchnorm as _numpy_bn
+    monkeypatch.setattr(_numpy_bn, "BN_BLOCK_BYTES", 3000)            # several blocks per thread
     x, gamma, beta, rm, rv, dy = _bn_inputs((9, 5, 6, 7), np.float32, offset=3.0, seed=2)
     results = []
     for threads, min_elements in (("1", 1 << 30), ("2", 1), ("3", 1)):
         monkeypatch.setenv("GPUNET_NUM_THREADS", threads)
-        monkeypatch.setattr(_numpy_bn, "PARALLEL_MIN_ELEMENTS", min_elements)
+        monkeypatch.setattr(_numpy_bn, "BN_PARALLEL_MIN_ELEMENTS", min_elements)
         y, mean, invstd = OPS.batch_norm_train(x, gamma, beta, rm.copy(), rv.copy(), 0.1, 1e-5)
         results.append((y, mean, invstd, *OPS.batch_norm_backward(dy, x, gamma, mean, invstd),
                         OPS.batch_norm_eval(x, gamma, beta, rm, rv, 1e-5)))
@@ -578,7 +418,7 @@ def test_batch_norm_folds_the_mean_only_near_zero(offset, monkeypatch):
     backward: sums of dy*x, dx = a*dy + b*x + c'); 1000 + noise keeps the forms that remove the
     offset first, accurate to float32's rounding: the folded ones would lose about 10 bits there
     (checked by forcing them)."""
-    from gpunet.ops import _numpy_bn
+    from gpunet.ops.numpy import batchnorm as _numpy_bn
     x, gamma, beta, _, _, dy = _bn_inputs((16, 3, 8, 8), np.float32, offset=offset, seed=7)
     x64 = x.astype(np.float64)
     rm = x64.mean(axis=(0, 2, 3)).astype(np.float32)
@@ -756,86 +596,10 @@ def test_max_pool_backward_adds_in_row_major_window_order_bitwise(k, s, p):
     np.testing.assert_array_equal(dx, ref.max_pool2d_backward(dy, am, x.shape))
 
 
-# The strided phases path (gpunet/ops/_numpy_conv_phases.py): the backward of stride > 1 convolutions
-# as GEMMs over the input's stride phases. Forced on small shapes with PHASE_MIN_CHANNELS = 1.
-STRIDED_CASES = ["nonsquare-3x5-s2x3-p1x2", "k2-s3-gaps", "k5-s2-p2-overlap", "scatter-s2",
-                 "pad-larger-than-kernel-s2", "s3-k5-phases"]
-
-
-@pytest.fixture
-def force_phases(monkeypatch):
-    from gpunet.ops import _numpy_conv_phases as phases
-    return _force_path(monkeypatch, phases, "PHASE_MIN_CHANNELS")
-
-
-@pytest.mark.parametrize("relu", [False, True], ids=["linear", "relu"])
-@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-@pytest.mark.parametrize("case", STRIDED_CASES)
-def test_conv2d_phases_path_matches_reference(force_phases, case, bias, relu):
-    x, w, b, s, p = _conv_inputs(case)
-    b = b if bias else None
-    y, ctx = OPS.conv2d_forward(x, w, b, s, p, relu)
-    np.testing.assert_allclose(y, ref.conv2d(x, w, b, s, p, relu), rtol=1e-12, atol=1e-12)
-    dy = np.random.default_rng(1).standard_normal(y.shape)
-    dx, dw, db = OPS.conv2d_backward(dy, ctx)
-    assert force_phases == ["forward", "backward"]
-    _assert_matches_reference_backward((dx, dw, db), dy, x, w, b, s, p, relu)
-
-
-@pytest.mark.parametrize("block", [1, 2000], ids=["one-image-blocks", "ragged-blocks"])
-@pytest.mark.parametrize("case", ["nonsquare-3x5-s2x3-p1x2", "k2-s3-gaps"])
-def test_conv2d_phases_path_blocks_strided_dy_and_stale_workspace(force_phases, monkeypatch, case, block):
-    from gpunet.ops import _numpy_conv_phases as phases
-    from gpunet.ops._numpy_util import workspace
-    x, w, b, s, p = _conv_inputs(case)
-    x = np.concatenate([x, x[:1] * 0.5, x[:2] * -1.5])    # an odd batch: ragged blocks
-    y, ctx = OPS.conv2d_forward(x, w, b, s, p, True)
-    dy = np.random.default_rng(5).standard_normal(y.shape)
-    want = ref.conv2d_backward(dy, x, w, b, s, p, True)
-    monkeypatch.setattr(phases, "PHASE_BLOCK_BYTES", block)
-    for buf in workspace().buffers.values():
-        buf[...] = np.nan
-    xs = np.ascontiguousarray(x.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)
-    y1, _ = OPS.conv2d_forward(xs, w, b, s, p, True)
-    np.testing.assert_allclose(y1, ref.conv2d(x, w, b, s, p, True), rtol=1e-12, atol=1e-12)
-    for buf in workspace().buffers.values():
-        buf[...] = np.nan
-    got = OPS.conv2d_backward(np.asfortranarray(dy), ctx)
-    for g, r in zip(got, want):
-        np.testing.assert_allclose(g, r, rtol=1e-12, atol=1e-12)
-    dx, dw, db = OPS.conv2d_backward(dy, ctx, input_grad=False)
-    assert dx is None
-    np.testing.assert_allclose(dw, want[1], rtol=1e-12, atol=1e-12)
-
-
-def test_conv2d_phases_path_relu_mask_blocks_nan_and_inf_gradient(force_phases):
-    x, w, b, s, p = _conv_inputs("k5-s2-p2-overlap")
-    y, ctx = OPS.conv2d_forward(x, w, b, s, p, True)
-    assert (y == 0).any() and (y > 0).any()
-    dy = np.ones_like(y)
-    dy[y == 0] = np.inf
-    dx, dw, db = OPS.conv2d_backward(dy, ctx)
-    assert np.isfinite(dx).all() and np.isfinite(dw).all() and np.isfinite(db).all()
-    rdx, rdw, _ = ref.conv2d_backward(np.where(y > 0, dy, 0), x, w, b, s, p, True)
-    np.testing.assert_allclose(dx, rdx, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(dw, rdw, rtol=1e-12, atol=1e-12)
-
-
-def test_conv2d_phases_path_serves_strided_wide_kernels_only():
-    from gpunet.ops import _numpy_conv_phases as phases
-    from gpunet.ops.geometry import conv2d_geometry
-    c = phases.PHASE_MIN_CHANNELS
-    assert phases.applies(conv2d_geometry((2, c, 8, 8), (4, c, 3, 3), 2, 1))
-    assert phases.applies(conv2d_geometry((2, c, 9, 8), (4, c, 3, 5), (1, 3), 0))
-    assert not phases.applies(conv2d_geometry((2, c, 8, 8), (4, c, 3, 3), 1, 1))       # stride 1
-    assert not phases.applies(conv2d_geometry((2, c, 8, 8), (4, c, 1, 1), 2, 0))       # 1x1
-    assert not phases.applies(conv2d_geometry((2, c - 1, 8, 8), (4, c - 1, 3, 3), 2, 1))  # thin dx GEMM
-
-
-# --- the direct cblas binding (gpunet/ops/_blas.py) ---------------------------------------------------
+# --- the direct cblas binding (gpunet/ops/numpy/blas.py) ---------------------------------------------------
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_direct_gemm_accumulates_with_views_and_transposes(dtype):
-    from gpunet.ops import _blas
+    from gpunet.ops.numpy import blas as _blas
     if not _blas.available():
         pytest.skip("NumPy's BLAS exposes no cblas gemm this process can bind (the fallback is tested below)")
     rng = np.random.default_rng(0)
@@ -856,147 +620,3 @@ def test_direct_gemm_accumulates_with_views_and_transposes(dtype):
     assert not _blas.gemm(a, b, c.T.copy().T, beta=1.0)            # C not row-major
     assert not _blas.gemm(a.astype(np.float32 if dtype == np.float64 else np.float64), b, c, beta=1.0)
     np.testing.assert_array_equal(c, before)
-
-
-def test_conv2d_tap_path_without_direct_blas_matches_reference(force_taps, monkeypatch):
-    """The fallback (np.matmul + add) serves wherever the binding is missing: same answers."""
-    from gpunet.ops import _blas
-    monkeypatch.setattr(_blas, "_gemm", {})
-    monkeypatch.setattr(_blas, "_loaded", True)
-    assert not _blas.available()
-    x, w, b, p = _tap_inputs("nonsquare-3x5")
-    y, ctx = OPS.conv2d_forward(x, w, b, 1, p, True)
-    np.testing.assert_allclose(y, ref.conv2d(x, w, b, 1, p, True), rtol=1e-12, atol=1e-12)
-    dy = np.random.default_rng(1).standard_normal(y.shape)
-    for got, want in zip(OPS.conv2d_backward(dy, ctx), ref.conv2d_backward(dy, x, w, b, 1, p, True)):
-        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("case", ["3x3-s1-p1", "cout-much-larger", "k5-s2-p2-overlap"])  # taps, scatter, gather
-@pytest.mark.parametrize("taps_on", [False, True], ids=["im2col", "taps"])
-def test_conv2d_backward_without_input_grad(monkeypatch, case, taps_on):
-    """input_grad=False: dx None, the same dW and db (thin inputs take the per-image dW GEMMs then)."""
-    from gpunet.ops import _numpy_conv_taps as taps
-    monkeypatch.setattr(taps, "TAP_MIN_CHANNELS", 1 if taps_on else 10 ** 9)
-    x, w, b, s, p = _conv_inputs(case)
-    y, ctx = OPS.conv2d_forward(x, w, b, s, p, True)
-    dy = np.random.default_rng(1).standard_normal(y.shape)
-    dx_full, dw_full, db_full = OPS.conv2d_backward(dy, ctx)
-    dx, dw, db = OPS.conv2d_backward(dy, ctx, input_grad=False)
-    assert dx is None and dx_full is not None
-    np.testing.assert_allclose(dw, dw_full, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(db, db_full, rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("block", [1, 10 ** 9], ids=["one-image-blocks", "one-block"])
-def test_conv2d_per_image_weight_gradient_masks_non_finite_dy(monkeypatch, block):
-    """The thin-input, no-dx backward (per-image dW GEMMs): blocks, and inf/NaN dy where the ReLU is off."""
-    from gpunet.ops import _numpy_conv
-    x, w, b, s, p = _conv_inputs("cin1-7x7-p3")
-    x = np.concatenate([x, -x, 0.5 * x])
-    w = w[:, :, 2:5, 2:5].copy()               # 3x3: K = 9, the per-image path
-    y, ctx = OPS.conv2d_forward(x, w, b, s, 1, True)
-    assert (y == 0).any() and (y > 0).any()
-    dy = np.random.default_rng(3).standard_normal(y.shape)
-    dy[y == 0] = np.inf
-    dy[(y == 0) & (np.arange(y.size).reshape(y.shape) % 3 == 0)] = np.nan
-    monkeypatch.setattr(_numpy_conv, "BLOCK_BYTES", block)
-    dx, dw, db = OPS.conv2d_backward(dy, ctx, input_grad=False)
-    assert dx is None
-    _, rdw, rdb = ref.conv2d_backward(np.where(y > 0, dy, 0), x, w, b, s, 1, True)
-    np.testing.assert_allclose(dw, rdw, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(db, rdb, rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_conv2d_thin_input_paths_give_the_same_bits_for_any_thread_count(monkeypatch, dtype):
-    """The thin-input per-image forward and dx-free backward share image blocks between threads; dW
-    and db are summed block by block in block order, so the thread count cannot change a bit."""
-    from gpunet.ops import _numpy_conv, _numpy_util
-    monkeypatch.setattr(_numpy_util, "PARALLEL_MIN_ELEMENTS", 1)
-    monkeypatch.setattr(_numpy_conv, "BLOCK_BYTES", 2000)        # several blocks
-    x, w, b, s, p = _conv_inputs("cin1-7x7-p3", dtype)
-    x = np.concatenate([x, -x, 0.5 * x, 2 * x, x[:, :, ::-1]])
-    w = w[:, :, 2:5, 2:5].copy()
-    results = []
-    for threads in ("1", "2", "3"):
-        monkeypatch.setenv("GPUNET_NUM_THREADS", threads)
-        y, ctx = OPS.conv2d_forward(x, w, b, s, 1, True)
-        dy = np.random.default_rng(3).standard_normal(y.shape).astype(dtype)
-        results.append((y, *OPS.conv2d_backward(dy, ctx, input_grad=False)[1:]))
-    for other in results[1:]:
-        for a, c in zip(results[0], other):
-            np.testing.assert_array_equal(a, c)
-    np.testing.assert_allclose(results[0][0], ref.conv2d(x, w, b, s, 1, True), rtol=1e-5, atol=1e-5)
-
-
-def test_all_finite_reads_any_strides_and_is_conservative_on_overflow():
-    from gpunet.ops._numpy_util import all_finite
-    a = np.ones((4, 6), dtype=np.float32)
-    assert all_finite(a) and all_finite(a[:, ::2].T) and all_finite(np.zeros(0)) and all_finite(np.float64(2))
-    for bad in (np.inf, -np.inf, np.nan):
-        b = a.copy()
-        b[3, 5] = bad
-        assert not all_finite(b) and not all_finite(b[:, 1::2])
-    assert not all_finite(np.full(8, 3e38, dtype=np.float32))   # finite, but the sum overflows: the slow path
-
-
-@pytest.mark.parametrize("case", ["3x3-s1-p1", "nonsquare-3x5-s2x3-p1x2", "k5-s2-p2-overlap", "s3-k5-phases"])
-@pytest.mark.parametrize("view_paths", [False, True], ids=["im2col", "tap-and-phase-paths"])
-@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
-def test_conv2d_weight_gradient_of_an_input_holding_inf(monkeypatch, case, view_paths):
-    """An inf in x makes exactly the dW entries whose true sum holds it non-finite. The view paths'
-    dropped wide outputs (g = 0) would add 0 * inf = NaN to taps that only they reach from that pixel;
-    they hand such a backward to the im2col path."""
-    from gpunet.ops import _numpy_conv_phases as phases
-    from gpunet.ops import _numpy_conv_taps as taps
-    monkeypatch.setattr(taps, "TAP_MIN_CHANNELS", 1 if view_paths else 10 ** 9)
-    monkeypatch.setattr(phases, "PHASE_MIN_CHANNELS", 1 if view_paths else 10 ** 9)
-    x, w, b, s, p = _conv_inputs(case)
-    x[-1, 0, 0, 0] = np.inf
-    x[0, -1, -1, -1] = -np.inf
-    y, ctx = OPS.conv2d_forward(x, w, b, s, p, False)
-    dy = np.random.default_rng(7).standard_normal(y.shape)
-    with np.errstate(invalid="ignore"):
-        rdx, rdw, rdb = ref.conv2d_backward(dy, x, w, b, s, p, False)
-    dx, dw, db = OPS.conv2d_backward(dy, ctx)
-    assert np.isfinite(rdw).any() and not np.isfinite(rdw).all()
-    np.testing.assert_allclose(dw, rdw, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(dx, rdx, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(db, rdb, rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.parametrize("block", [1, 10 ** 9], ids=["one-image-blocks", "one-block"])
-@pytest.mark.parametrize("case", TAP_CASES)
-def test_conv2d_thin_input_forward_by_full_k_taps(monkeypatch, case, block):
-    """Thin inputs (fewer than TAP_MIN_CHANNELS) that im2col would not serve per image run the tap
-    forward with all kh*kw taps in one K; stale NaN workspaces, ragged blocks, bias and ReLU; the
-    backward (im2col) takes the same ctx."""
-    from gpunet.ops import _numpy_conv, _numpy_conv_taps as taps
-    from gpunet.ops._numpy_util import workspace
-    x, w, b, p = _tap_inputs(case)
-    monkeypatch.setattr(taps, "TAP_MIN_CHANNELS", x.shape[1] + 1)
-    monkeypatch.setattr(taps, "FORWARD_MIN_CHANNELS", 1)
-    monkeypatch.setattr(taps, "THIN_BLOCK_BYTES", block)
-    monkeypatch.setattr(_numpy_conv, "PER_IMAGE_MAX_K", 0)
-    calls = []
-    fwd = taps.forward
-    monkeypatch.setattr(taps, "forward", lambda *a, **k: (calls.append("forward"), fwd(*a, **k))[1])
-    for buf in workspace().buffers.values():
-        buf[...] = np.nan
-    for relu in (False, True):
-        y, ctx = OPS.conv2d_forward(x, w, b, 1, p, relu)
-        np.testing.assert_allclose(y, ref.conv2d(x, w, b, 1, p, relu), rtol=1e-12, atol=1e-12)
-        dy = np.random.default_rng(2).standard_normal(y.shape)
-        _assert_matches_reference_backward(OPS.conv2d_backward(dy, ctx), dy, x, w, b, 1, p, relu)
-    assert calls == ["forward", "forward"]
-
-
-def test_conv2d_thin_input_routing():
-    """Which thin inputs the full-K tap forward takes (the measured choice)."""
-    from gpunet.ops import _numpy_conv_taps as taps
-    from gpunet.ops.geometry import conv2d_geometry
-    assert taps.applies_forward(conv2d_geometry((2, 3, 8, 8), (64, 3, 3, 3), 1, 1))
-    assert not taps.applies_forward(conv2d_geometry((2, 1, 8, 8), (64, 1, 3, 3), 1, 1))   # one channel
-    assert not taps.applies_forward(conv2d_geometry((2, 3, 8, 8), (64, 3, 3, 3), 2, 1))   # strided
-    assert not taps.applies(conv2d_geometry((2, 3, 8, 8), (64, 3, 3, 3), 1, 1))           # backward: im2col

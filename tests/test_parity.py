@@ -21,7 +21,7 @@ import pytest
 from gpunet import nn
 from gpunet.backend import Backend, get_backend
 from gpunet.parity import TOLERANCES, ParityReport, ParityRow, capture, diff, run_parity
-from gpunet.ops.numpy_ops import NumpyOps
+from gpunet.ops.numpy import NumpyOps
 
 
 def _c(a):
@@ -38,7 +38,7 @@ class ReorderedOps(NumpyOps):
                                         stride, padding, relu)
         return _c(y[::-1, ::-1]), ctx
 
-    def conv2d_backward(self, dy, ctx):
+    def conv2d_backward(self, dy, ctx, input_grad=True):
         dx, dw, db = super().conv2d_backward(_c(dy[::-1, ::-1]), ctx)  # dW and db sum the batch backwards
         return _c(dx[::-1, ::-1]), _c(dw[::-1, ::-1]), None if db is None else _c(db[::-1])
 
@@ -82,7 +82,7 @@ class DwSkipsLastSample(NumpyOps):
         _, spare = super().conv2d_forward(x, w, b, stride, padding, relu)  # a ctx for the second backward
         return y, (ctx, spare)
 
-    def conv2d_backward(self, dy, ctx):
+    def conv2d_backward(self, dy, ctx, input_grad=True):
         dx, _, db = super().conv2d_backward(dy, ctx[0])
         dy_short = dy.copy()
         dy_short[-1] = 0
@@ -111,7 +111,7 @@ class OneReluKink(NumpyOps):
 
 def fake_backend(ops_class, name=None) -> Backend:
     """A NumPy-array backend whose hot ops are `ops_class` (what the emulator is, with our kernels)."""
-    return Backend(name or ops_class.__name__, np, ops_class)
+    return Backend(name or ops_class.__name__, np, lambda backend: ops_class())
 
 
 # --- the comparison itself ------------------------------------------------------------------------
@@ -327,7 +327,7 @@ def test_cli_passes_on_cpu_and_writes_json(tmp_path, capsys):
 def test_cli_exits_nonzero_on_failure(monkeypatch, capsys):
     import gpunet.parity
     from gpunet.cli.main import main
-    monkeypatch.setattr(gpunet.parity, "resolve_device", lambda device: fake_backend(DwSkipsLastSample))
+    monkeypatch.setattr(gpunet.parity, "resolve_device", lambda device, **_: fake_backend(DwSkipsLastSample))
     rc = main(["parity", "--device", "emulator", "--steps", "1", "--quiet", "--failures-only"])
     text = capsys.readouterr().out
     assert rc == 1
@@ -384,3 +384,19 @@ def test_cli_on_the_device(device_backend, capsys):
     text = capsys.readouterr().out
     assert rc == 0, text
     assert f"{device_backend.name} vs numpy" in text and "PASS: all" in text
+
+
+def test_auto_means_what_it_means_everywhere_and_the_no_gpu_fallback_is_explicit(monkeypatch):
+    """"auto" is gpunet.backend's (CUDA when usable, GPUNET_DEVICE first); only when it finds no GPU does
+    parity compare `no_gpu` instead of NumPy with itself."""
+    import gpunet.backend as backend_mod
+    from gpunet.parity import resolve_device
+    monkeypatch.delenv("GPUNET_DEVICE", raising=False)
+    monkeypatch.setattr(backend_mod, "cuda_status", lambda: (False, "no GPU here"))
+    assert resolve_device("auto").name == "emulator"
+    assert resolve_device(None, no_gpu="numpy").name == "numpy"
+    assert resolve_device("cpu").name == "numpy" and resolve_device("emu").name == "emulator"
+    monkeypatch.setenv("GPUNET_DEVICE", "cpu")              # an explicit choice, not a missing GPU
+    assert resolve_device("auto").name == "numpy"
+    be, why = backend_mod.select_backend("auto")
+    assert be.name == "numpy" and why == "GPUNET_DEVICE='cpu'"

@@ -17,7 +17,7 @@ import itertools
 
 import numpy as np
 
-from gpunet.backend import DeviceError, _is_cupy_array, get_backend, to_host
+from gpunet.backend import DeviceError, get_backend, is_device_array, to_host
 
 
 class _Mode:
@@ -49,7 +49,7 @@ def is_grad_enabled() -> bool:
 
 def array_module(a):
     """`numpy` or `cupy`, whichever the array `a` belongs to."""
-    if _is_cupy_array(a):
+    if is_device_array(a):
         import cupy
         return cupy
     return np
@@ -98,7 +98,7 @@ class Tensor:
         """The Backend the tensor was made on, else the one its array type implies (numpy or cupy)."""
         if self._backend is not None:
             return self._backend
-        return get_backend("cupy" if _is_cupy_array(self.data) else "numpy")
+        return get_backend("cupy" if is_device_array(self.data) else "numpy")
 
     @property
     def is_leaf(self) -> bool:
@@ -159,7 +159,7 @@ def tensor(array, requires_grad: bool = False, backend=None, dtype=None) -> Tens
     if isinstance(array, Tensor):
         array = array.data
     if backend is None:
-        backend = "cupy" if _is_cupy_array(array) else "numpy"
+        backend = "cupy" if is_device_array(array) else "numpy"
     be = get_backend(backend)
     return Tensor(be.asarray(array, dtype=dtype), requires_grad=requires_grad, backend=be)
 
@@ -264,9 +264,9 @@ def backward(tensors, grads=None, retain_graph: bool = False) -> None:
                 pending[key] = g
                 push(t.node)
             return
-        if _is_cupy_array(g) != _is_cupy_array(t.data):
-            raise DeviceError(f"{what}: gradient is a {'CuPy' if _is_cupy_array(g) else 'NumPy'} array but the "
-                              f"tensor lives on {'CuPy' if _is_cupy_array(t.data) else 'NumPy'}; move it with "
+        if is_device_array(g) != is_device_array(t.data):
+            raise DeviceError(f"{what}: gradient is a {'CuPy' if is_device_array(g) else 'NumPy'} array but the "
+                              f"tensor lives on {'CuPy' if is_device_array(t.data) else 'NumPy'}; move it with "
                               f"backend.asarray")
         if t.grad is None:  # a leaf: own the gradient and keep it writable (optimizers update grads in place)
             fresh = owner(g) not in handed and g.flags.c_contiguous

@@ -26,10 +26,7 @@ class Conv2d(Node):
         return y
 
     def backward(self, gy):
-        if self.needs(0):  # the plain call, so Ops written before input_grad existed keep working
-            dx, dw, db = self.ops.conv2d_backward(_c(gy), self.ctx)
-        else:
-            dx, dw, db = self.ops.conv2d_backward(_c(gy), self.ctx, input_grad=False)
+        dx, dw, db = self.ops.conv2d_backward(_c(gy), self.ctx, input_grad=self.needs(0))
         return (dx, dw) if len(self.inputs) == 2 else (dx, dw, db)
 
 

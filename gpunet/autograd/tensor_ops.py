@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from gpunet.autograd.core import Node, Tensor, array_module, as_tensor
-from gpunet.backend import DeviceError, _is_cupy_array
+from gpunet.backend import DeviceError, is_device_array
 from gpunet import functional as F
 
 
@@ -302,8 +302,8 @@ class ReLU(Node):
 def _pair(a, b):
     a = a if isinstance(a, Tensor) else as_tensor(a, like=b if isinstance(b, Tensor) else None)
     b = b if isinstance(b, Tensor) else as_tensor(b, like=a)
-    if _is_cupy_array(a.data) != _is_cupy_array(b.data):
-        where = ["CuPy (cuda)" if _is_cupy_array(t.data) else "NumPy (cpu)" for t in (a, b)]
+    if is_device_array(a.data) != is_device_array(b.data):
+        where = ["CuPy (cuda)" if is_device_array(t.data) else "NumPy (cpu)" for t in (a, b)]
         raise DeviceError(f"tensor op: operands live on different devices: {a.shape} on {where[0]}, {b.shape} on "
                           f"{where[1]}; move one explicitly (gpunet.tensor(x, backend=...))")
     return a, b

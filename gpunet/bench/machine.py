@@ -11,7 +11,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from gpunet.ops._malloc import malloc_state
+from gpunet.ops.numpy.malloc import malloc_state
 
 # Environment variables that change what a BLAS or a thread pool does; recorded when set.
 ENV_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",

@@ -21,7 +21,7 @@ import tracemalloc
 
 import numpy as np
 
-from gpunet.backend import get_backend, to_host
+from gpunet.backend import ALIASES, get_backend, to_host
 from gpunet.bench import workloads
 from gpunet.bench.machine import loadavg, machine_info
 from gpunet.bench.timing import measure
@@ -31,8 +31,6 @@ SGEMM_N = 2048
 SETTLE_S = 0.2        # pause before each side's block on a CPU (see timing: the other pool's threads spin)
 NOISY = 0.25          # IQR / median above which a side's timing is marked noisy
 CHECK_TOL = 1e-2       # a row whose outputs differ more than this (l2_rel, see output_diffs) is flagged
-DEVICES = {"cpu": "numpy", "numpy": "numpy", "cuda": "cupy", "cupy": "cupy", "gpu": "cupy",
-           "emulator": "emulator", "auto": "auto"}
 
 
 def default_reps(backend, quick: bool) -> tuple[int, int]:
@@ -310,10 +308,9 @@ def run_bench(device: str = "cpu", quick: bool = False, reps: int | None = None,
     """Run the benchmark on `device` (cpu, cuda, emulator or auto) and return the results dict.
     log: a callable receiving one progress line per row, or None."""
     log = log or (lambda line: None)
-    name = DEVICES.get(str(device).lower())
-    if name is None:
+    if str(device).lower() not in ALIASES:
         raise ValueError(f"bench: unknown device {device!r}; expected one of cpu, cuda, emulator, auto")
-    backend = get_backend(name)
+    backend = get_backend(str(device).lower())
     default_r, warmup = default_reps(backend, quick)
     reps = default_r if reps is None else int(reps)
     if reps < 1:

@@ -69,7 +69,7 @@ def _classes(torch):
                 return x
             if not self.same_masks:
                 return nn.functional.dropout(x, self.p, training=True)
-            from gpunet.ops.numpy_ops import dropout_mask
+            from gpunet.ops.numpy import dropout_mask
             mask = dropout_mask(tuple(x.shape), self.p, self.seed, self.counter, np.float32)
             self.counter += math.ceil(x.numel() / 4)  # gpunet.nn.Dropout's counter rule
             return x * torch.from_numpy(mask).to(device=x.device, dtype=x.dtype)

@@ -1,7 +1,7 @@
 """Options shared by several commands."""
 from __future__ import annotations
 
-DEVICES = ("auto", "cpu", "cuda", "emulator")
+from gpunet.backend import DEVICES
 
 
 def add_device(p, default="auto") -> None:

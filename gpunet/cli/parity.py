@@ -39,13 +39,15 @@ def _doc() -> str:
 
 
 def add_parser(subparsers) -> None:
+    from gpunet.cli._common import add_device
     from gpunet.models import MODELS
     from gpunet.parity import OPTIMIZERS
     p = subparsers.add_parser("parity", help=HELP, description=_doc(),
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", choices=("auto", "cuda", "emulator", "cpu"), default="auto",
-                   help="the device compared with NumPy: auto = cuda when usable, else the CPU emulator of our "
-                        "CUDA kernels; cpu compares NumPy with itself (must be exactly 0) (default: %(default)s)")
+    add_device(p)
+    p.add_argument("--no-gpu", choices=("emulator", "cpu"), default="emulator",
+                   help="what --device auto compares with NumPy when no GPU is usable: the CPU emulator of our CUDA "
+                        "kernels, or NumPy itself (--device cpu: must be exactly 0) (default: %(default)s)")
     p.add_argument("--model", choices=MODELS, default="cnn", help="default: %(default)s")
     p.add_argument("--steps", type=int, default=3, metavar="K", help="training steps (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=16, metavar="B", help="default: %(default)s")
@@ -75,7 +77,7 @@ def run(args) -> int:
     log = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     report = run_parity(args.model, device, args.steps, batch_size=args.batch_size, seed=args.seed,
                         dtype=args.dtype, optimizer=args.optimizer, lr=args.lr, tol_scale=args.tol_scale,
-                        lockstep=args.lockstep, log=log)
+                        lockstep=args.lockstep, no_gpu={"cpu": "numpy"}.get(args.no_gpu, args.no_gpu), log=log)
     if not (args.failures_only and report.passed):
         print(report.table(only_failures=args.failures_only))
     print(report.summary())

@@ -1,8 +1,11 @@
 """Launcher for cuda_kernels/batchnorm.cu: batch norm over (N, C) or (N, C, H, W), per channel.
 
-    y, mean, invstd = batch_norm_train(ctx, x, gamma, beta, running_mean, running_var, momentum, eps)
-    y = batch_norm_eval(ctx, x, gamma, beta, running_mean, running_var, eps)
-    dx, dgamma, dbeta = batch_norm_backward(ctx, dy, x, gamma, mean, invstd)
+    y, mean, invstd = batch_norm_train(ctx, shape, x, gamma, beta, running_mean, running_var, momentum, eps)
+    y = batch_norm_eval(ctx, shape, x, gamma, beta, running_mean, running_var, eps)
+    dx, dgamma, dbeta = batch_norm_backward(ctx, shape, dy, x, gamma, mean, invstd)
+
+`shape` is (N, C, S) from gpunet.ops.checks.batch_norm, run by the facade (gpunet.cuda.ops); the
+launchers only refuse what the kernels' 32-bit indexing cannot reach.
 
 Training runs three launches (partial statistics, a per-channel finalize that also updates the
 running statistics in place, normalise), the backward three (partial sums, finalize, dx). Each
@@ -11,10 +14,7 @@ and every bit of the result, is the same on every device and run (see the kernel
 """
 from __future__ import annotations
 
-import numpy as np
-
 from gpunet.cuda.loader import INT32_MAX, ceil_div, dtype_suffix, fscalar, grid_1d, i32
-from gpunet.ops.geometry import batch_norm_geometry
 
 SOURCE = "batchnorm.cu"
 BN_THREADS = 256          # mirrors BN_THREADS in batchnorm.cu (threads per reduction block)
@@ -32,26 +32,16 @@ def split(c: int, m: int) -> tuple[int, int]:
     return ceil_div(m, chunk), chunk
 
 
-def _geometry(op, x, training=False, **vectors):
-    """(N, C, S, suffix): shapes by gpunet.ops.geometry.batch_norm_geometry (the (C,) vectors, more than
-    one value per channel when training), dtypes float32/float64 shared by every array, and the
-    kernels' 32-bit indexing."""
-    n, c, s = batch_norm_geometry(op, x.shape, training, **{k: v.shape for k, v in vectors.items()})
+def _geometry(op, shape, x):
+    """(N, C, S, suffix) of a validated call, within the kernels' 32-bit indexing."""
+    n, c, s = shape
     if n * c * s > INT32_MAX:
         raise ValueError(f"{op}: {n * c * s} elements exceed the kernels' 32-bit indexing (at most {INT32_MAX})")
-    try:
-        suf = dtype_suffix(x.dtype)
-    except TypeError:
-        raise TypeError(f"{op}: expected input of dtype float32 or float64, got {x.dtype}") from None
-    for name, v in vectors.items():
-        if np.dtype(v.dtype) != np.dtype(x.dtype):
-            raise TypeError(f"{op}: {name} has dtype {v.dtype} but the input is {x.dtype}; they must match")
-    return n, c, s, suf
+    return n, c, s, dtype_suffix(x.dtype)
 
 
-def batch_norm_train(ctx, x, gamma, beta, running_mean, running_var, momentum, eps):
-    n, c, s, suf = _geometry("batch_norm", x, True, gamma=gamma, beta=beta, running_mean=running_mean,
-                             running_var=running_var)
+def batch_norm_train(ctx, shape, x, gamma, beta, running_mean, running_var, momentum, eps):
+    n, c, s, suf = _geometry("batch_norm", shape, x)
     m = n * s
     xp = ctx.xp
     x, gamma, beta = (xp.ascontiguousarray(a) for a in (x, gamma, beta))
@@ -80,9 +70,8 @@ def batch_norm_train(ctx, x, gamma, beta, running_mean, running_var, momentum, e
     return y, mean, invstd
 
 
-def batch_norm_eval(ctx, x, gamma, beta, running_mean, running_var, eps):
-    n, c, s, suf = _geometry("batch_norm", x, gamma=gamma, beta=beta, running_mean=running_mean,
-                             running_var=running_var)
+def batch_norm_eval(ctx, shape, x, gamma, beta, running_mean, running_var, eps):
+    n, c, s, suf = _geometry("batch_norm", shape, x)
     xp = ctx.xp
     x, gamma, beta, rm, rv = (xp.ascontiguousarray(a) for a in (x, gamma, beta, running_mean, running_var))
     y = xp.empty(x.shape, dtype=x.dtype)
@@ -92,13 +81,8 @@ def batch_norm_eval(ctx, x, gamma, beta, running_mean, running_var, eps):
     return y
 
 
-def batch_norm_backward(ctx, dy, x, gamma, mean, invstd):
-    op = "batch_norm backward"
-    n, c, s, suf = _geometry(op, x, gamma=gamma, mean=mean, invstd=invstd)
-    if tuple(dy.shape) != tuple(x.shape):
-        raise ValueError(f"{op}: expected dy of shape {tuple(x.shape)}, got {tuple(dy.shape)}")
-    if np.dtype(dy.dtype) != np.dtype(x.dtype):
-        raise TypeError(f"{op}: dy has dtype {dy.dtype} but the input is {x.dtype}; they must match")
+def batch_norm_backward(ctx, shape, dy, x, gamma, mean, invstd):
+    n, c, s, suf = _geometry("batch_norm backward", shape, x)
     xp = ctx.xp
     dy, x, gamma, mean, invstd = (xp.ascontiguousarray(a) for a in (dy, x, gamma, mean, invstd))
     m = n * s

@@ -1,10 +1,11 @@
 """Launcher for cuda_kernels/conv2d_relu.cu: fused conv2d + bias + ReLU, forward and backward.
 
-    y, cache = conv2d_forward(ctx, x, w, b, stride, padding, relu)
+    y, cache = conv2d_forward(ctx, x, w, b, win, relu)
     dx, dw, db = conv2d_backward(ctx, dy, cache)      # db is None when b was None
 
-`ctx` is a `gpunet.cuda.loader.KernelContext` (CuPy or the CPU emulator). Shapes are validated by
-`gpunet.ops.geometry.conv2d_geometry`, like every other backend; the kernels re-check them anyway.
+`ctx` is a `gpunet.cuda.loader.KernelContext` (CuPy or the CPU emulator); `win` the window the facade
+(gpunet.cuda.ops, through gpunet.ops.checks.conv2d) validated. The launchers only refuse what the
+kernels cannot index; the kernels re-check their bounds anyway.
 The design (GEMM mappings, tiles, the deterministic dW reduction) is in docs/conv2d_kernel.md.
 """
 from __future__ import annotations
@@ -12,10 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from gpunet.cuda.loader import GRID_YZ_MAX, INT32_MAX, ceil_div, check_grid, dtype_suffix, grid_1d, i32
-from gpunet.ops.geometry import Window2d, conv2d_geometry
+from gpunet.ops.geometry import Window2d
 
 SOURCE = "conv2d_relu.cu"
 
@@ -50,18 +49,6 @@ class Conv2dCache:
     @property
     def relu(self) -> bool:
         return self.y is not None
-
-
-def _suffix(what, *arrays) -> str:
-    """'f32'/'f64' for arrays that all share one float dtype."""
-    dtypes = [np.dtype(a.dtype) for a in arrays]
-    try:
-        suffixes = {dtype_suffix(d) for d in dtypes}
-    except TypeError as e:
-        raise TypeError(f"{what}: {e}") from None
-    if len(suffixes) > 1:
-        raise TypeError(f"{what}: all arrays must share one dtype, got {', '.join(map(str, dtypes))}")
-    return suffixes.pop()
 
 
 def _check_int32(what, *sizes):
@@ -144,13 +131,10 @@ def wgrad_split(kred: int, tiles: int) -> tuple[int, int]:
     return ceil_div(kred, chunk), chunk
 
 
-def conv2d_forward(ctx, x, w, b, stride, padding, relu: bool):
+def conv2d_forward(ctx, x, w, b, g: Window2d, relu: bool):
     """y = relu?(conv(x, w) + b) in one kernel launch. Returns (y, cache)."""
-    g = conv2d_geometry(x.shape, w.shape, stride, padding)
-    suf = _suffix("conv2d", x, w, *(() if b is None else (b,)))
+    suf = dtype_suffix(x.dtype)
     cout = int(w.shape[0])
-    if b is not None and tuple(b.shape) != (cout,):
-        raise ValueError(f"conv2d: expected bias of shape (C_out,)=({cout},), got {tuple(b.shape)}")
     grid = forward_grid(g, cout)
     xp = ctx.xp
     x = xp.ascontiguousarray(x)
@@ -169,10 +153,7 @@ def conv2d_backward(ctx, dy, cache: Conv2dCache, input_grad: bool = True):
     input_grad=False launches no dgrad kernel and returns dx None."""
     g, x, w = cache.win, cache.x, cache.w
     cout = int(w.shape[0])
-    expected = (g.n, cout, g.oh, g.ow)
-    if tuple(dy.shape) != expected:
-        raise ValueError(f"conv2d backward: expected dy of shape {expected}, got {tuple(dy.shape)}")
-    suf = _suffix("conv2d backward", x, dy)
+    suf = dtype_suffix(dy.dtype)
     geom = backward_geometry(g, cout)
     xp = ctx.xp
     dy = xp.ascontiguousarray(dy)

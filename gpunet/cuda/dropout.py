@@ -12,7 +12,6 @@ import math
 import numpy as np
 
 from gpunet.cuda.loader import ceil_div, dtype_suffix, fscalar, grid_1d, i64, u64
-from gpunet.ops.geometry import dropout_args
 
 SOURCE = "dropout.cu"
 _WORD = 2**64 - 1
@@ -24,9 +23,8 @@ def _words(v: int, nwords: int) -> list[int]:
 
 
 def dropout_mask(ctx, shape, p: float, seed: int, counter: int, dtype):
-    """The mask, (shape) of `dtype`; arguments validated by gpunet.ops.geometry.dropout_args (p in
-    [0, 1): p = 1 is the caller's all-zero case, seed < 2**128, counter < 2**256)."""
-    shape, p, seed, counter = dropout_args(shape, p, seed, counter)
+    """The mask, (shape) of `dtype`; arguments validated by the facade (gpunet.ops.checks.dropout: p in
+    [0, 1), seed < 2**128, counter < 2**256)."""
     suf = dtype_suffix(dtype)
     mask = ctx.xp.empty(shape, dtype=np.dtype(dtype))
     n = math.prod(shape)

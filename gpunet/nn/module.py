@@ -21,7 +21,7 @@ from typing import Iterator, NamedTuple
 import numpy as np
 
 from gpunet.autograd import Tensor, backward, is_grad_enabled, no_grad
-from gpunet.backend import Backend, DeviceError, _is_cupy_array, get_backend
+from gpunet.backend import Backend, DeviceError, get_backend, is_device_array
 
 
 class Parameter(Tensor):
@@ -228,7 +228,7 @@ class Module:
             if key not in state_dict:
                 continue
             value = state_dict[key]
-            if not _is_cupy_array(value):   # device arrays move device to device; np.asarray would refuse them
+            if not is_device_array(value):   # device arrays move device to device; np.asarray would refuse them
                 value = np.asarray(value)
             current = owner._parameters[name].data if is_param else owner._buffers[name]
             if tuple(value.shape) != tuple(current.shape):

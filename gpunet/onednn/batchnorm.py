@@ -39,7 +39,7 @@ FAR_FROM_ZERO = 8.0     # |batch mean| * invstd above this: NumpyOps (see the mo
 
 
 def _numpy():
-    from gpunet.ops.numpy_ops import NumpyOps
+    from gpunet.ops.numpy import NumpyOps
     return NumpyOps()
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from gpunet.onednn import batchnorm, conv, pool
-from gpunet.ops.numpy_ops import NumpyOps
+from gpunet.ops.numpy import NumpyOps
 
 
 def _f32(*arrays) -> bool:

@@ -81,7 +81,7 @@ def _plan(win: Window2d, alg: int, name: str) -> _Plan:
 
 
 def _numpy():
-    from gpunet.ops.numpy_ops import NumpyOps
+    from gpunet.ops.numpy import NumpyOps
     return NumpyOps()
 
 

@@ -1,2 +1,4 @@
-"""Op implementations per device. `gpunet.ops.numpy_ops.NumpyOps` is the reference every other
-implementation (`gpunet.ops.cuda_ops.CudaOps`, used by the CuPy and emulator backends) is tested against."""
+"""The ops contract: `interface` (what every engine provides), `geometry` (output shapes, forward and
+backward), `checks` (validation, run once at each engine's facade). The engines live under it and
+beside it: `gpunet.ops.numpy` (NumpyOps) and `gpunet.cuda` (CudaOps, for CuPy and the emulator).
+docs/ops.md describes the layout and how a NumPy conv path is chosen."""

@@ -1,7 +1,9 @@
-"""Output geometry and argument validation for convolution and pooling.
+"""Output geometry and shape validation for convolution, pooling and batch norm, forward and backward.
 
-The one place where window arithmetic lives (like ATen's Pool.h): the NumPy ops, the CUDA launchers
-and every error message call these functions, so the backends cannot disagree about shapes.
+The one place where window arithmetic lives (like ATen's Pool.h): gpunet.ops.checks (run at every
+engine's facade), the engines and the CUDA launchers' grids use these functions, so the backends
+cannot disagree about shapes. A backward's upstream gradient is checked against the forward's output
+shape here too.
 """
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ class Window2d:
         return (self.n, self.c, self.h, self.w)
 
 
-def _check_input(op: str, shape, channels=None) -> tuple[int, int, int, int]:
+def check_input(op: str, shape, channels=None) -> tuple[int, int, int, int]:
     if len(shape) != 4:
         raise ValueError(f"{op}: expected input of shape (N, C, H, W), got {tuple(shape)}")
     n, c, h, w = (int(s) for s in shape)
@@ -80,15 +82,22 @@ def conv2d_geometry(x_shape, w_shape, stride=1, padding=0) -> Window2d:
     if len(w_shape) != 4:
         raise ValueError(f"conv2d: expected weight of shape (C_out, C_in, kh, kw), got {tuple(w_shape)}")
     cout, cin, kh, kw = (int(s) for s in w_shape)
-    n, c, h, w = _check_input("conv2d", x_shape, channels=cin)
+    n, c, h, w = check_input("conv2d", x_shape, channels=cin)
     if cout < 1:
         raise ValueError(f"conv2d: weight has no output channels: {tuple(w_shape)}")
     return _window("conv2d", n, c, h, w, (kh, kw), stride, padding)
 
 
+def conv2d_backward_geometry(dy_shape, win: Window2d, cout: int) -> None:
+    """dy of a convolution must have the forward's output shape (N, C_out, OH, OW)."""
+    want = (win.n, int(cout), win.oh, win.ow)
+    if tuple(dy_shape) != want:
+        raise ValueError(f"conv2d backward: expected dy of shape {want}, got {tuple(dy_shape)}")
+
+
 def pool2d_geometry(op: str, x_shape, kernel, stride=None, padding=0) -> Window2d:
     """Validate a pooling window (stride defaults to the kernel; padding <= kernel/2 as in PyTorch)."""
-    n, c, h, w = _check_input(op, x_shape)
+    n, c, h, w = check_input(op, x_shape)
     win = _window(op, n, c, h, w, kernel, kernel if stride is None else stride, padding)
     if 2 * win.ph > win.kh or 2 * win.pw > win.kw:
         raise ValueError(
@@ -96,11 +105,21 @@ def pool2d_geometry(op: str, x_shape, kernel, stride=None, padding=0) -> Window2
     return win
 
 
-def batch_norm_geometry(op: str, x_shape, training: bool = False, **vectors) -> tuple[int, int, int]:
+def pool2d_backward_geometry(op: str, dy_shape, x_shape, kernel, stride=None, padding=0) -> Window2d:
+    """The forward's window, and dy of its output shape (N, C, OH, OW)."""
+    win = pool2d_geometry(op, tuple(x_shape), kernel, stride, padding)
+    want = (win.n, win.c, win.oh, win.ow)
+    if tuple(dy_shape) != want:
+        raise ValueError(f"{op} backward: expected dy of shape {want}, got {tuple(dy_shape)}")
+    return win
+
+
+def batch_norm_geometry(op: str, x_shape, training: bool = False, dy_shape=None, **vectors) -> tuple[int, int, int]:
     """Validate a batch-norm input and its per-channel vectors; return (N, C, S), S = H*W (1 for (N, C)).
 
     Every keyword is a name -> shape of a vector that must be (C,) (gamma, beta, running stats, ...).
     With `training`, a channel must hold more than one value (the unbiased variance divides by M - 1).
+    `dy_shape` (a backward's upstream gradient) must be x's shape.
     """
     shape = tuple(int(s) for s in x_shape)
     if len(shape) not in (2, 4):
@@ -112,6 +131,8 @@ def batch_norm_geometry(op: str, x_shape, training: bool = False, **vectors) -> 
     for name, vshape in vectors.items():
         if vshape is not None and tuple(int(v) for v in vshape) != (c,):
             raise ValueError(f"{op}: expected {name} of shape (C,)=({c},), got {tuple(vshape)}")
+    if dy_shape is not None and tuple(dy_shape) != shape:
+        raise ValueError(f"{op}: expected dy of shape {shape}, got {tuple(dy_shape)}")
     if training and n * s < 2:
         raise ValueError(f"{op}: expected more than 1 value per channel when training, got input of shape {shape}")
     return n, c, s

@@ -1,9 +1,10 @@
-"""The contract every op implementation fulfils (NumpyOps, CudaOps).
+"""The contract every engine fulfils (gpunet.ops.numpy.NumpyOps, gpunet.cuda.ops.CudaOps).
 
 Layers call `backend.ops.<op>(...)` and nothing else device-specific, so adding a device means
 implementing this protocol once. All arrays are on the backend's device; float32 is the working
-dtype and float64 is accepted (gradient checks run in float64). Shapes are validated with
-`gpunet.ops.geometry`, so every backend raises the same errors.
+dtype and float64 is accepted (gradient checks run in float64). Each engine's facade validates every
+call once with `gpunet.ops.checks` (shapes through `gpunet.ops.geometry`), so every engine raises the
+same errors.
 """
 from __future__ import annotations
 

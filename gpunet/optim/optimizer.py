@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from gpunet.backend import _is_cupy_array
+from gpunet.backend import is_device_array
 from gpunet.functional import array_module
 from gpunet.nn.module import Parameter
 
@@ -65,7 +65,7 @@ def decay_groups(model, weight_decay: float) -> list[dict]:
 
 def _host(a):
     """A host copy that never aliases the live state."""
-    return a.get() if _is_cupy_array(a) else a.copy()
+    return a.get() if is_device_array(a) else a.copy()
 
 
 # Each numeric hyper-parameter's allowed interval: (low, high, high included). All must be finite.

@@ -40,7 +40,7 @@ import numpy as np
 
 from gpunet import optim
 from gpunet.atomic import atomic_write, remove_stale
-from gpunet.backend import get_backend, resolve_name
+from gpunet.backend import select_backend
 from gpunet.checkpoint import CheckpointError, load_checkpoint
 from gpunet.data import Compose, DataLoader, RandomCropFlip, RandomRotation, load_dataset, stratified_split
 from gpunet.models import build_model
@@ -324,12 +324,11 @@ def run(config: TrainConfig | None = None, out_dir=None, resume=None, progress: 
         raise ValueError(f"--epochs {cfg.epochs}: {ckpt.path} has trained {ckpt.epoch} epochs already; resume with "
                          f"--epochs {ckpt.epoch} or more (`gpunet eval {ckpt.path}` evaluates it as it is)")
 
-    device, why = resolve_name(cfg.device)
-    if comm is not None and device == "cupy":  # NCCL between GPUs (or MPI with host staging, with a warning)
+    be, why = select_backend(cfg.device)
+    if comm is not None and be.name == "cupy":  # NCCL between GPUs (or MPI with host staging, with a warning)
         from gpunet.distributed.nccl import for_device
         comm, how = for_device(comm)
         why += f"; {how}"
-    be = get_backend(device)
     stats = (np.asarray(ckpt.extra["mean"]), np.asarray(ckpt.extra["std"])) if ckpt is not None else None
     if data is None:
         data = load_dataset(cfg.dataset, cfg.data_dir, stats=stats)

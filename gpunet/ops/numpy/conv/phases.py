@@ -6,7 +6,7 @@ input row s*(oh + mi) + a, i.e. row oh + mi of the phase plane x_a[u] = xpad[s*u
 convolution is the sum, over the (a, b) phases, of a stride-1 "valid" correlation of x_ab with the
 sub-kernel W[:, :, a::s, b::s] (for 3x3 stride 2: 2x2, 2x1, 1x2 and 1x1 taps).
 
-Layout. The nb images of a block are stacked as in _numpy_conv_taps: each phase plane is hq x wq
+Layout. The nb images of a block are stacked as in the taps algorithm: each phase plane is hq x wq
 (hq = OH + mh - 1, wq = OW + mw - 1, mh, mw = the most taps a phase has per axis) and image n's plane
 starts at column n*hq*wq of its row (pitch wq); rows (a*pb + b)*C + c of the buffer X' hold phase
 (a, b) of channel c. Output (n, oh, ow) has the wide index m = (n*hq + oh)*wq + ow and phase tap
@@ -25,44 +25,32 @@ GEMMs (for 3x3 stride 2: K = 6C and 3C, exactly the 9C multiply-adds per output)
 with M = nb*hq*wq - (mh - 1)*wq. G holds the masked dy with mh - 1 zero rows above and mw - 1 zero
 columns left of each image (cell hq x wq, so a row's left zeros are the previous row's right
 padding), g_wide = its columns from d = (mh-1)*wq + mw-1 (zero at the junk positions; for an x
-holding inf, conv2d_backward uses im2col instead, as 0 * inf is NaN), and gcat its
+holding inf, the backward uses the reference instead, as 0 * inf is NaN), and gcat its
 mw-fold shifted copy (l' = mw - 1 - l); dX' is the "full" correlation on the phase planes, written
 back to dx phase by phase.
 
-Measured on 2 cores against the im2col path (best of 10-12, same process), in the first layout
-(images side by side, one K = C GEMM per tap, one phase buffer at a time): forward+backward 64->128
-32x32 3x3 s2 142 -> 119 ms, 16->32 29.5 -> 20.9, 32->64 16x16 18.0 -> 13.4, 8->8 5x5 13.9 -> 7.3;
-forward alone 31.5 -> 23.2, 5.0 -> 3.1, 3.8 -> 3.1, 8->16 2.9 -> 1.9; but 3->64 8.2 -> 13.4 fwd+bwd
-and 3.1 -> 4.1 forward (the GEMMs have only C rows or K = C = 3), hence PHASE_MIN_CHANNELS. The
-grouped taps against that first layout (2026-12-02, N64 3x3 s2 unless said, medians of 12
-alternating calls): backward 16->32 32x32 9.9 -> 8.0 ms, 32->64 16x16 6.7 -> 5.1, 64->128 32x32
-46.5 -> 38.2, 8->16 4.3 -> 3.9, 32->32 5x5 N32 14.8 -> 11.2; forward within 7% either way (medians
-of 40: 4.23 -> 4.13, 2.19 -> 2.18, 16.0 -> 17.2, 4.58 -> 4.98): fatter GEMMs, more copying.
+Timings against im2col and the history of the layout: benchmarks/README.md.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from gpunet.ops import _blas
-from gpunet.ops._numpy_util import bias_relu_into, even_blocks, tap_range, workspace
 from gpunet.ops.geometry import Window2d
+from gpunet.ops.numpy import blas as _blas
+from gpunet.ops.numpy.conv._common import view_backward
+from gpunet.ops.numpy.util import bias_relu_into, even_blocks, tap_range, workspace
 
-# Target bytes of a block's largest buffer (the shifted copy, or dx's phase planes). Medians of 10,
-# forward / backward at 1 / 2 / 4 / 8 MB: 16->32 32x32 N64 3.5 / 3.0 / 3.1 / 3.8 and 6.9 / 6.6 / 6.6 /
-# 7.1 ms; 64->128 32x32 18.2 / 17.0 / 19.1 / 19.9 and 36.8 / 36.6 / 37.7 / 40.6; 32->32 5x5 N32 6.0 /
-# 5.0 / 5.0 / 5.6 and 12.7 / 11.2 / 11.1 / 11.5. Small enough for the accumulators to stay in cache,
-# big enough for GEMMs of a few thousand columns.
+# Bytes of a block's largest buffer (the shifted copy, or dx's phase planes): accumulators in cache,
+# GEMMs of a few thousand columns (benchmarks/README.md).
 PHASE_BLOCK_BYTES = 2 << 20
-# Below this many input channels dx's GEMM (C rows) gets too thin and im2col's scatter wins.
-PHASE_MIN_CHANNELS = 8
 
 
-def applies(win: Window2d) -> bool:
-    """Stride > 1 on some axis, a kernel larger than 1x1, at least PHASE_MIN_CHANNELS input channels."""
-    return (max(win.sh, win.sw) > 1 and win.kh * win.kw > 1 and win.c >= PHASE_MIN_CHANNELS)
+def applies(win: Window2d, cout: int, want_dx, dtype) -> bool:
+    """Stride > 1 on some axis and a kernel larger than 1x1."""
+    return max(win.sh, win.sw) > 1 and win.kh * win.kw > 1
 
 
-class _Plan:
+class _PhasePlan:
     """Block geometry and the tap grouping shared by forward and backward (module docstring)."""
 
     def __init__(self, win: Window2d, cout: int, itemsize: int):
@@ -118,7 +106,7 @@ class _Plan:
                                for a, b, l in self.groups[:self.k_groups[mi]]], axis=1)
 
 
-def _fill_phases(buf, plan: _Plan, nb: int, x_blk) -> None:
+def _fill_phases(buf, plan: _PhasePlan, nb: int, x_blk) -> None:
     """buf rows (a*pb + b)*C + c = phase (a, b) of the block x_blk (nb, C, H, W), images stacked; zeros
     in the padding and in the mw - 1 columns of slack after the block."""
     c = plan.win.c
@@ -132,7 +120,7 @@ def _fill_phases(buf, plan: _Plan, nb: int, x_blk) -> None:
                 np.copyto(plan.planes(buf[row:row + c], nb)[:, :, us, vs], src.swapaxes(0, 1))
 
 
-def _tap_copy(buf, plan: _Plan, nb: int):
+def _tap_copy(buf, plan: _PhasePlan, nb: int):
     """xcat (groups*C, span): group (a, b, l) is phase (a, b) shifted left by l columns, so that kernel
     row mi of every phase is one GEMM over xcat[:k_groups[mi]*C, mi*wq : mi*wq + wide]."""
     c, span = plan.win.c, plan.span(nb)
@@ -147,7 +135,7 @@ def forward(x, w, b, win: Window2d, relu: bool, y) -> None:
     """y (N, C_out, OH, OW) = conv(x, w) + b, then ReLU when asked: per block, mh GEMMs (one per
     kernel row of the phase kernels) accumulated into the wide output."""
     cout, dt = int(w.shape[0]), y.dtype
-    plan = _Plan(win, cout, dt.itemsize)
+    plan = _PhasePlan(win, cout, dt.itemsize)
     rows = [plan.tap_weights(w, mi) for mi in range(plan.mh)]
     bias4 = None if b is None else b.reshape(1, cout, 1, 1)
     ws = workspace()
@@ -166,11 +154,16 @@ def forward(x, w, b, win: Window2d, relu: bool, y) -> None:
         bias_relu_into(y[n0:n1], plan.planes(acc_all, nb)[:, :, :win.oh, :win.ow].swapaxes(0, 1), bias4, relu)
 
 
-def backward(x, w, g_of, has_bias: bool, win: Window2d, dx, dw):
+def backward(dy, ctx, want_dx: bool):
+    """(dx, dw, db); dx None when not wanted (its GEMMs are skipped)."""
+    return view_backward(_backward, dy, ctx, want_dx)
+
+
+def _backward(x, w, g_of, has_bias: bool, win: Window2d, dx, dw):
     """dx (None: skipped) and dw in place; db (float64) when there is a bias. g_of(n0, n1, out) writes
     the masked dy of images n0:n1 into out (C_out, nb, OH, OW)."""
     cout, dt = int(w.shape[0]), dw.dtype
-    plan = _Plan(win, cout, dt.itemsize)
+    plan = _PhasePlan(win, cout, dt.itemsize)
     c, wq, d = win.c, plan.wq, plan.d
     db = np.zeros(cout, dtype=np.float64) if has_bias else None
     ws = workspace()

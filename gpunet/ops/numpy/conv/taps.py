@@ -1,5 +1,5 @@
 """conv2d forward and backward on NumPy as GEMMs over shifted views of one padded block: no im2col.
-Serves stride-1 "same" convolutions (k = 2*pad + 1 on each axis) with enough input channels.
+Serves stride-1 "same" convolutions (k = 2*pad + 1 on each axis); the table uses it from 8 input channels.
 
 Layout. A block of nb images is copied into `xb` (C, pw + R*W + slack): each channel holds the nb
 images one under the other, rows of W (pitch = W, no columns of padding), with ph zero rows before
@@ -22,75 +22,40 @@ row is fine for BLAS):
 where gb holds the ReLU-masked dy in xb's layout (zero gaps), gcat is its shifted copy, and
 g_wide = gb[:, pw + ph*W :]: because the convolution is "same", g_wide is g at the wide indices
 and zero at every other one, so the non-pixel wide positions add exactly 0 to dW (for a finite x:
-with an inf in x, conv2d_backward hands the gradients to im2col). Wide outputs that
+with an inf in x, the backward hands the gradients to the reference). Wide outputs that
 are not pixels (the ph gap rows between images) are computed and dropped: (H + ph) / H more GEMM
 work (1.03x at 32x32, 1.06x at 16x16, 1.14x for 14x14 with pad 2), paid back by a kw-fold copy in
-place of im2col's kh*kw-fold one and by K = kw*C GEMMs that accumulate in cache. Measured on 2 cores,
-forward+backward, in one process against the im2col path: 64->64 32x32 3x3 207 -> 147 ms,
-128->128 16x16 133 -> 109 ms, 32->64 14x14 5x5 172 -> 120 ms (best of 12, a busy machine), with the
-images then side by side in the block (rows of W + pw, one copy per image row). Stacking them
-instead (2026-12-02, medians of 12 alternating calls, SkylakeX sgemm): forward / backward of
-32->32 14x14 N128 5.8 / 11.8 -> 4.7 / 8.9 ms, 16->16 32x32 N64 5.3 / 11.9 -> 4.6 / 10.3, 32->32
-16x16 3.4 / 7.2 -> 2.7 / 5.5, 64->64 32x32 29.6 / 63.2 -> 27.7 / 55.7, 32->64 5x5 15.8 / 38.9 ->
-12.8 / 34.8: the per-row copies cost more than the GEMMs' extra rows.
+place of im2col's kh*kw-fold one and by K = kw*C GEMMs that accumulate in cache. Timings against
+im2col and the history of the layout: benchmarks/README.md.
 """
 from __future__ import annotations
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from gpunet.ops import _blas
-from gpunet.ops._numpy_util import bias_relu_into, even_blocks, workspace
 from gpunet.ops.geometry import Window2d
+from gpunet.ops.numpy import blas as _blas
+from gpunet.ops.numpy.conv._common import view_backward
+from gpunet.ops.numpy.util import bias_relu_into, even_blocks, workspace
 
-# Target bytes of the largest block buffer (the kw-fold shifted copy). Forward+backward of
-# 64->64 32x32 on 2 cores: 136 / 131 / 123 / 125 ms at 1 / 2 / 3 / 4.5 MB; 16->16 32x32 and
-# 128->128 16x16 agree within noise. Big enough to amortise the BLAS thread hand-off of each GEMM,
-# small enough that the accumulator stays in cache across a kernel's rows.
+# Bytes of the largest block buffer (the kw-fold shifted copy): the BLAS hand-off amortised, the
+# accumulator in cache (benchmarks/README.md).
 TAP_BLOCK_BYTES = 3 << 20
-# Below this many input channels the GEMMs get too thin (dx's has only C rows) and im2col wins:
-# 3->64 32x32 took 23 ms by im2col and 29 by taps; 8->16 took 24 by im2col and 16 by taps.
-TAP_MIN_CHANNELS = 8
-# dW as ONE GEMM per block, (kh*C_out, span) @ (span, kw*C) against a kh-fold shifted copy of g, when
-# kh*C_out is at most this; else one (C_out, m) @ (m, kw*C) GEMM per kernel row. The single GEMM reads
-# xcat once instead of kh times. Backward alone, medians of 10 (stacked layout, 2026-12-02), per-row
-# -> single: 32->32 14x14 N128 7.7 -> 6.1 ms, 16->16 32x32 12.2 -> 9.2, 64->64 32x32 61.7 -> 52.3,
-# 128->128 16x16 49.1 -> 45.4, 32->64 5x5 42.8 -> 37.3 (320 rows); at 256->256 (768 rows) they tie
-# (40.6 / 41.3 at 8x8, 72.2 / 72.1 at 16x16).
+# dW as ONE GEMM per block against a kh-fold shifted copy of g while kh*C_out is at most this (it reads
+# xcat once instead of kh times), else one GEMM per kernel row (benchmarks/README.md).
 DW_SINGLE_GEMM_MAX_ROWS = 512
 
-
-# Thin inputs (FORWARD_MIN_CHANNELS <= C_in < TAP_MIN_CHANNELS) that im2col would not serve per image
-# (see _numpy_conv) take the forward too, with all kh*kw taps in one K (a kh-fold copy of the shifted
-# block, K = kh*kw*C) and one GEMM per block of about THIN_BLOCK_BYTES; their backward stays on
-# im2col. Forward against the channel-major im2col path, medians of 30 alternating calls: 3->64
-# 32x32 N64 5.83 -> 4.77 ms, 2->64 4.67 -> 3.61, 4->32 16x16 5x5 1.93 -> 1.45, 3->64 5x5 N32 3.71 ->
-# 3.41; one channel gained nothing at 3x3 (1->64 5.90 / 5.83, 1->128 14.97 / 15.00), hence the floor
-# of 2. Against the per-image path (K <= 32, C_out <= 32: 3->16, 2->32, 3->32) it won or lost by up to
-# 20% from run to run, so those stay there. Blocks of 0.5 / 1 / 2 / 4 MB: 3->64 4.09 / 3.71 / 3.74 /
-# 4.75 ms, 4->32 5x5 2.32 / 1.58 / 1.34 / 1.36.
-FORWARD_MIN_CHANNELS = 2
+# Blocks of the full-K forward (taps_thin): about this many bytes of the kh-fold shifted copy.
 THIN_BLOCK_BYTES = 2 << 20
 
 
-def _same_stride1(win: Window2d) -> bool:
+def applies(win: Window2d, cout: int, want_dx, dtype) -> bool:
+    """Stride 1, "same" padding (k = 2*pad + 1 on each axis), a kernel larger than 1x1."""
     return (win.sh == win.sw == 1 and win.kh == 2 * win.ph + 1 and win.kw == 2 * win.pw + 1
             and win.kh * win.kw > 1)
 
 
-def applies(win: Window2d) -> bool:
-    """Whether the tap path serves this geometry: stride 1, "same" padding, a kernel larger than 1x1
-    (1x1 is already a copy-free GEMM) and at least TAP_MIN_CHANNELS input channels."""
-    return _same_stride1(win) and win.c >= TAP_MIN_CHANNELS
-
-
-def applies_forward(win: Window2d) -> bool:
-    """Whether the tap path serves this geometry's forward: as `applies`, or a thin input of at least
-    FORWARD_MIN_CHANNELS channels (one full-K GEMM per block)."""
-    return _same_stride1(win) and win.c >= FORWARD_MIN_CHANNELS
-
-
-class _Plan:
+class _TapPlan:
     """Block geometry shared by forward and backward (see the module docstring)."""
 
     def __init__(self, win: Window2d, cout: int, itemsize: int, thin: bool = False):
@@ -135,7 +100,7 @@ class _Plan:
         return cells[:, :, :self.win.h]
 
 
-def _fill(buf, plan: _Plan, nb: int, src) -> None:
+def _fill(buf, plan: _TapPlan, nb: int, src) -> None:
     """buf = the zero-padded block: src (channels, nb, H, W) at plan.origin, image n's rows from
     row ph + n*(H + ph); zeros in the gap rows, the slack before and after (to the end of buf). src
     None: only the zeros (the caller then writes the pixels through plan.images)."""
@@ -148,7 +113,7 @@ def _fill(buf, plan: _Plan, nb: int, src) -> None:
         np.copyto(plan.images(buf, nb, plan.origin), src)
 
 
-def _shifted(name: str, buf, plan: _Plan, nb: int):
+def _shifted(name: str, buf, plan: _TapPlan, nb: int):
     """cat (kw*rows, span) with cat[j*rows + r, q] = buf[r, q + j], except that a tap never reaches
     across an image's left or right edge: column q serves output column q mod W, and where that plus
     the tap's offset j - pw falls outside the image, cat holds 0 (the zero padding the rows lack)."""
@@ -170,11 +135,12 @@ def _row_taps_gemm(weights, cat, offsets, m: int, acc, tmp) -> None:
         _blas.matmul_acc(weights[t], cat[:, off:off + m], acc, accumulate=t > 0, tmp=tmp)
 
 
-def forward(x, w, b, win: Window2d, relu: bool, y) -> None:
-    """y (N, C_out, OH, OW) = conv(x, w) + b, then ReLU when asked."""
+def forward(x, w, b, win: Window2d, relu: bool, y, full_k: bool = False) -> None:
+    """y (N, C_out, OH, OW) = conv(x, w) + b, then ReLU when asked. full_k: all kh*kw taps in one K,
+    one GEMM per block (the taps_thin algorithm)."""
     cout, dt = int(w.shape[0]), y.dtype
-    thin = win.c < TAP_MIN_CHANNELS
-    plan = _Plan(win, cout, dt.itemsize, thin)
+    thin = full_k
+    plan = _TapPlan(win, cout, dt.itemsize, thin)
     # kernel row i as (C_out, kw*C) with columns (j, c), matching the shifted copy's rows; thin: the
     # whole kernel as (C_out, kh*kw*C) with columns (i, j, c)
     rows = [np.ascontiguousarray(w[:, :, i, :].transpose(0, 2, 1)).reshape(cout, -1) for i in range(win.kh)]
@@ -202,12 +168,17 @@ def forward(x, w, b, win: Window2d, relu: bool, y) -> None:
         bias_relu_into(y[n0:n1], plan.images(acc_all, nb).swapaxes(0, 1), bias4, relu)
 
 
-def backward(x, w, g_of, has_bias: bool, win: Window2d, dx, dw) -> np.ndarray | None:
+def backward(dy, ctx, want_dx: bool):
+    """(dx, dw, db); dx None when not wanted (its GEMMs are skipped)."""
+    return view_backward(_backward, dy, ctx, want_dx)
+
+
+def _backward(x, w, g_of, has_bias: bool, win: Window2d, dx, dw) -> np.ndarray | None:
     """dx and dw (C_out, C, kh, kw) in place (dx None: not wanted, its GEMMs are skipped); returns
     db (float64) when there is a bias.
     g_of(n0, n1, out) writes the masked dy of images n0:n1 into out (C_out, nb, OH, OW)."""
     cout, dt = int(w.shape[0]), dw.dtype
-    plan = _Plan(win, cout, dt.itemsize)
+    plan = _TapPlan(win, cout, dt.itemsize)
     # flipped kernel row i' = kh-1-i as (C, kw*C_out) with columns (j', co), j' = kw-1-j
     flipped = None if dx is None else [
         np.ascontiguousarray(w[:, :, win.kh - 1 - i, ::-1].transpose(1, 2, 0)).reshape(win.c, -1)

@@ -20,7 +20,7 @@ the eval forward likewise folds the running mean into its shift.
 Running statistics are updated in place (any strided view works): running = (1 - momentum)*running
 + momentum*batch, with the unbiased variance var*M/(M - 1).
 
-Speed: every pass is memory-bound, so the batch is cut into blocks of about BLOCK_BYTES that stay in
+Speed: every pass is memory-bound, so the batch is cut into blocks of about BN_BLOCK_BYTES that stay in
 cache while all the passes of one stage run over them, and on large inputs the blocks are shared
 between threads.
 """
@@ -28,21 +28,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from gpunet.ops._numpy_util import parallel, same_dtype, workspace
-from gpunet.ops.geometry import batch_norm_geometry
+from gpunet.ops.numpy.util import parallel, workspace
 
-BLOCK_BYTES = 1 << 20
-# Each thread's share of a pass is at least this many elements, so below 2M every pass runs on the
-# calling thread. On the 2-core CI machine, fwd+bwd with one thread against two (best of 20, A/B):
-# (64, 64, 8, 8) 0.52 vs 0.68 ms, (64, 32, 16, 16) 0.74 vs 0.74, (64, 16, 32, 32) 1.48 vs 1.55,
-# (256, 3, 32, 32) 1.36 vs 1.38; from 3.2M elements two threads win: (128, 32, 28, 28) 6.2 vs 4.6 ms,
-# (64, 64, 32, 32) 8.4 vs 6.3. A hand-off costs more than the halved pass saves while the data is small
-# and in cache.
-PARALLEL_MIN_ELEMENTS = 1 << 20
+BN_BLOCK_BYTES = 1 << 20   # a block of every pass stays in cache for all the passes of one stage
+# Each thread's share of a pass is at least this many elements: below 2M one thread, as a hand-off
+# costs more than the halved pass saves (benchmarks/README.md, "NumPy ops").
+BN_PARALLEL_MIN_ELEMENTS = 1 << 20
 
 
-def _blocks(n0: int, n1: int, per_image: int):
-    step = max(1, BLOCK_BYTES // max(1, per_image))
+def _bn_blocks(n0: int, n1: int, per_image: int):
+    step = max(1, BN_BLOCK_BYTES // max(1, per_image))
     return [(a, min(a + step, n1)) for a in range(n0, n1, step)]
 
 
@@ -78,10 +73,9 @@ def _as3(a, n, c, s):
     return a.reshape(n, c, s)  # a view when contiguous, else a copy
 
 
-def batch_norm_train(x, gamma, beta, running_mean, running_var, momentum, eps):
-    dt = same_dtype("batch_norm", x, gamma=gamma, beta=beta, running_mean=running_mean, running_var=running_var)
-    n, c, s = batch_norm_geometry("batch_norm", x.shape, training=True, gamma=gamma.shape, beta=beta.shape,
-                                  running_mean=running_mean.shape, running_var=running_var.shape)
+def batch_norm_train(shape, x, gamma, beta, running_mean, running_var, momentum, eps):
+    """shape: (N, C, S) from gpunet.ops.checks.batch_norm."""
+    dt, (n, c, s) = x.dtype, shape
     m = n * s
     momentum, eps = float(momentum), float(eps)
     x3 = _as3(x, n, c, s)
@@ -89,22 +83,22 @@ def batch_norm_train(x, gamma, beta, running_mean, running_var, momentum, eps):
     rows = np.empty((3, n, c), dtype=dt)  # per (n, c): sum x, then sum d and sum d^2
 
     def pivot_pass(n0, n1):
-        for a, b in _blocks(n0, n1, per_image):
+        for a, b in _bn_blocks(n0, n1, per_image):
             _rows_sum(x3[a:b], rows[0, a:b])
 
-    parallel(pivot_pass, n, x.size, PARALLEL_MIN_ELEMENTS)
+    parallel(pivot_pass, n, x.size, BN_PARALLEL_MIN_ELEMENTS)
     pivot_c = (rows[0].sum(axis=0, dtype=np.float64) / m).astype(dt)
     pivot = _row(pivot_c, dt, s)
     y = np.empty((n, c, s), dtype=dt)
 
     def shift_pass(n0, n1):  # d = x - K, and its sums
-        for a, b in _blocks(n0, n1, per_image):
+        for a, b in _bn_blocks(n0, n1, per_image):
             d = y[a:b]
             np.subtract(x3[a:b], pivot, out=d)
             _rows_sum(d, rows[1, a:b])
             _rows_dot(d, d, rows[2, a:b])
 
-    parallel(shift_pass, n, x.size, PARALLEL_MIN_ELEMENTS)
+    parallel(shift_pass, n, x.size, BN_PARALLEL_MIN_ELEMENTS)
     dmean = rows[1].sum(axis=0, dtype=np.float64) / m
     var = np.maximum(rows[2].sum(axis=0, dtype=np.float64) / m - dmean * dmean, 0.0)
     invstd = 1.0 / np.sqrt(var + eps)
@@ -112,33 +106,25 @@ def batch_norm_train(x, gamma, beta, running_mean, running_var, momentum, eps):
     scale, shift = _row(scale64, dt, s), _row(beta.astype(np.float64) - dmean * scale64, dt, s)
 
     def affine_pass(n0, n1):  # y = d*scale + shift
-        for a, b in _blocks(n0, n1, per_image):
+        for a, b in _bn_blocks(n0, n1, per_image):
             np.multiply(y[a:b], scale, out=y[a:b])
             np.add(y[a:b], shift, out=y[a:b])
 
-    parallel(affine_pass, n, x.size, PARALLEL_MIN_ELEMENTS)
+    parallel(affine_pass, n, x.size, BN_PARALLEL_MIN_ELEMENTS)
     mean = pivot_c.astype(np.float64) + dmean
     running_mean[...] = (1.0 - momentum) * running_mean.astype(np.float64) + momentum * mean
     running_var[...] = (1.0 - momentum) * running_var.astype(np.float64) + momentum * var * (m / (m - 1))
     return y.reshape(x.shape), mean.astype(dt), invstd.astype(dt)
 
 
-# The eval forward folds the running mean into the shift, y = x*scale + (beta - mean*scale): two
-# passes instead of three, as PyTorch's CPU kernel does, when every channel's running mean lies
-# within this many running standard deviations of zero (the backward folds likewise: see
-# _backward_folded). x*scale then has at most about this many times y's magnitude, so the extra
-# rounding is a few ulps of y. Data far from zero (1000 + noise)
-# keeps the three-pass form, which removes the offset exactly first. Three -> two passes, float32,
-# medians of 30 alternating calls: (64, 64, 32, 32) 1.63 -> 1.28 ms, (256, 3, 32, 32) 0.37 -> 0.23,
-# (64, 16, 32, 32) 0.36 -> 0.26 (PyTorch: 0.67, 0.09, 0.14; one NumPy pass costs about PyTorch's
-# whole fused call). Two threads or 256 KB blocks did not help.
+# The eval forward (and the backward, _backward_folded) folds the mean into the shift, two passes
+# instead of three, when every channel's mean lies within this many standard deviations of zero: the
+# extra rounding is then a few ulps of y (benchmarks/README.md, "NumPy ops").
 FOLD_MAX_OFFSET = 8.0
 
 
-def batch_norm_eval(x, gamma, beta, running_mean, running_var, eps):
-    dt = same_dtype("batch_norm", x, gamma=gamma, beta=beta, running_mean=running_mean, running_var=running_var)
-    n, c, s = batch_norm_geometry("batch_norm", x.shape, gamma=gamma.shape, beta=beta.shape,
-                                  running_mean=running_mean.shape, running_var=running_var.shape)
+def batch_norm_eval(shape, x, gamma, beta, running_mean, running_var, eps):
+    dt, (n, c, s) = x.dtype, shape
     std = np.sqrt(running_var.astype(np.float64) + float(eps))
     scale64 = gamma.astype(np.float64) / std
     rm64 = running_mean.astype(np.float64)
@@ -152,7 +138,7 @@ def batch_norm_eval(x, gamma, beta, running_mean, running_var, eps):
     y = np.empty((n, c, s), dtype=dt)
 
     def apply(n0, n1):
-        for a, b in _blocks(n0, n1, c * s * dt.itemsize):
+        for a, b in _bn_blocks(n0, n1, c * s * dt.itemsize):
             if fold:   # x*scale + shift
                 np.multiply(x3[a:b], scale, out=y[a:b])
                 np.add(y[a:b], shift, out=y[a:b])
@@ -161,16 +147,12 @@ def batch_norm_eval(x, gamma, beta, running_mean, running_var, eps):
                 np.multiply(y[a:b], scale, out=y[a:b])
                 np.add(y[a:b], bt, out=y[a:b])
 
-    parallel(apply, n, x.size, PARALLEL_MIN_ELEMENTS)
+    parallel(apply, n, x.size, BN_PARALLEL_MIN_ELEMENTS)
     return y.reshape(x.shape)
 
 
-def batch_norm_backward(dy, x, gamma, mean, invstd):
-    dt = same_dtype("batch_norm backward", x, dy=dy, gamma=gamma, mean=mean, invstd=invstd)
-    n, c, s = batch_norm_geometry("batch_norm backward", x.shape, gamma=gamma.shape, mean=mean.shape,
-                                  invstd=invstd.shape)
-    if tuple(dy.shape) != tuple(x.shape):
-        raise ValueError(f"batch_norm backward: expected dy of shape {tuple(x.shape)}, got {tuple(dy.shape)}")
+def batch_norm_backward(shape, dy, x, gamma, mean, invstd):
+    dt, (n, c, s) = dy.dtype, shape
     m = n * s
     x3, dy3 = _as3(x, n, c, s), _as3(dy, n, c, s)
     per_image = c * s * dt.itemsize
@@ -183,13 +165,13 @@ def batch_norm_backward(dy, x, gamma, mean, invstd):
     rows = np.empty((3, n, c), dtype=dt)    # per (n, c): sum dy, sum dy*xc, sum xc
 
     def sums_pass(n0, n1):
-        for a, b in _blocks(n0, n1, per_image):
+        for a, b in _bn_blocks(n0, n1, per_image):
             np.subtract(x3[a:b], mu, out=xc[a:b])
             _rows_sum(dy3[a:b], rows[0, a:b])
             _rows_dot(dy3[a:b], xc[a:b], rows[1, a:b])
             _rows_sum(xc[a:b], rows[2, a:b])
 
-    parallel(sums_pass, n, x.size, PARALLEL_MIN_ELEMENTS)
+    parallel(sums_pass, n, x.size, BN_PARALLEL_MIN_ELEMENTS)
     dbeta = rows[0].sum(axis=0, dtype=np.float64)
     resid = rows[2].sum(axis=0, dtype=np.float64) / m          # mean of (x - mean): its rounding error
     dxc = rows[1].sum(axis=0, dtype=np.float64) - resid * dbeta  # sum dy*(x - true mean)
@@ -201,20 +183,17 @@ def _backward_folded(dy3, x3, gamma, mean64, inv, shape):
     """The backward for batch means within FOLD_MAX_OFFSET stds of zero: x - mean is never formed.
     Pass 1 only reads (sum dy and sum dy*x per row); sum dy*(x - mean) = sum dy*x - mean*sum dy then
     cancels at most a factor ~FOLD_MAX_OFFSET, and dx = a*dy + b*x + (c - b*mean): 6 operations per
-    element instead of 8, and no x - mean array written and read back. Against the exact form,
-    medians of 20 alternating calls (post-ReLU x): (128, 32, 28, 28) 3.47 -> 3.17 ms, (128, 32, 14,
-    14) 0.63 -> 0.51, (64, 16, 32, 32) 0.77 -> 0.64, (64, 64, 8, 8) 0.26 -> 0.22, (256, 3, 32, 32)
-    0.75 -> 0.63; max relative errors against float64 the same order (1-3e-7)."""
+    element instead of 8, and no x - mean array written and read back (benchmarks/README.md)."""
     n, c, s = x3.shape
     per_image = c * s * x3.dtype.itemsize
     rows = np.empty((2, n, c), dtype=x3.dtype)    # per (n, c): sum dy, sum dy*x
 
     def sums_pass(n0, n1):
-        for a, b in _blocks(n0, n1, per_image):
+        for a, b in _bn_blocks(n0, n1, per_image):
             _rows_sum(dy3[a:b], rows[0, a:b])
             _rows_dot(dy3[a:b], x3[a:b], rows[1, a:b])
 
-    parallel(sums_pass, n, x3.size, PARALLEL_MIN_ELEMENTS)
+    parallel(sums_pass, n, x3.size, BN_PARALLEL_MIN_ELEMENTS)
     dbeta = rows[0].sum(axis=0, dtype=np.float64)
     dxc = rows[1].sum(axis=0, dtype=np.float64) - mean64 * dbeta
     dx = np.empty(x3.shape, dtype=x3.dtype)
@@ -235,7 +214,7 @@ def _dx_pass(dy3, src3, src_mean, gamma, inv, dbeta, dxc, out3):
     a, b, cc = _row(a_, dt, s), _row(b_, dt, s), _row(c_, dt, s)
 
     def blocks(n0, n1):
-        for lo, hi in _blocks(n0, n1, c * s * dt.itemsize):
+        for lo, hi in _bn_blocks(n0, n1, c * s * dt.itemsize):
             d = out3[lo:hi]
             np.multiply(src3[lo:hi], b, out=d)
             np.add(d, cc, out=d)
@@ -243,5 +222,5 @@ def _dx_pass(dy3, src3, src_mean, gamma, inv, dbeta, dxc, out3):
             np.multiply(dy3[lo:hi], a, out=t)
             np.add(d, t, out=d)
 
-    parallel(blocks, n, dy3.size, PARALLEL_MIN_ELEMENTS)
+    parallel(blocks, n, dy3.size, BN_PARALLEL_MIN_ELEMENTS)
     return (dxc * inv).astype(dt), dbeta.astype(dt)

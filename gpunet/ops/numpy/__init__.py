@@ -1,12 +1,11 @@
-"""NumpyOps: the Ops protocol (gpunet.ops.interface) on NumPy, the reference for every other backend.
+"""NumpyOps: the Ops contract (gpunet.ops.interface) on NumPy, the engine of the 'numpy' backend.
 
-Vectorised, and fast enough to train on: convolution is BLAS GEMMs over shifted views of padded
-blocks, stride phases or im2col blocks, chosen per geometry (`_numpy_conv`), pooling is one whole-tensor operation per kernel tap (`_numpy_pool`, whose header
-states the exact max-pool tie/NaN rules a kernel must copy), batch norm is a shifted two-pass scheme
-stable far from zero (`_numpy_bn`). Shapes and arguments are validated by gpunet.ops.geometry, so
-every backend raises the same errors. float32 stays float32 (no full-size float64 temporaries);
-float64 works throughout for gradient checks. Inputs are never modified (except the running
-statistics, in place, as documented).
+This module is the facade: every op is validated here once (gpunet.ops.checks) and then handed to
+the implementation, which trusts it: `conv` (an algorithm table of BLAS-GEMM paths, with a plain
+`conv.reference`), `pool` (one whole-tensor operation per kernel tap; its header states the exact
+max-pool tie/NaN rules a kernel must copy), `batchnorm` (a shifted two-pass scheme stable far from
+zero). float32 stays float32 (no full-size float64 temporaries); float64 takes the same paths (gradient
+checks). Inputs are never modified (except the running statistics, in place, as documented).
 """
 from __future__ import annotations
 
@@ -14,17 +13,14 @@ import math
 
 import numpy as np
 
-from gpunet.ops import _malloc, _numpy_bn, _numpy_conv, _numpy_pool
-from gpunet.ops._numpy_util import FLOATS, clear_workspaces, ieee
-from gpunet.ops.geometry import dropout_args
+from gpunet.ops import checks
+from gpunet.ops.numpy import batchnorm, conv, malloc, pool
+from gpunet.ops.numpy.util import ieee
 
 
 def dropout_mask(shape, p: float, seed: int, counter: int, dtype) -> np.ndarray:
     """Inverted-dropout multiplier from NumPy's Philox4x64-10 stream (see NumpyOps.dropout_mask)."""
-    dt = np.dtype(dtype)
-    if dt not in FLOATS:
-        raise TypeError(f"dropout_mask: expected dtype float32 or float64, got {dt}")
-    shape, p, seed, counter = dropout_args(shape, p, seed, counter)
+    shape, p, seed, counter, dt = checks.dropout(shape, p, seed, counter, dtype)
     n = math.prod(shape)
     if n == 0:
         return np.zeros(shape, dtype=dt)
@@ -40,56 +36,61 @@ def dropout_mask(shape, p: float, seed: int, counter: int, dtype) -> np.ndarray:
 class NumpyOps:
     """The hot ops on NumPy arrays (see gpunet.ops.interface.Ops for the contract)."""
 
-    def __init__(self, backend=None):
-        self.backend = backend
-        _malloc.tune_malloc()  # freed activations stay mapped: no page faults per step (see _malloc)
-
-    @staticmethod
-    def release_memory() -> None:
-        """Free the scratch buffers the ops keep between calls (im2col blocks, padded copies)."""
-        clear_workspaces()
+    def __init__(self):
+        malloc.tune_malloc()  # freed activations stay mapped: no page faults per step (see malloc)
 
     def __repr__(self) -> str:
         return "NumpyOps()"
 
     # --- convolution ------------------------------------------------------------------------------
     @ieee
-    def conv2d_forward(self, x, w, b, stride, padding, relu: bool):
-        return _numpy_conv.conv2d_forward(x, w, b, stride, padding, bool(relu))
+    def conv2d_forward(self, x, w, b, stride, padding, relu: bool, algo: str | None = None):
+        """algo: force one of conv.ALGORITHMS or "reference" (tests, benchmarks); None: conv.choose."""
+        checks.conv2d(x, w, b, stride, padding)
+        return conv.conv2d_forward(x, w, b, stride, padding, bool(relu), algo)
 
     @ieee
-    def conv2d_backward(self, dy, ctx, input_grad: bool = True):
-        return _numpy_conv.conv2d_backward(dy, ctx, bool(input_grad))
+    def conv2d_backward(self, dy, ctx, input_grad: bool = True, algo: str | None = None):
+        if not isinstance(ctx, conv.ConvCtx):
+            raise TypeError(f"conv2d backward: ctx must come from NumpyOps.conv2d_forward, got {type(ctx).__name__}")
+        checks.conv2d_backward(dy, ctx.x, ctx.w, ctx.win)
+        return conv.conv2d_backward(dy, ctx, bool(input_grad), algo)
 
     # --- pooling ----------------------------------------------------------------------------------
     @ieee
     def max_pool2d_forward(self, x, kernel, stride, padding):
-        return _numpy_pool.max_pool2d_forward(x, kernel, stride, padding)
+        return pool.max_pool2d_forward(x, checks.pool2d("max_pool2d", x, kernel, stride, padding))
 
     @ieee
     def max_pool2d_backward(self, dy, argmax, x_shape, kernel, stride, padding):
-        return _numpy_pool.max_pool2d_backward(dy, argmax, x_shape, kernel, stride, padding)
+        return pool.max_pool2d_backward(dy, argmax, checks.max_pool2d_backward(dy, argmax, x_shape, kernel, stride,
+                                                                               padding))
 
     @ieee
     def avg_pool2d_forward(self, x, kernel, stride, padding):
-        return _numpy_pool.avg_pool2d_forward(x, kernel, stride, padding)
+        return pool.avg_pool2d_forward(x, checks.pool2d("avg_pool2d", x, kernel, stride, padding))
 
     @ieee
     def avg_pool2d_backward(self, dy, x_shape, kernel, stride, padding):
-        return _numpy_pool.avg_pool2d_backward(dy, x_shape, kernel, stride, padding)
+        return pool.avg_pool2d_backward(dy, checks.pool2d_backward("avg_pool2d", dy, x_shape, kernel, stride, padding))
 
     # --- batch norm -------------------------------------------------------------------------------
     @ieee
     def batch_norm_train(self, x, gamma, beta, running_mean, running_var, momentum, eps):
-        return _numpy_bn.batch_norm_train(x, gamma, beta, running_mean, running_var, momentum, eps)
+        shape = checks.batch_norm("batch_norm", x, True, gamma=gamma, beta=beta, running_mean=running_mean,
+                                  running_var=running_var)
+        return batchnorm.batch_norm_train(shape, x, gamma, beta, running_mean, running_var, momentum, eps)
 
     @ieee
     def batch_norm_eval(self, x, gamma, beta, running_mean, running_var, eps):
-        return _numpy_bn.batch_norm_eval(x, gamma, beta, running_mean, running_var, eps)
+        shape = checks.batch_norm("batch_norm", x, gamma=gamma, beta=beta, running_mean=running_mean,
+                                  running_var=running_var)
+        return batchnorm.batch_norm_eval(shape, x, gamma, beta, running_mean, running_var, eps)
 
     @ieee
     def batch_norm_backward(self, dy, x, gamma, mean, invstd):
-        return _numpy_bn.batch_norm_backward(dy, x, gamma, mean, invstd)
+        shape = checks.batch_norm("batch_norm backward", x, dy=dy, gamma=gamma, mean=mean, invstd=invstd)
+        return batchnorm.batch_norm_backward(shape, dy, x, gamma, mean, invstd)
 
     # --- dropout ----------------------------------------------------------------------------------
     def dropout_mask(self, shape, p: float, seed: int, counter: int, dtype):

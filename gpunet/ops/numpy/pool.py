@@ -35,7 +35,7 @@ is split between threads (NumPy releases the GIL in these loops).
     windows: np.add.at, which adds its updates one after another in index-array order; that array is
     laid out in row-major output order per plane, so every pixel's sum is taken in exactly the order
     the sum rule names, for any dy (inf and NaN included). It replaced per-tap masked passes over a
-    phase accumulator (9 passes of 3 ops for 3x3/s2/p1): (64, 64, 32, 32) 8.8 -> 2.3 ms on 2 cores.
+    phase accumulator (benchmarks/README.md).
 """
 from __future__ import annotations
 
@@ -43,13 +43,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gpunet.ops._numpy_util import float_array, parallel, workspace
-from gpunet.ops.geometry import Window2d, pool2d_geometry
+from gpunet.ops.geometry import Window2d
+from gpunet.ops.numpy.util import parallel, workspace
 
 # Max-pool backward scatters plane chunks of about this many dx bytes at a time, so the chunk's dx, its
-# flat indices and its values stay in cache from zeroing to scatter. (64, 64, 32, 32) 2x2 on one thread,
-# medians of 30: 2.68 ms for the whole half-batch at once, 2.68 / 2.38 / 2.47 in chunks of 64 / 256 /
-# 1024 planes (0.25 / 1 / 4 MB).
+# flat indices and its values stay in cache from zeroing to scatter (benchmarks/README.md, "NumPy ops").
 SCATTER_CHUNK_BYTES = 1 << 20
 
 
@@ -112,9 +110,7 @@ def _load_phases(lay: _Layout, x, fill, name: str):
     views = _phase_views(lay, buf, nb)
     if any(region.shape[-2:] != (lay.rows, lay.pitch) for region, _ in views):
         buf.fill(fill)
-    # else the data covers every plane (2x2/s2 on even sizes) and the fill, as costly as a copy, is
-    # skipped: max-pool forward 2x2 (128, 32, 28, 28) 4.39 -> 4.17 ms, (64, 64, 32, 32) 4.07 -> 3.65,
-    # avg-pool 1.41 -> 1.21 and 2.36 -> 2.12 (medians of 20 alternating calls)
+    # else the data covers every plane (2x2/s2 on even sizes) and the fill, as costly as a copy, is skipped
     for region, sl in views:
         np.copyto(region, x[sl])
     return buf
@@ -147,9 +143,8 @@ def _first_real(win: Window2d) -> np.ndarray:
 
 # --- max pooling ----------------------------------------------------------------------------------
 
-def max_pool2d_forward(x, kernel, stride, padding):
-    dt = float_array("max_pool2d", "input", x)
-    win = pool2d_geometry("max_pool2d", x.shape, kernel, stride, padding)
+def max_pool2d_forward(x, win: Window2d):
+    dt = x.dtype
     lay = _layout(win)
     y = np.empty((win.n, win.c, win.oh, win.ow), dtype=dt)
     argmax = np.empty(y.shape, dtype=np.int32)
@@ -205,16 +200,8 @@ def _max_fwd(lay: _Layout, x, y, argmax):
         np.copyto(argmax, np.broadcast_to(_first_real(win), argmax.shape), where=y == -np.inf)
 
 
-def max_pool2d_backward(dy, argmax, x_shape, kernel, stride, padding):
-    dt, win = _check_backward("max_pool2d", dy, x_shape, kernel, stride, padding)
-    if not hasattr(argmax, "dtype") or np.dtype(argmax.dtype) != np.int32 or tuple(argmax.shape) != tuple(dy.shape):
-        raise ValueError(f"max_pool2d backward: expected an int32 argmax of shape {tuple(dy.shape)}, got "
-                         f"{getattr(argmax, 'dtype', type(argmax).__name__)} of shape "
-                         f"{tuple(getattr(argmax, 'shape', ()))}")
-    if argmax.size and (int(argmax.min()) < 0 or int(argmax.max()) >= win.h * win.w):
-        raise ValueError(f"max_pool2d backward: argmax holds flat indices outside the {win.h}x{win.w} input "
-                         f"plane (range {int(argmax.min())}..{int(argmax.max())}); it must come from "
-                         f"max_pool2d_forward on the same input shape")
+def max_pool2d_backward(dy, argmax, win: Window2d):
+    dt = dy.dtype
     dx = np.empty(win.in_shape, dtype=dt)
     overlap = win.kh > win.sh or win.kw > win.sw
     parallel(lambda n0, n1: _max_bwd_scatter(win, dy[n0:n1], argmax[n0:n1], dx[n0:n1], overlap), win.n, dx.size)
@@ -253,20 +240,10 @@ def _wide_dy(lay: _Layout, dy):
     return g
 
 
-def _check_backward(op, dy, x_shape, kernel, stride, padding):
-    dt = float_array(f"{op} backward", "dy", dy)
-    win = pool2d_geometry(op, tuple(x_shape), kernel, stride, padding)
-    want = (win.n, win.c, win.oh, win.ow)
-    if tuple(dy.shape) != want:
-        raise ValueError(f"{op} backward: expected dy of shape {want}, got {tuple(dy.shape)}")
-    return dt, win
-
-
 # --- average pooling ------------------------------------------------------------------------------
 
-def avg_pool2d_forward(x, kernel, stride, padding):
-    dt = float_array("avg_pool2d", "input", x)
-    win = pool2d_geometry("avg_pool2d", x.shape, kernel, stride, padding)
+def avg_pool2d_forward(x, win: Window2d):
+    dt = x.dtype
     lay = _layout(win)
     y = np.empty((win.n, win.c, win.oh, win.ow), dtype=dt)
     parallel(lambda n0, n1: _avg_fwd(lay, x[n0:n1], y[n0:n1]), win.n, x.size)
@@ -288,8 +265,8 @@ def _avg_fwd(lay: _Layout, x, y):
         np.divide(_wide(lay, yw, nb), x.dtype.type(win.kh * win.kw), out=y)
 
 
-def avg_pool2d_backward(dy, x_shape, kernel, stride, padding):
-    dt, win = _check_backward("avg_pool2d", dy, x_shape, kernel, stride, padding)
+def avg_pool2d_backward(dy, win: Window2d):
+    dt = dy.dtype
     lay = _layout(win)
     dx = np.empty(win.in_shape, dtype=dt)
     parallel(lambda n0, n1: _avg_bwd(lay, dy[n0:n1], dx[n0:n1]), win.n, dx.size)

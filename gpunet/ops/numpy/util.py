@@ -1,39 +1,15 @@
-"""Helpers shared by the NumPy ops: dtype checks, window-tap ranges, per-thread scratch buffers."""
+"""Helpers shared by the NumPy ops: window-tap ranges, ReLU, per-thread scratch buffers, threads."""
 from __future__ import annotations
 
 import contextvars
 import functools
 import os
 import threading
-import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def float_array(op: str, what: str, a) -> np.dtype:
-    """The dtype of `a`, which must be a float32/float64 array."""
-    if a is None or not hasattr(a, "dtype") or not hasattr(a, "shape"):
-        raise TypeError(f"{op}: expected {what} as an array, got {type(a).__name__}")
-    if np.dtype(a.dtype) not in FLOATS:
-        raise TypeError(f"{op}: expected {what} of dtype float32 or float64, got {a.dtype}")
-    return np.dtype(a.dtype)
-
-
-def same_dtype(op: str, x, **others) -> np.dtype:
-    """x's dtype (float32/float64); every other array given (None is skipped) must have the same."""
-    dt = float_array(op, "input", x)
-    for name, a in others.items():
-        if a is None:
-            continue
-        float_array(op, name, a)
-        if np.dtype(a.dtype) != dt:
-            raise TypeError(f"{op}: {name} has dtype {a.dtype} but the input is {dt}; they must match "
-                            f"(cast one of them explicitly)")
-    return dt
-
+from gpunet.arrays import relu_into
 
 def tap_range(i: int, size_in: int, size_out: int, stride: int, pad: int) -> tuple[int, int, int]:
     """For kernel offset i along one axis: (lo, hi, first) such that the outputs o in [lo, hi) read the
@@ -41,72 +17,6 @@ def tap_range(i: int, size_in: int, size_out: int, stride: int, pad: int) -> tup
     lo = max(0, -((i - pad) // stride))                   # ceil((pad - i) / stride), clamped at 0
     hi = min(size_out, (size_in - 1 + pad - i) // stride + 1)
     return lo, hi, lo * stride - pad + i
-
-
-def tap_slices(i: int, j: int, win):
-    """(output slices, input slices) of kernel tap (i, j) over the outputs whose tap lies inside the
-    input (padding excluded), or None when the tap only ever sees padding."""
-    ohl, ohh, h0 = tap_range(i, win.h, win.oh, win.sh, win.ph)
-    owl, owh, w0 = tap_range(j, win.w, win.ow, win.sw, win.pw)
-    if ohh <= ohl or owh <= owl:
-        return None
-    out = (slice(None), slice(None), slice(ohl, ohh), slice(owl, owh))
-    inp = (slice(None), slice(None), slice(h0, h0 + (ohh - ohl - 1) * win.sh + 1, win.sh),
-           slice(w0, w0 + (owh - owl - 1) * win.sw + 1, win.sw))
-    return out, inp
-
-
-def all_finite(a) -> bool:
-    """Whether every element of a float array is finite, from one read-only sum: an inf or NaN
-    anywhere makes the sum inf or NaN, and a sum that overflows only answers False for finite data
-    (callers then take their exact slow path). Faster than np.isfinite(a).all(), which writes a mask
-    first (0.16 vs 0.27 ms for 3.2M float32); any strides."""
-    a = np.asarray(a)
-    return bool(np.isfinite(np.einsum(a, list(range(a.ndim)), [])))
-
-
-# relu_into compares with zeros broadcast over its operand instead of with the scalar 0: NumPy's
-# maximum against a scalar runs a loop about 3x slower than its loop over two operands that advance
-# together (float32, best of 30: 0.30 vs 0.10 ms for 0.9M contiguous elements in cache, 1.10 vs 0.38
-# ms for 3.2M; 0.14 vs 0.07 ms for a (32, 32, 14, 14) view whose 14x14 planes are contiguous). A
-# contiguous array is viewed as rows of ZERO_ROW elements (rows of 16 were as slow as the scalar,
-# 256-4096 about as fast as a full zero array); a strided one is compared with a zero plane of its
-# last two axes when that has at least MIN_ZERO_PLANE elements.
-ZERO_ROW = 4096
-MIN_ZERO_PLANE = 64
-MAX_ZERO_PLANE = 1 << 16
-_zeros: dict = {}
-
-
-def _zeros_of(shape, dt) -> np.ndarray:
-    """A cached read-only zero array (at most MAX_ZERO_PLANE elements; the cache starts over when it
-    reaches 64 shapes, so many image sizes cannot make it grow without bound)."""
-    key = (tuple(shape), np.dtype(dt))
-    z = _zeros.get(key)
-    if z is None:
-        if len(_zeros) >= 64:
-            _zeros.clear()
-        z = np.zeros(shape, dtype=dt)
-        z.flags.writeable = False
-        z = _zeros.setdefault(key, z)
-    return z
-
-
-def relu_into(out, src) -> None:
-    """out = max(src, 0) elementwise, NaN kept (np.maximum: the same bits, signed NaNs included).
-    out (same shape as src) may be src itself."""
-    n = src.size
-    if n >= ZERO_ROW and src.flags.c_contiguous and out.flags.c_contiguous:
-        s, o = src.reshape(-1), out.reshape(-1)
-        main = n - n % ZERO_ROW
-        np.maximum(s[:main].reshape(-1, ZERO_ROW), _zeros_of((ZERO_ROW,), src.dtype),
-                   out=o[:main].reshape(-1, ZERO_ROW))
-        if main < n:
-            np.maximum(s[main:], 0, out=o[main:])
-    elif src.ndim >= 2 and MIN_ZERO_PLANE <= src.shape[-2] * src.shape[-1] <= MAX_ZERO_PLANE:
-        np.maximum(src, _zeros_of(src.shape[-2:], src.dtype), out=out)
-    else:
-        np.maximum(src, 0, out=out)
 
 
 def bias_relu_into(out, src, bias, relu: bool) -> None:
@@ -135,7 +45,7 @@ class Workspace:
 
     Large temporaries (im2col blocks, padded copies) are taken from here instead of np.empty: a fresh
     multi-megabyte allocation is page-faulted in on every call, which can cost as much as the copy that
-    fills it. A buffer only grows; `clear_workspaces()` gives the memory back. Nothing returned to a
+    fills it. A buffer only grows (it lives as long as its thread). Nothing returned to a
     caller ever lives in a workspace buffer, and a buffer is only used between two of its owner's
     calls to `get` with the same name.
     """
@@ -156,12 +66,8 @@ class Workspace:
             self.buffers[name] = buf
         return buf.view(np.uint8)[:nbytes].view(dtype).reshape(shape)
 
-    def clear(self) -> None:
-        self.buffers.clear()
-
 
 _local = threading.local()
-_all_workspaces: "weakref.WeakSet[Workspace]" = weakref.WeakSet()
 
 
 def workspace() -> Workspace:
@@ -169,14 +75,7 @@ def workspace() -> Workspace:
     ws = getattr(_local, "ws", None)
     if ws is None:
         ws = _local.ws = Workspace()
-        _all_workspaces.add(ws)
     return ws
-
-
-def clear_workspaces() -> None:
-    """Free every thread's scratch buffers (they are re-created, at their next use, as needed)."""
-    for ws in list(_all_workspaces):
-        ws.clear()
 
 
 # --- threads for the memory-bound passes -----------------------------------------------------------

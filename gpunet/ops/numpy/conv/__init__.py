@@ -1,0 +1,66 @@
+"""conv2d (+ bias, + fused ReLU) on NumPy: the algorithm table, the one place where a path is picked.
+
+Each algorithm is a module with `applies(win, cout, want_dx, dtype)` (can it compute this? want_dx is
+None for the forward, else whether the backward wants dx; an engine without float64 says no to it),
+`forward(x, w, b, win, relu, y)` (fills y) and `backward(dy, ctx, want_dx) -> (dx, dw, db)`. `choose` holds every measured preference;
+`conv2d_forward/backward(..., algo=name)` force one (tests, benchmarks). Arguments were validated by the
+facade (NumpyOps). Timings behind each rule: benchmarks/README.md, "NumPy convolution algorithms".
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from gpunet.ops.geometry import conv2d_geometry
+from gpunet.ops.numpy.conv import im2col, per_image, phases, reference, taps, taps_thin
+from gpunet.ops.numpy.conv._common import ConvCtx, pointwise
+
+ALGORITHMS = {"taps": taps, "phases": phases, "per_image": per_image, "taps_thin": taps_thin, "im2col": im2col}
+VIEW_MIN_CHANNELS = 8     # taps/phases below this: dx's GEMM (C_in rows) too thin, im2col wins
+THIN_MAX_K = 32           # K = C_in*kh*kw up to this: memory-bound GEMMs, per_image wins (backward without dx)
+THIN_MAX_COUT = 32        # ... and its forward too, up to this many output channels
+THIN_MIN_CHANNELS = 2     # taps_thin's forward gains nothing on one channel
+
+
+def choose(win, cout: int, want_dx=None, dtype=np.float32) -> str:
+    """The algorithm for this geometry: want_dx None for the forward, else the backward with/without dx.
+    Each rule: benchmarks/README.md, "NumPy convolution algorithms"."""
+    dtype = np.dtype(dtype)
+    thin = win.c * win.kh * win.kw <= THIN_MAX_K
+    if win.c >= VIEW_MIN_CHANNELS and taps.applies(win, cout, want_dx, dtype):
+        return "taps"
+    if win.c >= VIEW_MIN_CHANNELS and phases.applies(win, cout, want_dx, dtype):
+        return "phases"
+    if pointwise(win) or (thin and (cout <= THIN_MAX_COUT if want_dx is None else not want_dx)):
+        return "per_image"
+    if win.c >= THIN_MIN_CHANNELS and taps_thin.applies(win, cout, want_dx, dtype):
+        return "taps_thin"
+    return "im2col"
+
+
+def _algorithm(name: str, win, cout: int, want_dx, dtype):
+    if name == "reference":
+        return reference
+    module = ALGORITHMS.get(name)
+    if module is None:
+        raise ValueError(f"conv2d: unknown algorithm {name!r}; expected one of {[*ALGORITHMS, 'reference']}")
+    if not module.applies(win, cout, want_dx, dtype):
+        raise ValueError(f"conv2d: algorithm {name!r} does not serve this "
+                         f"{'forward' if want_dx is None else 'backward'} ({win})")
+    return module
+
+
+def conv2d_forward(x, w, b, stride, padding, relu: bool, algo: str | None = None):
+    """(y, ctx); algo None: `choose`'s pick."""
+    win = conv2d_geometry(x.shape, w.shape, stride, padding)
+    cout = int(w.shape[0])
+    module = _algorithm(algo or choose(win, cout, None, x.dtype), win, cout, None, x.dtype)
+    y = np.empty((win.n, cout, win.oh, win.ow), dtype=x.dtype)
+    module.forward(x, w, b, win, bool(relu), y)
+    return y, ConvCtx(x, w, y if relu else None, b is not None, win)
+
+
+def conv2d_backward(dy, ctx: ConvCtx, input_grad: bool = True, algo: str | None = None):
+    """(dx, dw, db); input_grad=False skips dx's work and returns dx None."""
+    win, cout, want_dx = ctx.win, int(ctx.w.shape[0]), bool(input_grad)
+    module = _algorithm(algo or choose(win, cout, want_dx, dy.dtype), win, cout, want_dx, dy.dtype)
+    return module.backward(dy, ctx, want_dx)
