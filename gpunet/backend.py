@@ -8,6 +8,10 @@ CuPy, and on the CPU emulator of our CUDA kernels.
 `ALIASES` is the one table of device names (the CLI, the bench and parity take their choices from it).
 Selection order (Chainer's rule): explicit argument, then the GPUNET_DEVICE environment variable,
 then `auto`, which has one meaning everywhere: CuPy when a usable CUDA device exists, else NumPy.
+
+The NumPy backend's CPU engine (`resolve_cpu_engine`), in the same order: `get_backend("cpu",
+cpu_engine=...)`, then GPUNET_CPU_ENGINE, then `auto`: oneDNN (gpunet.onednn) when its library loads,
+else NumPy, logged once with the reason. `onednn` requested but unusable is an error naming why.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from gpunet.arrays import DeviceError, is_device_array
 log = logging.getLogger("gpunet")
 
 # Every device name -> its backend kind. DEVICES: the names the CLI offers (`--device`), one per kind.
+CPU_ENGINES = ("auto", "numpy", "onednn")
 ALIASES = {
     "numpy": "numpy", "cpu": "numpy", "np": "numpy",
     "cupy": "cupy", "cuda": "cupy", "gpu": "cupy",
@@ -29,15 +34,17 @@ ALIASES = {
 }
 DEVICES = ("auto", "cpu", "cuda", "emulator")
 
-__all__ = ["ALIASES", "DEVICES", "Backend", "DeviceError", "is_device_array", "to_host", "require_host",
+__all__ = ["ALIASES", "CPU_ENGINES", "DEVICES", "Backend", "DeviceError", "is_device_array", "to_host", "require_host",
            "cuda_status", "resolve_name", "select_backend", "get_backend"]
 
 
 class Backend:
     """A device: array module, op implementations, random generator."""
 
-    def __init__(self, name: str, xp, ops_factory, seed: int | None = None):
+    def __init__(self, name: str, xp, ops_factory, seed: int | None = None, cpu_engine: str | None = None,
+                 cpu_engine_why: str = ""):
         self.name = name
+        self.cpu_engine, self.cpu_engine_why = cpu_engine, cpu_engine_why   # the 'numpy' backend's only
         self.xp = xp
         self._ops_factory = ops_factory
         self._ops = None
@@ -84,6 +91,8 @@ class Backend:
         return a
 
     def __repr__(self) -> str:
+        if self.name == "numpy" and self.cpu_engine != "numpy":
+            return f"Backend({self.name!r}, cpu_engine={self.cpu_engine!r})"
         return f"Backend({self.name!r})"
 
     def __eq__(self, other) -> bool:
@@ -114,7 +123,7 @@ def require_host(a, what: str):
 
 def _numpy_ops(backend):
     from gpunet.ops.numpy import NumpyOps
-    return NumpyOps()
+    return NumpyOps(engine=backend.cpu_engine)
 
 
 def _cuda_ops(backend):
@@ -141,7 +150,28 @@ def cuda_status() -> tuple[bool, str]:
     return True, f"CuPy {cupy.__version__} with {n} CUDA device(s)"
 
 
-_cache: dict[str, Backend] = {}
+def resolve_cpu_engine(requested: str | None = None) -> tuple[str, str]:
+    """(CPU engine of the NumPy backend, reason): 'numpy' or 'onednn'. An explicit choice wins, then
+    GPUNET_CPU_ENGINE; `auto` (the default) is oneDNN when its library loads, else NumPy."""
+    source = f"requested {requested!r}"
+    if requested is None or str(requested).strip().lower() == "auto":
+        env = os.environ.get("GPUNET_CPU_ENGINE", "").strip().lower()
+        requested, source = (env, f"GPUNET_CPU_ENGINE={env!r}") if env else ("auto", "auto")
+    requested = str(requested).strip().lower()
+    if requested not in CPU_ENGINES:
+        raise ValueError(f"{source}: unknown CPU engine; expected one of {list(CPU_ENGINES)}")
+    if requested == "numpy":
+        return "numpy", source
+    from gpunet import onednn
+    if onednn.available():
+        return "onednn", f"{source}: {onednn.status_line()}"
+    if requested == "onednn":
+        raise DeviceError(f"CPU engine 'onednn' ({source}) is unusable: {onednn.reason()}; "
+                          "install it with pip install 'gpunet[cpu]', or choose GPUNET_CPU_ENGINE=numpy")
+    return "numpy", f"auto: {onednn.status_line()}"
+
+
+_cache: dict = {}
 
 
 def resolve_name(name: str | None = None) -> tuple[str, str]:
@@ -163,15 +193,19 @@ def resolve_name(name: str | None = None) -> tuple[str, str]:
     return ("cupy", f"auto: {why}") if ok else ("numpy", f"auto: no usable GPU, using NumPy ({why})")
 
 
-def select_backend(name: str | Backend | None = None) -> tuple[Backend, str]:
-    """(the shared Backend for `name`, why it was chosen), resolving the name once."""
+def select_backend(name: str | Backend | None = None, cpu_engine: str | None = None) -> tuple[Backend, str]:
+    """(the shared Backend for `name`, why it was chosen), resolving the name once; `cpu_engine`: the
+    NumPy backend's engine (see resolve_cpu_engine; ignored by the CUDA backends)."""
     if isinstance(name, Backend):
         return name, f"given {name!r}"
     key, why = resolve_name(name)
-    if key in _cache:
-        return _cache[key], why
+    engine, engine_why = resolve_cpu_engine(cpu_engine) if key == "numpy" else (None, "")
+    if (key, engine) in _cache:
+        return _cache[key, engine], why
     if key == "numpy":
-        be = Backend("numpy", np, _numpy_ops)
+        be = Backend("numpy", np, _numpy_ops, cpu_engine=engine, cpu_engine_why=engine_why)
+        if engine_why.startswith("auto") and engine == "numpy":
+            log.info("gpunet: CPU engine numpy (%s)", engine_why)
     elif key == "emulator":
         be = Backend("emulator", np, _cuda_ops)
     else:
@@ -182,10 +216,11 @@ def select_backend(name: str | Backend | None = None) -> tuple[Backend, str]:
         be = Backend("cupy", cupy, _cuda_ops)
     if str(why).startswith("auto"):
         log.info("gpunet: using %s backend (%s)", be.name, why)
-    _cache[key] = be
+    _cache[key, engine] = be
     return be, why
 
 
-def get_backend(name: str | Backend | None = None) -> Backend:
-    """Return the (shared) Backend for `name`: numpy|cpu, cupy|cuda|gpu, emulator, auto (default)."""
-    return select_backend(name)[0]
+def get_backend(name: str | Backend | None = None, cpu_engine: str | None = None) -> Backend:
+    """Return the (shared) Backend for `name`: numpy|cpu, cupy|cuda|gpu, emulator, auto (default);
+    `cpu_engine`: numpy|onednn|auto (default: GPUNET_CPU_ENGINE, else auto) for the NumPy backend."""
+    return select_backend(name, cpu_engine)[0]

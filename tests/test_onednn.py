@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from gpunet.onednn import _capi
+from gpunet.ops.geometry import conv2d_geometry
 from gpunet.ops.numpy import NumpyOps
 
 try:
@@ -442,36 +443,50 @@ def test_ops_from_several_threads_agree_with_one_thread():
     assert all(np.array_equal(o, ref) for o in outs)
 
 
-# --- a whole model on OnednnOps ------------------------------------------------------------------------------
+# --- the oneDNN CPU engine: selection, and a whole model on it ----------------------------------------------
 
-def _loss_and_grads(name, in_shape, ops, x, labels):
+def _loss_and_grads(name, in_shape, engine, x, labels, counter=None):
     import gpunet
     from gpunet import nn
     from gpunet.backend import get_backend
     from gpunet.models import build_model
-    be = get_backend("numpy")
-    saved = be._ops
-    be._ops = ops
-    try:
-        model = build_model(name, in_shape, 10, seed=0)
-        model.train()
-        loss = nn.SoftmaxCrossEntropy()(model(gpunet.tensor(x)), labels)
-        loss.backward()
-        return float(loss), {k: p.grad.copy() for k, p in model.named_parameters()}
-    finally:
-        be._ops = saved
+    be = get_backend("numpy", cpu_engine=engine)
+    assert be.ops.engine == engine
+    model = build_model(name, in_shape, 10, seed=0, backend=be)
+    model.train()
+    loss = nn.SoftmaxCrossEntropy()(model(gpunet.tensor(x, backend=be)), labels)
+    loss.backward()
+    return float(loss), {k: p.grad.copy() for k, p in model.named_parameters()}
+
+
+def _counting_onednn(monkeypatch):
+    """Count the convolutions the table sends to oneDNN (forward and backward)."""
+    from gpunet.ops.numpy.conv import onednn as entry
+    calls = {"forward": 0, "backward": 0}
+    for what in calls:
+        real = getattr(entry, what)
+
+        def counted(*a, _real=real, _what=what):
+            calls[_what] += 1
+            return _real(*a)
+        monkeypatch.setattr(entry, what, counted)
+    return calls
 
 
 @needs_onednn
-@pytest.mark.parametrize("name, in_shape", [("resnet-small", (3, 16, 16)), ("lenet", (1, 28, 28)), ("cnn", (1, 28, 28))])
-def test_a_model_step_on_onednn_ops_matches_numpy_ops(name, in_shape):
-    """Conv (bias, fused ReLU, strided, 1x1), batch norm and pooling of a real model, through autograd."""
-    from gpunet.onednn.ops import OnednnOps
+@pytest.mark.parametrize("name, in_shape, on_onednn", [("resnet-small", (3, 16, 16), True),
+                                                       ("lenet", (1, 28, 28), False), ("cnn", (1, 28, 28), True)])
+def test_a_model_step_on_the_onednn_engine_matches_the_numpy_engine(monkeypatch, name, in_shape, on_onednn):
+    """Conv (bias, fused ReLU, strided, 1x1) of a real model through autograd, engine=onednn vs engine=numpy;
+    convs with C_in >= 8 go to oneDNN (lenet has none: C_in 1 and 6), and each backward follows its forward."""
     rng = np.random.default_rng(7)
     x = rng.standard_normal((4,) + in_shape).astype(np.float32)
     labels = rng.integers(0, 10, 4)
-    loss, grads = _loss_and_grads(name, in_shape, OnednnOps(), x, labels)
-    loss_ref, grads_ref = _loss_and_grads(name, in_shape, NumpyOps(), x, labels)
+    calls = _counting_onednn(monkeypatch)
+    loss, grads = _loss_and_grads(name, in_shape, "onednn", x, labels)
+    assert (calls["forward"] > 0) == on_onednn and calls["backward"] == calls["forward"], calls
+    loss_ref, grads_ref = _loss_and_grads(name, in_shape, "numpy", x, labels)
+    assert calls["forward"] == calls["backward"]   # the numpy engine never reached oneDNN
     assert loss == pytest.approx(loss_ref, rel=1e-5)
     assert grads.keys() == grads_ref.keys()
     for k in grads:
@@ -479,12 +494,63 @@ def test_a_model_step_on_onednn_ops_matches_numpy_ops(name, in_shape):
 
 
 @needs_onednn
-def test_onednn_ops_sends_float64_to_numpy():
-    from gpunet.onednn.ops import OnednnOps
+def test_a_model_step_on_the_onednn_engine_is_deterministic():
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((4, 3, 16, 16)).astype(np.float32)
+    labels = rng.integers(0, 10, 4)
+    loss, grads = _loss_and_grads("resnet-small", (3, 16, 16), "onednn", x, labels)
+    loss2, grads2 = _loss_and_grads("resnet-small", (3, 16, 16), "onednn", x, labels)
+    assert loss == loss2
+    assert all(np.array_equal(grads[k], grads2[k]) for k in grads)
+
+
+@needs_onednn
+def test_the_onednn_engine_sends_float64_and_thin_convs_to_numpy():
+    from gpunet.ops.numpy import conv
     rng = np.random.default_rng(8)
-    x, w = rng.standard_normal((1, 2, 5, 5)), rng.standard_normal((3, 2, 3, 3))
-    ops = OnednnOps()
-    y, ctx = ops.conv2d_forward(x, w, None, 1, 1, True)
-    assert y.dtype == np.float64 and np.array_equal(y, OPS.conv2d_forward(x, w, None, 1, 1, True)[0])
-    assert ops.conv2d_backward(np.ones_like(y), ctx)[1].dtype == np.float64
-    assert np.array_equal(ops.max_pool2d_forward(x, 2, 2, 0)[1], OPS.max_pool2d_forward(x, 2, 2, 0)[1])
+    ops = NumpyOps(engine="onednn")
+    for x, w in [(rng.standard_normal((1, 8, 5, 5)), rng.standard_normal((3, 8, 3, 3))),     # float64
+                 (rng.standard_normal((1, 3, 5, 5)).astype(np.float32),                    # C_in 3
+                  rng.standard_normal((4, 3, 3, 3)).astype(np.float32))]:
+        y, ctx = ops.conv2d_forward(x, w, None, 1, 1, True)
+        assert ctx.native is None and y.dtype == x.dtype
+        assert np.array_equal(y, OPS.conv2d_forward(x, w, None, 1, 1, True)[0])
+        assert ops.conv2d_backward(np.ones_like(y), ctx)[1].dtype == x.dtype
+    x32 = rng.standard_normal((1, 8, 5, 5)).astype(np.float32)
+    win = conv2d_geometry(x32.shape, (4, 8, 3, 3), 1, 1)
+    assert conv.choose(win, 4, None, np.float32, "onednn") == "onednn"
+    assert conv.choose(win, 4, None, np.float32, "numpy") != "onednn"
+    y, ctx = ops.conv2d_forward(x32, rng.standard_normal((4, 8, 3, 3)).astype(np.float32), None, 1, 1, False)
+    assert ctx.native is not None
+    with pytest.raises(TypeError, match="needs a ctx from a oneDNN forward"):
+        OPS.conv2d_backward(np.ones_like(y), OPS.conv2d_forward(x32, ctx.w, None, 1, 1, False)[1], algo="onednn")
+
+
+def test_cpu_engine_selection(monkeypatch):
+    import gpunet.onednn as o
+    from gpunet.backend import DeviceError, resolve_cpu_engine
+    monkeypatch.delenv("GPUNET_CPU_ENGINE", raising=False)
+    assert resolve_cpu_engine("numpy") == ("numpy", "requested 'numpy'")
+    monkeypatch.setenv("GPUNET_CPU_ENGINE", "numpy")
+    assert resolve_cpu_engine() == ("numpy", "GPUNET_CPU_ENGINE='numpy'")
+    assert resolve_cpu_engine("auto") == ("numpy", "GPUNET_CPU_ENGINE='numpy'")
+    monkeypatch.setenv("GPUNET_CPU_ENGINE", "fast")
+    with pytest.raises(ValueError, match="GPUNET_CPU_ENGINE='fast': unknown CPU engine"):
+        resolve_cpu_engine()
+    monkeypatch.delenv("GPUNET_CPU_ENGINE")
+    monkeypatch.setattr(o, "reason", lambda: "GPUNET_ONEDNN_LIB=/x.so: no such file")
+    assert resolve_cpu_engine() == ("numpy", "auto: oneDNN unavailable, using NumPy: GPUNET_ONEDNN_LIB=/x.so: no such file")
+    with pytest.raises(DeviceError, match=r"CPU engine 'onednn' \(requested 'onednn'\) is unusable: GPUNET_ONEDNN_LIB"):
+        resolve_cpu_engine("onednn")
+    with pytest.raises(ValueError, match="unknown CPU engine 'fast'"):
+        NumpyOps(engine="fast")
+
+
+@needs_onednn
+def test_auto_is_onednn_where_the_library_loads(monkeypatch):
+    from gpunet.backend import get_backend, resolve_cpu_engine
+    monkeypatch.delenv("GPUNET_CPU_ENGINE", raising=False)
+    assert resolve_cpu_engine()[0] == "onednn" and resolve_cpu_engine("onednn")[0] == "onednn"
+    be = get_backend("cpu", cpu_engine="onednn")
+    assert be.cpu_engine == "onednn" and be.ops.engine == "onednn" and be is get_backend("numpy", cpu_engine="onednn")
+    assert get_backend("cpu", cpu_engine="numpy").ops.engine == "numpy"

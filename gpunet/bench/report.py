@@ -61,7 +61,8 @@ def _headline(results: dict) -> list[str]:
     torch = m.get("torch")
     blas = ", ".join(f"{b.get('internal_api')} {b.get('version')} {b.get('architecture')} ({b.get('num_threads')} "
                      f"threads)" for b in (m["numpy"].get("blas_loaded") or []))
-    lines = [f"device {results['device']}; CPU {m['cpu']} ({m['cores']} cores); NumPy {m['numpy']['version']}"
+    engine = f" (CPU engine {results['cpu_engine']})" if results.get("cpu_engine") else ""
+    lines = [f"device {results['device']}{engine}; CPU {m['cpu']} ({m['cores']} cores); NumPy {m['numpy']['version']}"
              + (f" [{blas}]" if blas else "")
              + (f"; PyTorch {torch['version']} ({torch['num_threads']} threads, BLAS {torch['blas']})" if torch else
                 "; no PyTorch"),

@@ -356,6 +356,7 @@ def run_bench(device: str = "cpu", quick: bool = False, reps: int | None = None,
     return {
         "schema": SCHEMA,
         "device": backend.name,
+        "cpu_engine": getattr(backend, "cpu_engine", None),   # the NumPy backend's engine (numpy/onednn)
         "torch_device": torch_device if torch is not None else None,
         "quick": bool(quick),
         "reps": reps,

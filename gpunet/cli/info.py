@@ -74,7 +74,7 @@ def run(args) -> int:
     import numpy as np
 
     import gpunet
-    from gpunet.backend import cuda_status, resolve_name
+    from gpunet.backend import DeviceError, cuda_status, resolve_cpu_engine, resolve_name
 
     name, why = resolve_name("auto")
     ok, cuda_why = cuda_status()
@@ -83,6 +83,11 @@ def run(args) -> int:
     if os.environ.get("GPUNET_DEVICE"):
         print(f"GPUNET_DEVICE={os.environ['GPUNET_DEVICE']}")
     print(f"CUDA: {'usable' if ok else 'not usable'}: {cuda_why}")
+    try:
+        engine, engine_why = resolve_cpu_engine()
+        print(f"CPU engine: {engine}  ({engine_why})")
+    except (DeviceError, ValueError) as e:
+        print(f"CPU engine: error: {e}")
     print(f"NumPy {np.__version__}")
     try:
         import cupy

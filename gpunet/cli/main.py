@@ -17,6 +17,7 @@ import gpunet.cli
 
 ENVIRONMENT = """environment variables:
   GPUNET_DEVICE      what --device auto means: cpu, cuda or emulator (an explicit --device wins)
+  GPUNET_CPU_ENGINE  the CPU backend's engine: numpy, onednn or auto (default: oneDNN when it loads)
   GPUNET_DATA        the dataset download cache (default ~/.cache/gpunet; one folder per dataset)
   GPUNET_DATA_URL    a mirror to download datasets from instead: <url>/<dataset>/<file>
   GPUNET_KERNEL_DIR  the folder of the CUDA kernel sources (.cu) to load instead of cuda_kernels/

@@ -7,8 +7,9 @@ NCHW float32 NumPy arrays in and out, the NumpyOps contract (gpunet.ops.interfac
     pool.avg_pool2d_forward / _backward
     batchnorm.batch_norm_train / _eval / _backward
 
-Each module has `applies(...)`: float64 and anything oneDNN cannot do stays on the NumPy path;
-ops.OnednnOps is NumpyOps with every call oneDNN can serve routed to these modules.
+Each module has `applies(...)`: float64 and anything oneDNN cannot do stays on the NumPy path.
+The CPU engine `onednn` (NumpyOps(engine="onednn"), GPUNET_CPU_ENGINE) uses conv through the NumPy
+conv table (gpunet/ops/numpy/conv/onednn.py); pool and batch norm are bound and tested, not routed.
 `reason()` is None when the library loads, else one line saying why not (`GPUNET_ONEDNN_LIB` names
 the library explicitly; `pip install 'gpunet[cpu]'` installs the onednn-cpu-gomp wheel).
 See docs/onednn.md.

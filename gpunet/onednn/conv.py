@@ -144,8 +144,9 @@ class ConvCtx:
     plan: _Plan
 
 
-def conv2d_forward(x, w, b, stride, padding, relu: bool):
-    """(y, ctx), y = relu?(conv(x, w) + b) in NCHW float32 (see the module docstring)."""
+def conv2d_forward(x, w, b, stride, padding, relu: bool, out=None):
+    """(y, ctx), y = relu?(conv(x, w) + b) in NCHW float32 (see the module docstring); `out`: a C-contiguous
+    float32 array of y's shape to write y into (the NumPy conv table's caller allocates it)."""
     x, w = f32("conv2d", "input", x), f32("conv2d", "weight", w)
     win = conv2d_geometry(x.shape, w.shape, stride, padding)
     cout = int(w.shape[0])
@@ -156,7 +157,7 @@ def conv2d_forward(x, w, b, stride, padding, relu: bool):
     relu = bool(relu)
     plan = _plan(win, cout, b is not None, relu)
     xb, wb = plan.fwd_src(x), plan.fwd_w(w)
-    y = E.output(plan.y_shape)
+    y = E.output(plan.y_shape) if out is None else out
     yb = y if plan.fwd_dst.same else E.empty(plan.fwd_dst.src)
     args = {C.DNNL_ARG_SRC: (plan.fwd_src.dst, xb), C.DNNL_ARG_WEIGHTS: (plan.fwd_w.dst, wb),
             C.DNNL_ARG_DST: (plan.fwd_dst.src, yb)}

@@ -36,18 +36,23 @@ def dropout_mask(shape, p: float, seed: int, counter: int, dtype) -> np.ndarray:
 class NumpyOps:
     """The hot ops on NumPy arrays (see gpunet.ops.interface.Ops for the contract)."""
 
-    def __init__(self):
+    def __init__(self, engine: str = "numpy"):
+        """engine: "numpy" (BLAS-GEMM paths only) or "onednn" (the conv table offers oneDNN first where it
+        wins; the caller checked that the library loads: gpunet.backend.resolve_cpu_engine)."""
+        if engine not in conv.ENGINES:
+            raise ValueError(f"NumpyOps: unknown CPU engine {engine!r}; expected one of {list(conv.ENGINES)}")
+        self.engine = engine
         malloc.tune_malloc()  # freed activations stay mapped: no page faults per step (see malloc)
 
     def __repr__(self) -> str:
-        return "NumpyOps()"
+        return "NumpyOps()" if self.engine == "numpy" else f"NumpyOps(engine={self.engine!r})"
 
     # --- convolution ------------------------------------------------------------------------------
     @ieee
     def conv2d_forward(self, x, w, b, stride, padding, relu: bool, algo: str | None = None):
         """algo: force one of conv.ALGORITHMS or "reference" (tests, benchmarks); None: conv.choose."""
         checks.conv2d(x, w, b, stride, padding)
-        return conv.conv2d_forward(x, w, b, stride, padding, bool(relu), algo)
+        return conv.conv2d_forward(x, w, b, stride, padding, bool(relu), algo, self.engine)
 
     @ieee
     def conv2d_backward(self, dy, ctx, input_grad: bool = True, algo: str | None = None):

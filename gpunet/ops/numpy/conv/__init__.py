@@ -5,26 +5,33 @@ None for the forward, else whether the backward wants dx; an engine without floa
 `forward(x, w, b, win, relu, y)` (fills y) and `backward(dy, ctx, want_dx) -> (dx, dw, db)`. `choose` holds every measured preference;
 `conv2d_forward/backward(..., algo=name)` force one (tests, benchmarks). Arguments were validated by the
 facade (NumpyOps). Timings behind each rule: benchmarks/README.md, "NumPy convolution algorithms".
+`engine` is the CPU engine NumpyOps runs ("numpy" or "onednn"): on "onednn" the table offers `onednn`
+first (docs/onednn.md); a forward that ran on oneDNN takes its backward there too (ctx.native).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from gpunet.ops.geometry import conv2d_geometry
-from gpunet.ops.numpy.conv import im2col, per_image, phases, reference, taps, taps_thin
+from gpunet.ops.numpy.conv import im2col, onednn, per_image, phases, reference, taps, taps_thin
 from gpunet.ops.numpy.conv._common import ConvCtx, pointwise
 
-ALGORITHMS = {"taps": taps, "phases": phases, "per_image": per_image, "taps_thin": taps_thin, "im2col": im2col}
+ALGORITHMS = {"onednn": onednn, "taps": taps, "phases": phases, "per_image": per_image, "taps_thin": taps_thin,
+              "im2col": im2col}
+ENGINES = ("numpy", "onednn")
+ONEDNN_MIN_CHANNELS = 8   # oneDNN from this C_in up (1.2-1.5x); thinner: its backward-weights loses (docs/onednn.md)
 VIEW_MIN_CHANNELS = 8     # taps/phases below this: dx's GEMM (C_in rows) too thin, im2col wins
 THIN_MAX_K = 32           # K = C_in*kh*kw up to this: memory-bound GEMMs, per_image wins (backward without dx)
 THIN_MAX_COUT = 32        # ... and its forward too, up to this many output channels
 THIN_MIN_CHANNELS = 2     # taps_thin's forward gains nothing on one channel
 
 
-def choose(win, cout: int, want_dx=None, dtype=np.float32) -> str:
+def choose(win, cout: int, want_dx=None, dtype=np.float32, engine: str = "numpy") -> str:
     """The algorithm for this geometry: want_dx None for the forward, else the backward with/without dx.
-    Each rule: benchmarks/README.md, "NumPy convolution algorithms"."""
+    Each rule: benchmarks/README.md, "NumPy convolution algorithms" (oneDNN's: docs/onednn.md)."""
     dtype = np.dtype(dtype)
+    if engine == "onednn" and win.c >= ONEDNN_MIN_CHANNELS and onednn.applies(win, cout, want_dx, dtype):
+        return "onednn"
     thin = win.c * win.kh * win.kw <= THIN_MAX_K
     if win.c >= VIEW_MIN_CHANNELS and taps.applies(win, cout, want_dx, dtype):
         return "taps"
@@ -49,18 +56,20 @@ def _algorithm(name: str, win, cout: int, want_dx, dtype):
     return module
 
 
-def conv2d_forward(x, w, b, stride, padding, relu: bool, algo: str | None = None):
-    """(y, ctx); algo None: `choose`'s pick."""
+def conv2d_forward(x, w, b, stride, padding, relu: bool, algo: str | None = None, engine: str = "numpy"):
+    """(y, ctx); algo None: `choose`'s pick for `engine`."""
     win = conv2d_geometry(x.shape, w.shape, stride, padding)
     cout = int(w.shape[0])
-    module = _algorithm(algo or choose(win, cout, None, x.dtype), win, cout, None, x.dtype)
+    module = _algorithm(algo or choose(win, cout, None, x.dtype, engine), win, cout, None, x.dtype)
     y = np.empty((win.n, cout, win.oh, win.ow), dtype=x.dtype)
-    module.forward(x, w, b, win, bool(relu), y)
-    return y, ConvCtx(x, w, y if relu else None, b is not None, win)
+    native = module.forward(x, w, b, win, bool(relu), y)   # None but for oneDNN's own ctx
+    return y, ConvCtx(x, w, y if relu else None, b is not None, win, native)
 
 
 def conv2d_backward(dy, ctx: ConvCtx, input_grad: bool = True, algo: str | None = None):
-    """(dx, dw, db); input_grad=False skips dx's work and returns dx None."""
+    """(dx, dw, db); input_grad=False skips dx's work and returns dx None. Not forced, the backward runs on
+    its forward's engine: oneDNN after a oneDNN forward, else `choose`'s NumPy pick."""
     win, cout, want_dx = ctx.win, int(ctx.w.shape[0]), bool(input_grad)
-    module = _algorithm(algo or choose(win, cout, want_dx, dy.dtype), win, cout, want_dx, dy.dtype)
+    name = algo or ("onednn" if ctx.native is not None else choose(win, cout, want_dx, dy.dtype))
+    module = _algorithm(name, win, cout, want_dx, dy.dtype)
     return module.backward(dy, ctx, want_dx)

@@ -13,12 +13,14 @@ from gpunet.ops.numpy.util import workspace
 
 @dataclass(frozen=True)
 class ConvCtx:
-    """What the backward needs: the inputs, the geometry, and y when ReLU was fused (its mask)."""
+    """What the backward needs: the inputs, the geometry, and y when ReLU was fused (its mask); `native`:
+    the oneDNN forward's own ctx (its backward needs it), None after a NumPy forward."""
     x: Any
     w: Any
     y: Any
     has_bias: bool
     win: Window2d
+    native: Any = None
 
     @property
     def relu(self) -> bool:
