@@ -18,25 +18,13 @@ path (OpenBLAS reads OMP_NUM_THREADS / OPENBLAS_NUM_THREADS itself) use the same
 from __future__ import annotations
 
 import ctypes
-import os
 import threading
 
 import numpy as np
 
 from gpunet.onednn import _capi as C
 from gpunet.onednn._capi import OnednnError
-
-
-def num_threads() -> int:
-    """The thread count shared by oneDNN's OpenMP team and gpunet's NumPy ops (see the module docstring)."""
-    for var in ("GPUNET_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        v = os.environ.get(var, "").strip()
-        if v.isdigit() and int(v) > 0:
-            return int(v)
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+from gpunet.threads import num_threads
 
 
 def _set_openmp_threads(n: int) -> None:

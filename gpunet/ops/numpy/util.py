@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from gpunet.arrays import relu_into
+from gpunet.threads import num_threads
 
 def tap_range(i: int, size_in: int, size_out: int, stride: int, pad: int) -> tuple[int, int, int]:
     """For kernel offset i along one axis: (lo, hi, first) such that the outputs o in [lo, hi) read the
@@ -84,17 +85,6 @@ def workspace() -> Workspace:
 # the GIL inside its loops). GPUNET_NUM_THREADS overrides; otherwise OMP/OPENBLAS_NUM_THREADS, else
 # the CPUs this process may run on.
 PARALLEL_MIN_ELEMENTS = 1 << 17   # below this, one thread: a hand-off costs ~20 us
-
-
-def num_threads() -> int:
-    for var in ("GPUNET_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        v = os.environ.get(var, "").strip()
-        if v.isdigit() and int(v) > 0:
-            return int(v)
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 _pool: ThreadPoolExecutor | None = None
