@@ -12,16 +12,7 @@ from gpunet.training import EarlyStopping, TrainConfig, run
 from gpunet.training.trainer import Trainer as _Trainer
 from gpunet.data import DataLoader
 from gpunet.training import Trainer
-
-
-def weights(model):
-    return {k: v.copy() for k, v in model.state_dict().items()}
-
-
-def assert_same_weights(a, b):
-    assert list(a) == list(b)
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+from helpers import assert_same_weights, weights
 
 
 def tiny_setup(tmp_path=None):

@@ -24,6 +24,18 @@ def make(kind, f, h, layers=1, **kw):
     return CELLS[kind](f, h, layers, **kw)
 
 
+def assert_matches_torch(got, ref, ours, grads, tol):
+    """Outputs and states (None where torch has none) and every parameter gradient, in torch's order."""
+    for k, v in ref.items():
+        if v is None:
+            assert got[k] is None, k
+        else:
+            np.testing.assert_allclose(got[k], v, rtol=tol, atol=tol, err_msg=k)
+    assert [name for name, _ in ours.named_parameters()] == list(grads)
+    for name, p in ours.named_parameters():
+        np.testing.assert_allclose(p.grad, grads[name], rtol=tol, atol=tol, err_msg=name)
+
+
 def run_torch(kind, ours, x, h0, c0, dy, dh_n, dc_n, dtype):
     """PyTorch's result for the same weights: (y, h_n, c_n, dx, dh0, dc0, {param: grad})."""
     tnet = getattr(torch.nn, kind)(ours.input_size, ours.hidden_size, ours.num_layers, batch_first=True,
@@ -61,14 +73,7 @@ def test_matches_torch(rng, kind, layers, shape, dtype, tol):
     ref, grads = run_torch(kind, ours, x, h0, c0, dy, dh_n, dc_n, getattr(torch, np.dtype(dtype).name))
     got = dict(y=y, h_n=ours.h_n, c_n=ours.c_n, dx=dx, dh0=ours.dh0, dc0=ours.dc0)
     assert y.dtype == dx.dtype == dtype and y.shape == (n, t, h) and dx.shape == x.shape
-    for k, v in ref.items():
-        if v is None:
-            assert got[k] is None, k
-        else:
-            np.testing.assert_allclose(got[k], v, rtol=tol, atol=tol, err_msg=k)
-    assert [name for name, _ in ours.named_parameters()] == list(grads)
-    for name, p in ours.named_parameters():
-        np.testing.assert_allclose(p.grad, grads[name], rtol=tol, atol=tol, err_msg=name)
+    assert_matches_torch(got, ref, ours, grads, tol)
 
 
 @pytest.mark.skipif(torch is None, reason="torch not installed")
@@ -280,14 +285,7 @@ def test_bidirectional_matches_torch(rng, kind, layers, shape, dtype, tol):
     got = dict(y=y.data, h_n=ours.h_n.data, c_n=None if ours.c_n is None else ours.c_n.data, dx=tx.grad,
                dh0=th0.grad, dc0=tc0.grad if kind == "LSTM" else None)
     assert y.shape == (n, t, 2 * h) and ours.h_n.shape == s
-    for k, v in ref.items():
-        if v is None:
-            assert got[k] is None, k
-        else:
-            np.testing.assert_allclose(got[k], v, rtol=tol, atol=tol, err_msg=k)
-    assert [name for name, _ in ours.named_parameters()] == list(grads)
-    for name, p in ours.named_parameters():
-        np.testing.assert_allclose(p.grad, grads[name], rtol=tol, atol=tol, err_msg=name)
+    assert_matches_torch(got, ref, ours, grads, tol)
 
 
 @pytest.mark.skipif(torch is None, reason="torch not installed")

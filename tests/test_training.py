@@ -11,22 +11,13 @@ from gpunet.checkpoint import load_checkpoint
 from gpunet.data import DataLoader
 from gpunet.training import Progress, TrainConfig, Trainer, TrainingError, evaluate, run
 from gpunet.training.trainer import Trainer as _Trainer
+from helpers import assert_same_weights, weights
 
 QUICK = dict(dataset="digits", device="cpu", limit_train=300, epochs=2, batch_size=32)
 
 
 def quick(**over):
     return TrainConfig(**{**QUICK, **over})
-
-
-def weights(model):
-    return {k: v.copy() for k, v in model.state_dict().items()}
-
-
-def assert_same_weights(a, b):
-    assert list(a) == list(b)
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
 def test_run_writes_artifacts_and_learns(tmp_path):
