@@ -6,6 +6,10 @@
 """
 import importlib
 
+from gpunet import threads as _threads
+
+_threads.set_openblas_idle()   # before NumPy loads OpenBLAS: idle BLAS threads must not spin (gpunet.threads)
+
 from gpunet.autograd import Tensor, cat, concatenate, no_grad, stack, tensor
 from gpunet.backend import Backend, DeviceError, get_backend
 

@@ -1,5 +1,5 @@
-"""Array helpers below every layer: which device an array lives on, and two NumPy loops that both
-gpunet.functional and the NumPy engine use (a finiteness test and ReLU at full speed)."""
+"""Array helpers below every layer: which device an array lives on, and the NumPy loops that
+gpunet.functional and both CPU engines share (a finiteness test, ReLU and its gradient at full speed)."""
 from __future__ import annotations
 
 import numpy as np
@@ -65,3 +65,30 @@ def relu_into(out, src) -> None:
         np.maximum(src, _zeros_of(src.shape[-2:], src.dtype), out=out)
     else:
         np.maximum(src, 0, out=out)
+
+
+# relu_grad works through chunks of this many elements, so that a chunk's mask and product stay in
+# cache: 10-18% faster than whole arrays ((64, 16, 32, 32) float32 0.52 -> 0.42 ms, (128, 32, 28, 28)
+# 2.04 -> 1.68, medians of 30; 64K-element chunks gained less, 1M-element ones the same). Sharing the
+# chunks between two threads did not help (memory-bound).
+RELU_CHUNK = 1 << 18
+
+
+def relu_grad(dy: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """A new array: dy where y > 0, else 0 (same shapes; y is ReLU's output, the gradient at 0 is 0).
+
+    With a finite dy this is dy * (y > 0): exact (dy*1 = dy, dy*0 = +-0) and much faster than np.where
+    or a masked np.copyto, which branch per element and mispredict on a random mask (10^6 float32: 4.6
+    ms for where, 0.5 ms for the multiply; (64, 64, 32, 32): 18 ms for copyto(where=), measured). A
+    non-finite dy takes where, so an inf or NaN behind the mask never leaks (inf*0 would be NaN)."""
+    if not all_finite(dy):
+        return np.where(y > 0, dy, 0).astype(dy.dtype, copy=False)
+    out = np.empty(dy.shape, dtype=dy.dtype)
+    d, yy, o = np.ravel(dy), np.ravel(y), out.reshape(-1)
+    mask = np.empty(min(RELU_CHUNK, d.size), dtype=bool)
+    for a in range(0, d.size, RELU_CHUNK):
+        b = min(d.size, a + RELU_CHUNK)
+        m = mask[:b - a]
+        np.greater(yy[a:b], 0, out=m)
+        np.multiply(d[a:b], m, out=o[a:b])
+    return out

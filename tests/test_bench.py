@@ -91,6 +91,62 @@ def test_full_rows_cover_the_brief():
     assert {r.group for r in quick_rows()} == GROUPS
 
 
+def test_targets_are_per_device():
+    """CPU rows are judged by issue 24's targets, GPU rows by issue 17's."""
+    from gpunet.bench.workloads import target_ratio
+    by_id = {r.id: r for r in full_rows()}
+    wide, thin = by_id["conv-n64-64-to-64-32x32-k3-s1-p1-fwd-bwd"], by_id["conv-n64-3-to-64-32x32-k3-s1-p1-fwd-bwd"]
+    one = by_id["conv-n64-256-to-64-16x16-k1-s1-p0-fwd-bwd"]
+    assert [target_ratio(r, "cpu") for r in (wide, thin, one)] == [1.05, 1.05, 1.05]
+    assert [target_ratio(r, "gpu") for r in (wide, thin, one)] == [1.5, 1.0, 1.0]
+    assert target_ratio(by_id["conv-n64-64-to-64-32x32-k3-s1-p1-fwd"], "cpu") == 1.05
+    assert target_ratio(by_id["conv-n64-64-to-64-32x32-k3-s1-p1-fwd"], "gpu") is None
+    step = by_id["cnn-1x28x28-n128-train-step"]
+    assert target_ratio(step, "cpu") == 1.0 and target_ratio(step, "gpu") == 1.3
+    assert target_ratio(by_id["cnn-1x28x28-n128-peak-memory"], "cpu") == 1.0
+    for r in full_rows():
+        if r.group in ("batchnorm", "maxpool"):
+            assert target_ratio(r, "cpu") == 1.0 and target_ratio(r, "gpu") == 1.5
+
+
+@pytest.mark.skipif(not _have("torch"), reason="needs PyTorch")
+def test_isolated_runs_each_side_in_its_own_processes_and_merges(tmp_path):
+    """`gpunet bench --isolated K`: K gpunet and K PyTorch processes, alternated; per row the median of the
+    processes' medians, and the two processes' first outputs compared as in one process."""
+    from gpunet.bench.isolated import run_isolated
+    res = run_isolated("cpu", rounds=2, quick=True, reps=1, only="conv,memory")
+    assert res["side"] == "isolated" and res["rounds"] == 2
+    assert {r["group"] for r in res["rows"]} == {"conv", "memory"}
+    for r in res["rows"]:
+        assert r["errors"] == {}, r["errors"]
+        if r["unit"] == "MiB":
+            assert len(r["gpunet"]["process_peaks"]) == 2 and r["ratio"] > 0
+            continue
+        for side in ("gpunet", "torch"):
+            meds = r[side]["process_medians"]
+            assert len(meds) == 2 and r[side]["median"] == pytest.approx(float(np.median(meds)))
+        assert r["ratio"] == pytest.approx(r["gpunet"]["median"] / r["torch"]["median"])
+        assert r["check_l2_rel_diff"] <= 1e-4, r["check"]
+    assert res["sgemm"]["numpy_gflops"] > 0 and res["sgemm"]["torch_gflops"] > 0
+    assert res["machine"]["torch"]["num_threads"] >= 1
+    paths = write_outputs(res, tmp_path)
+    assert "isolated" in paths["markdown"].read_text()
+
+
+def test_isolated_check_catches_sides_that_compute_different_things(tmp_path):
+    """The merge compares the dumped outputs: a torch process that wrote other numbers fails the row."""
+    from gpunet.bench.isolated import merge
+    from gpunet.bench.runner import dump_outputs
+    row = quick_rows()[0]
+    dump_outputs(tmp_path / f"{row.id}.gpunet.npz", (np.ones(4, np.float32), np.arange(3.0)))
+    dump_outputs(tmp_path / f"{row.id}.torch.npz", (np.ones(4, np.float32), np.arange(3.0)[::-1].copy()))
+    side = {"median": 1.0, "q1": 1.0, "q3": 1.0, "iqr": 0.0, "min": 1.0, "reps": 1}
+    run = {"rows": [{"id": row.id, "gpunet": side, "torch": side, "errors": {}}],
+           "sgemm": {"n": 8}, "sgemm_runs": [{"numpy_gflops": 1.0, "torch_gflops": 1.0}]}
+    merged, _ = merge({"gpunet": [run], "torch": [run]}, [row], tmp_path)
+    assert merged[0]["check_l2_rel_diff"] > 0.5 and "outputs differ" in " ".join(merged[0]["misses"])
+
+
 def test_failing_row_is_recorded_and_run_continues():
     def broken(env):
         raise RuntimeError("boom")

@@ -201,7 +201,8 @@ def test_relu_backward_masks_exactly_and_never_leaks_non_finite_dy(rng):
 def test_relu_backward_chunks_and_overflowing_sums(rng, monkeypatch):
     """Several chunks (the last one short) and a non-contiguous dy give dy * (y > 0) exactly; a finite
     dy whose sum overflows takes the slow path and still gives the exact product."""
-    monkeypatch.setattr(F, "RELU_CHUNK", 7)
+    import gpunet.arrays
+    monkeypatch.setattr(gpunet.arrays, "RELU_CHUNK", 7)
     y = np.maximum(rng.standard_normal((3, 2, 5, 4)), 0).astype(np.float32)
     dy = np.asfortranarray(rng.standard_normal(y.shape).astype(np.float32))
     np.testing.assert_array_equal(F.relu_backward(dy, y), np.where(y > 0, dy, 0))

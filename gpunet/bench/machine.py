@@ -12,9 +12,11 @@ import subprocess
 from pathlib import Path
 
 from gpunet.ops.numpy.malloc import malloc_state
+from gpunet.threads import pool_policy
 
 # Environment variables that change what a BLAS or a thread pool does; recorded when set.
 ENV_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+            "OPENBLAS_THREAD_TIMEOUT", "GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "GPUNET_NUM_THREADS", "GPUNET_CPU_ENGINE",
             "GPUNET_DEVICE", "CUDA_VISIBLE_DEVICES")
 
 
@@ -118,6 +120,7 @@ def machine_info(torch=None) -> dict:
         "env": {k: os.environ.get(k) for k in ENV_VARS if k in os.environ},
         "numpy": numpy_info(),
         "malloc": malloc_state(),
+        "thread_pools": pool_policy(),
         "torch": torch_info(torch),
         "gpu": gpu_info(),
         "git": git_commit(),

@@ -83,13 +83,14 @@ def select_rows(rows, only: str | None):
 
 # --- yardstick --------------------------------------------------------------------------------------
 
-def sgemm(backend, torch, torch_device: str, reps: int, settle: float = 0.0) -> dict:
-    """GFLOP/s of a SGEMM_N^3 float32 matmul: NumPy always, the device's array module, and PyTorch."""
+def sgemm(backend, torch, torch_device: str, reps: int, settle: float = 0.0, side: str = "both") -> dict:
+    """GFLOP/s of a SGEMM_N^3 float32 matmul: NumPy and the device's array module (unless side is
+    "torch"), and PyTorch (when given)."""
     n, flops = SGEMM_N, 2.0 * SGEMM_N ** 3
     rng = np.random.default_rng(1)
     a, b = rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)
-    fns, sync = {"numpy": lambda: a @ b}, {}
-    if backend.is_gpu:
+    fns, sync = ({"numpy": lambda: a @ b} if side != "torch" else {}), {}
+    if backend.is_gpu and side != "torch":
         da, db = backend.asarray(a), backend.asarray(b)
         fns["device"], sync["device"] = (lambda: da @ db), backend.synchronize
     if torch is not None and (torch_device == "cpu" or torch.cuda.is_available()):
@@ -101,7 +102,7 @@ def sgemm(backend, torch, torch_device: str, reps: int, settle: float = 0.0) -> 
     out = {"n": n, "dtype": "float32"}
     out.update({f"{k}_gflops": flops / s.median / 1e9 for k, s in stats.items()})
     out.update({f"{k}_ms": s.to_dict() for k, s in stats.items()})
-    out["reference_gflops"] = out.get("device_gflops", out["numpy_gflops"])  # what % of sgemm divides by
+    out["reference_gflops"] = out.get("device_gflops", out.get("numpy_gflops"))  # what % of sgemm divides by
     return out
 
 
@@ -222,8 +223,27 @@ def _err(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-def run_row(row, env, reps: int, warmup: int) -> dict:
-    """Set up, check and time (or measure the memory of) one row; errors are recorded, not raised."""
+def _host(a) -> np.ndarray:
+    if hasattr(a, "detach"):   # a torch tensor
+        return a.detach().cpu().numpy()
+    return to_host(a)
+
+
+def dump_outputs(path, out) -> None:
+    """One side's first outputs of a row, in order, as arr_0, arr_1, ... of an .npz (isolated runs compare
+    the two processes' files with output_diffs)."""
+    np.savez(path, *[_host(a) for a in _flatten(out)])
+
+
+def load_outputs(path) -> list:
+    with np.load(path) as f:
+        return [f[f"arr_{i}"] for i in range(len(f.files))]
+
+
+def run_row(row, env, reps: int, warmup: int, side: str = "both", dump=None) -> dict:
+    """Set up, check and time (or measure the memory of) one row; errors are recorded, not raised.
+    side "gpunet" or "torch" runs that side only (no check; `dump`, a folder, receives its first outputs
+    as <row id>.<side>.npz)."""
     be, torch = env.backend, env.torch
     res = {"id": row.id, "group": row.group, "name": row.name, "phase": row.phase, "unit": row.unit,
            "shape": row.shape, "gpunet": None, "torch": None, "errors": {}}
@@ -235,20 +255,25 @@ def run_row(row, env, reps: int, warmup: int) -> dict:
     sides = {"gpunet": g}
     if t is not None:
         sides["torch"] = t
+    if side != "both":
+        sides = {k: v for k, v in sides.items() if k == side}
     sync = {"gpunet": be.synchronize}
     if t is not None and env.torch_device != "cpu":
         sync["torch"] = torch.cuda.synchronize
     first = {}
-    for side, fn in list(sides.items()):  # the first call: compile/autotune, and outputs for the check
+    for name, fn in list(sides.items()):  # the first call: compile/autotune, and outputs for the check
         try:
-            first[side] = fn()
-            sync.get(side, lambda: None)()
+            first[name] = fn()
+            sync.get(name, lambda: None)()
         except Exception as e:
-            res["errors"][side] = _err(e)
-            del sides[side]
+            res["errors"][name] = _err(e)
+            del sides[name]
     if "gpunet" in first and "torch" in first and row.unit != "MiB":  # memory rows reuse a trained pair
         res["check"] = output_diffs(first["gpunet"], first["torch"])
         res["check_l2_rel_diff"] = max(res["check"]["l2_rel"], default=0.0)
+    if dump is not None and row.unit != "MiB":
+        for name, out in first.items():
+            dump_outputs(os.path.join(dump, f"{row.id}.{name}.npz"), out)
     first.clear()
     if not sides:
         return res
@@ -259,14 +284,15 @@ def run_row(row, env, reps: int, warmup: int) -> dict:
             res["torch"] = {"peak": peak_torch(torch, env.torch_device, sides["torch"]) / 2**20}
         return res
     stats = measure(sides, reps=reps, warmup=warmup, sync=sync, settle=env.settle)
-    for side, s in stats.items():
-        res[side] = s.to_dict()
+    for name, s in stats.items():
+        res[name] = s.to_dict()
     return res
 
 
-def derive(res: dict, row, sgemm_gflops: float | None, judge: bool = True) -> dict:
+def derive(res: dict, row, sgemm_gflops: float | None, judge: bool = True, device_kind: str = "cpu") -> dict:
     """Add ratio, GFLOP/s, % of sgemm and the target verdict to a row result. judge=False (the emulator,
-    whose times say nothing about a GPU) keeps the numbers but checks no performance target."""
+    whose times say nothing about a GPU) keeps the numbers but checks no performance target; device_kind
+    ("cpu" or "gpu") picks workloads.TARGETS."""
     key = "peak" if row.unit == "MiB" else "median"
     g, t = res.get("gpunet"), res.get("torch")
     res["ratio"] = g[key] / t[key] if g and t and t[key] > 0 else None
@@ -281,7 +307,8 @@ def derive(res: dict, row, sgemm_gflops: float | None, judge: bool = True) -> di
                          for side, v in (("gpunet", g), ("torch", t))}
         if sgemm_gflops:
             res["pct_sgemm"] = {side: 100.0 * v / sgemm_gflops if v else None for side, v in res["gflops"].items()}
-    res["target"] = {k: v for k, v in (("max_ratio", row.target_ratio), ("min_pct_sgemm", row.target_pct_sgemm))
+    res["target"] = {k: v for k, v in (("max_ratio", workloads.target_ratio(row, device_kind)),
+                                       ("min_pct_sgemm", row.target_pct_sgemm))
                      if v is not None and judge}
     misses = []
     target = res["target"]
@@ -303,22 +330,35 @@ def derive(res: dict, row, sgemm_gflops: float | None, judge: bool = True) -> di
 
 # --- the run ----------------------------------------------------------------------------------------
 
+SIDES = ("both", "gpunet", "torch")
+
+
 def run_bench(device: str = "cpu", quick: bool = False, reps: int | None = None, only: str | None = None,
-              log=None) -> dict:
+              log=None, side: str = "both", dump=None) -> dict:
     """Run the benchmark on `device` (cpu, cuda, emulator or auto) and return the results dict.
-    log: a callable receiving one progress line per row, or None."""
+    log: a callable receiving one progress line per row, or None. side "gpunet" / "torch": only that
+    library runs in this process (gpunet alone does not even import torch), for gpunet.bench.isolated,
+    which runs each side in its own processes and merges; `dump`: a folder for each row's first outputs."""
     log = log or (lambda line: None)
+    if side not in SIDES:
+        raise ValueError(f"bench: side must be one of {SIDES}, got {side!r}")
     if str(device).lower() not in ALIASES:
         raise ValueError(f"bench: unknown device {device!r}; expected one of cpu, cuda, emulator, auto")
+    # PyTorch first: its own OpenMP runtime then starts before gpunet's engines set any thread-pool
+    # defaults in the environment (gpunet.threads), so the peer runs as it does alone
+    torch = None if side == "gpunet" else _import_torch()
     backend = get_backend(str(device).lower())
     default_r, warmup = default_reps(backend, quick)
     reps = default_r if reps is None else int(reps)
     if reps < 1:
         raise ValueError(f"bench: --reps must be >= 1, got {reps}")
     notes = []
-    torch = _import_torch()
     torch_device = "cuda" if backend.is_gpu else "cpu"
-    if torch is None:
+    if side == "torch" and torch is None:
+        raise RuntimeError("bench: side 'torch' needs PyTorch (pip install 'gpunet[bench]')")
+    if side != "both":
+        notes.append(f"only the {side} side ran in this process")
+    elif torch is None:
         notes.append("PyTorch is not installed: gpunet rows ran alone (pip install 'gpunet[bench]' for ratios)")
     elif backend.is_gpu and not torch.cuda.is_available():
         notes.append(f"PyTorch {torch.__version__} has no CUDA here: gpunet rows ran alone (a CPU PyTorch "
@@ -329,6 +369,7 @@ def run_bench(device: str = "cpu", quick: bool = False, reps: int | None = None,
                      "not a GPU, so no target is checked (useful to test the CUDA op path end to end)")
     rows = select_rows(workloads.quick_rows() if quick else workloads.full_rows(), only)
     judge = backend.name != "emulator"
+    kind = "gpu" if backend.is_gpu else "cpu"
     settle = 0.0 if backend.is_gpu or quick else SETTLE_S  # --quick checks the harness, not the speed
 
     started = time.perf_counter()
@@ -336,22 +377,22 @@ def run_bench(device: str = "cpu", quick: bool = False, reps: int | None = None,
     with torch_settings(torch, backend.is_gpu):
         machine = machine_info(torch)
         log(f"sgemm {SGEMM_N}x{SGEMM_N} float32 ...")
-        gemm = sgemm(backend, torch, torch_device, max(reps, 5), settle)
+        gemm = sgemm(backend, torch, torch_device, max(reps, 5), settle, side)
         gemm_runs = [gemm]
         env = workloads.Env(backend, torch, torch_device, np.random.default_rng(0), settle)
         results = []
         for i, row in enumerate(rows, 1):
             t0 = time.perf_counter()
-            res = derive(run_row(row, env, reps, warmup), row, gemm["reference_gflops"], judge)
+            res = derive(run_row(row, env, reps, warmup, side, dump), row, gemm["reference_gflops"], judge, kind)
             results.append(res)
             log(f"[{i}/{len(rows)}] {row.name} {row.phase}: {_summary(res)} ({time.perf_counter() - t0:.1f}s)")
         if not quick:  # again at the end: the faster of the two runs is the yardstick (a busy start cannot flatter)
             log(f"sgemm {SGEMM_N}x{SGEMM_N} float32 again ...")
-            gemm_runs.append(sgemm(backend, torch, torch_device, max(reps, 5), settle))
-            best = max(gemm_runs, key=lambda g: g["reference_gflops"])
+            gemm_runs.append(sgemm(backend, torch, torch_device, max(reps, 5), settle, side))
+            best = max(gemm_runs, key=lambda g: g["reference_gflops"] or g.get("torch_gflops") or 0.0)
             if best is not gemm:
                 for res, row in zip(results, rows):
-                    derive(res, row, best["reference_gflops"], judge)
+                    derive(res, row, best["reference_gflops"], judge, kind)
             gemm = best
     return {
         "schema": SCHEMA,
@@ -359,6 +400,7 @@ def run_bench(device: str = "cpu", quick: bool = False, reps: int | None = None,
         "cpu_engine": getattr(backend, "cpu_engine", None),   # the NumPy backend's engine (numpy/onednn)
         "torch_device": torch_device if torch is not None else None,
         "quick": bool(quick),
+        "side": side,
         "reps": reps,
         "warmup": warmup + 1,
         "only": only,
@@ -370,8 +412,7 @@ def run_bench(device: str = "cpu", quick: bool = False, reps: int | None = None,
         "machine": machine,
         "sgemm": gemm,
         "sgemm_runs": [{k: v for k, v in g.items() if k.endswith("gflops")} for g in gemm_runs],
-        "targets": {"conv_fwd_bwd_max_ratio": workloads.CONV_TARGET, "bn_pool_max_ratio": workloads.BN_POOL_TARGET,
-                    "e2e_max_ratio": workloads.E2E_TARGET, "big_3x3_min_pct_sgemm": workloads.BIG_3X3_PCT_SGEMM},
+        "targets": {"max_ratio": workloads.TARGETS[kind], "big_3x3_min_pct_sgemm": workloads.BIG_3X3_PCT_SGEMM},
         "notes": notes,
         "rows": results,
         "seconds": time.perf_counter() - started,

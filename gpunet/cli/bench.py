@@ -10,6 +10,7 @@ the share of a 2048x2048 sgemm timed in the same run. Writes results.json, resul
 """
 from __future__ import annotations
 
+import argparse
 import datetime
 import platform
 import re
@@ -33,6 +34,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--only", metavar="PATTERN", default=None,
                    help="run only rows whose id, name or group matches: comma-separated substrings or globs, "
                         "e.g. 'conv', 'batchnorm,maxpool', '*fwd-bwd'")
+    p.add_argument("--isolated", type=int, default=None, metavar="K",
+                   help="run each library alone in its own process, K processes per side, alternated, and "
+                        "merge (medians of the processes' medians): the fair measure on a small machine")
+    p.add_argument("--side", choices=("both", "gpunet", "torch"), default="both",
+                   help="run one side only in this process (what --isolated runs; default: both)")
+    p.add_argument("--dump", metavar="DIR", default=None, help=argparse.SUPPRESS)  # --isolated's outputs check
     p.set_defaults(func=run)
 
 
@@ -47,7 +54,14 @@ def run(args) -> int:
     def log(line):
         print(line, file=sys.stderr, flush=True)
 
-    results = run_bench(args.device, quick=args.quick, reps=args.reps, only=args.only, log=log)
+    if args.isolated is not None:
+        if args.side != "both":
+            raise SystemExit("gpunet bench: --isolated runs both sides; drop --side")
+        from gpunet.bench.isolated import run_isolated
+        results = run_isolated(args.device, args.isolated, quick=args.quick, reps=args.reps, only=args.only, log=log)
+    else:
+        results = run_bench(args.device, quick=args.quick, reps=args.reps, only=args.only, log=log,
+                            side=args.side, dump=args.dump)
     print(format_table(results))
     paths = write_outputs(results, args.out or default_out(results["device"]))
     print("wrote " + ", ".join(str(p) for p in paths.values()))

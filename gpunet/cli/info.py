@@ -88,6 +88,8 @@ def run(args) -> int:
         print(f"CPU engine: {engine}  ({engine_why})")
     except (DeviceError, ValueError) as e:
         print(f"CPU engine: error: {e}")
+    from gpunet.threads import num_threads, pool_policy
+    print(f"CPU threads: {num_threads()}; idle pools: " + ", ".join(f"{k}={v}" for k, v in pool_policy().items()))
     print(f"NumPy {np.__version__}")
     try:
         import cupy

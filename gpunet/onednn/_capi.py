@@ -142,6 +142,8 @@ def _candidates():
 
 
 def _open():
+    from gpunet.threads import set_openmp_idle
+    set_openmp_idle()   # before libgomp starts with oneDNN: idle OpenMP workers must not spin (gpunet.threads)
     paths, explicit = _candidates()
     if explicit and os.sep in paths[0] and not os.path.isfile(paths[0]):
         raise OnednnUnavailable(f"{ENV_LIB}={paths[0]}: no such file")

@@ -13,8 +13,8 @@ backward-weights primitive descriptors and their reorders) is cached per geometr
 Weights are reordered per training step, not per primitive call: the forward keeps its blocked
 weights in ctx, and the backward-data primitive reuses them when it asks for the same layout (on
 AVX-512 it wants the transposed blocking, so that is one more reorder of w per step).
-ReLU backward: g = dy where y > 0, else 0 (a masked copy: a NaN or inf in dy never leaks through the
-mask), as the NumPy path does; g then feeds both backward primitives. The bias gradient comes from the
+ReLU backward: g = dy where y > 0, else 0 (gpunet.arrays.relu_grad: a NaN or inf in dy never leaks
+through the mask), as the NumPy path does; g then feeds both backward primitives. The bias gradient comes from the
 backward-weights primitive (diff_bias).
 
 oneDNN has no f64 convolution: float64 (and anything that is not float32) is refused with TypeError;
@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from gpunet.arrays import relu_grad
 from gpunet.onednn import _capi as C
 from gpunet.onednn import engine as E
 from gpunet.onednn.engine import PrimitiveDesc, Reorder, any_, cache, call, engine, f32, plain
@@ -169,13 +170,6 @@ def conv2d_forward(x, w, b, stride, padding, relu: bool, out=None):
     return y, ConvCtx(x, w, wb, y if relu else None, b is not None, plan)
 
 
-def _relu_masked(dy, y) -> np.ndarray:
-    """dy where y > 0, else +0 (a copy: a NaN or inf in dy outside the mask does not leak)."""
-    g = np.zeros_like(dy)
-    np.copyto(g, dy, where=y > 0)
-    return g
-
-
 def conv2d_backward(dy, ctx: ConvCtx, input_grad: bool = True):
     """(dx, dw, db): db None without bias, dx None when input_grad is False (no backward-data work)."""
     if not isinstance(ctx, ConvCtx):
@@ -184,7 +178,7 @@ def conv2d_backward(dy, ctx: ConvCtx, input_grad: bool = True):
     dy = f32("conv2d backward", "dy", dy)
     if tuple(dy.shape) != plan.y_shape:
         raise ValueError(f"conv2d backward: expected dy of shape {plan.y_shape}, got {tuple(dy.shape)}")
-    g = dy if ctx.y is None else _relu_masked(dy, ctx.y)
+    g = dy if ctx.y is None else relu_grad(dy, ctx.y)
     pd, to_src, to_gw, from_dw = plan.bwd_weights()
     gw = to_gw(g)
     dw = E.output(plan.w_shape)
