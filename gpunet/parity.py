@@ -3,6 +3,11 @@
     report = run_parity("cnn", "emulator", steps=3)      # or a factory: run_parity(my_net, "cuda", in_shape=...)
     print(report.table()); assert report.passed
 
+    report = run_parity("cnn", "cpu", cpu_engine="onednn")  # the CPU backend's oneDNN engine, same check
+
+The reference is the CPU backend on its NumPy engine, pinned whatever GPUNET_CPU_ENGINE says: the other
+engine (oneDNN) is one of the things compared with it, like a device.
+
 The model is built once on NumPy (the reference) and once more with the same seed; the second copy
 gets the first one's `state_dict()` (and its dropout seeds, which are not state) and moves to the
 device. Both then run K identical training steps on the same batches: forward, softmax cross-entropy,
@@ -368,16 +373,33 @@ def _optimizer(name: str, params, lr: float):
     raise ValueError(f"parity: unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
 
 
-def resolve_device(device, no_gpu: str = "emulator") -> Backend:
+def resolve_device(device, no_gpu: str = "emulator", cpu_engine: str | None = None) -> Backend:
     """A Backend for `device`. "auto" means what it means everywhere (gpunet.backend: CUDA when usable,
     else NumPy); when it finds no GPU, parity compares `no_gpu` instead ("emulator": the CPU emulator of
-    our kernels, the default; "numpy": NumPy with itself)."""
+    our kernels, the default; "numpy": the CPU backend). `cpu_engine` is the CPU backend's engine
+    (numpy|onednn|auto; None: GPUNET_CPU_ENGINE, else auto, as everywhere); naming one for a device that
+    is not the CPU is an error rather than ignored, so a check never silently compares something else."""
     if isinstance(device, Backend):
+        if cpu_engine is not None:
+            raise ValueError(f"parity: cpu_engine={cpu_engine!r} applies to a device name, not to a given "
+                             f"{device!r}, which has its own engine (get_backend('cpu', cpu_engine=...))")
         return device
     key, why = resolve_name(device)
     if key == "numpy" and why.startswith("auto"):
-        return get_backend(no_gpu)
-    return get_backend(key)
+        key, why = resolve_name(no_gpu)[0], f"no usable GPU, and no_gpu={no_gpu!r} (--no-gpu) picks it"
+    if cpu_engine is not None and key != "numpy":
+        raise ValueError(f"parity: a CPU engine (cpu_engine={cpu_engine!r}, --cpu-engine) applies to the CPU "
+                         f"device only, but device {device!r} is {key} ({why}); use device 'cpu' (--device cpu)")
+    return get_backend(key, cpu_engine=cpu_engine)
+
+
+def label(backend: Backend) -> str:
+    """A backend's name in reports. The CPU backend names its engine when it is not the NumPy reference's:
+    "cpu (engine onednn)" and the reference "numpy" are one backend kind on two engines."""
+    engine = getattr(backend, "cpu_engine", None)
+    if backend.name == "numpy" and engine not in (None, "numpy"):
+        return f"cpu (engine {engine})"
+    return backend.name
 
 
 # --- the run --------------------------------------------------------------------------------------
@@ -386,13 +408,19 @@ def run_parity(model="cnn", device="auto", steps: int = 3, *, batch_size: int = 
                dtype="float32", optimizer: str = "momentum", lr: float | None = None, data: str | None = None,
                in_shape=None, num_classes=None, batches=None, tolerances: dict | None = None,
                tol_scale: float = 1.0, lockstep: bool = False, reference="numpy", no_gpu: str = "emulator",
-               log=None) -> ParityReport:
+               cpu_engine: str | None = None, log=None) -> ParityReport:
     """Train `model` on `reference` (NumPy) and on `device` for `steps` identical steps; compare everything.
 
     model: a name of `gpunet.models` (cnn, lenet, resnet-small, mlp) or a factory
         `factory(in_shape, num_classes) -> Module` (called with the NumPy generator seeded).
-    device: "cuda", "emulator", "numpy" (a self-check: exactly 0), "auto" (CUDA if usable) or a Backend.
+    device: "cuda", "emulator", "numpy"/"cpu" (the CPU backend on `cpu_engine`), "auto" (CUDA if usable)
+        or a Backend.
     no_gpu: what "auto" compares when no GPU is usable: "emulator" (default) or "numpy".
+    cpu_engine: the compared CPU backend's engine: "onednn" (oneDNN's convolutions against the NumPy
+        reference: float32 differs in the last bits, float64 runs NumPy's code and is exactly 0), "numpy"
+        (a self-check: exactly 0) or "auto"; None: GPUNET_CPU_ENGINE, else auto. Only for the CPU device.
+    reference: "numpy" (default), always on the NumPy engine whatever GPUNET_CPU_ENGINE says: the
+        reference must not be one of the engines under test.
     data: "digits" (scikit-learn's embedded digits via gpunet.data; the default for named models) or
         "random" (a seeded Gaussian batch per step, shape `in_shape`, default (1, 8, 8); the default for
         factories). `batches`, a list of host (x, y) pairs, overrides both.
@@ -425,8 +453,8 @@ def run_parity(model="cnn", device="auto", steps: int = 3, *, batch_size: int = 
             raise ValueError(f"parity: unknown tolerance kinds {sorted(unknown)}; expected {sorted(tols)}")
         tols.update(tolerances)
     tols = {k: v * float(tol_scale) for k, v in tols.items()}
-    dev_be = resolve_device(device, no_gpu=no_gpu)
-    ref_be = get_backend(reference)
+    dev_be = resolve_device(device, no_gpu=no_gpu, cpu_engine=cpu_engine)
+    ref_be = get_backend(reference, cpu_engine="numpy")   # pinned: `auto` would often be oneDNN
 
     if not callable(model) and not isinstance(model, str):
         raise TypeError(f"parity: model must be a model name or a factory, got {type(model).__name__}")
@@ -449,7 +477,7 @@ def run_parity(model="cnn", device="auto", steps: int = 3, *, batch_size: int = 
         ref, dev = _twin(model, in_shape, num_classes, seed, ref_be, dev_be, dt)
     finally:
         host.rng = saved_rng
-    report = ParityReport(model_name, dev_be.name, ref_be.name, dname, steps, batch_size, int(seed), optimizer,
+    report = ParityReport(model_name, label(dev_be), label(ref_be), dname, steps, batch_size, int(seed), optimizer,
                           lr, data_desc, bool(lockstep))
     opts = {"reference": _optimizer(optimizer, list(ref.parameters()), lr),
             "device": _optimizer(optimizer, list(dev.parameters()), lr)}
@@ -491,8 +519,8 @@ def run_parity(model="cnn", device="auto", steps: int = 3, *, batch_size: int = 
             report.kink_flips[step] = flips
         if log is not None:
             bad = sum(1 for r in tracker.rows.values() if not r.passed)
-            log(f"step {step}/{steps}: loss {losses['reference'][-1]:.6f} ({ref_be.name}) "
-                f"{losses['device'][-1]:.6f} ({dev_be.name}); {bad} row(s) failing so far")
+            log(f"step {step}/{steps}: loss {losses['reference'][-1]:.6f} ({report.reference}) "
+                f"{losses['device'][-1]:.6f} ({report.device}); {bad} row(s) failing so far")
 
     report.rows = list(tracker.rows.values())
     report.losses = losses

@@ -18,7 +18,7 @@ import math
 import numpy as np
 import pytest
 
-from gpunet import nn
+from gpunet import nn, onednn
 from gpunet.backend import Backend, get_backend
 from gpunet.parity import TOLERANCES, ParityReport, ParityRow, capture, diff, run_parity
 from gpunet.ops.numpy import NumpyOps
@@ -151,7 +151,7 @@ def test_capture_records_every_module_and_leaves_no_trace():
 
 @pytest.mark.parametrize("model", ["cnn", "resnet-small", "mlp", "lenet"])
 def test_numpy_against_numpy_is_exact(model):
-    report = run_parity(model, "numpy", steps=2, batch_size=8)
+    report = run_parity(model, "numpy", steps=2, batch_size=8, cpu_engine="numpy")
     assert report.passed, report.table(only_failures=True)
     assert all(r.max_abs == 0 for r in report.rows), [r for r in report.rows if r.max_abs != 0]
     quantities = {r.quantity for r in report.rows}
@@ -168,7 +168,7 @@ def test_numpy_against_numpy_is_exact_with_adam_float64_and_a_factory():
                              nn.AvgPool2d(2), nn.Flatten(), nn.Dropout(0.3),
                              nn.Linear(4 * (in_shape[1] // 2) * (in_shape[2] // 2), num_classes))
     report = run_parity(factory, "numpy", steps=3, batch_size=6, dtype="float64", optimizer="adam",
-                        in_shape=(2, 6, 6), num_classes=3)
+                        in_shape=(2, 6, 6), num_classes=3, cpu_engine="numpy")
     assert report.data.startswith("random") and report.model == "factory" and report.dtype == "float64"
     assert report.passed and all(r.max_abs == 0 for r in report.rows)
 
@@ -340,6 +340,87 @@ def test_cli_help_states_the_tolerances(capsys):
         main(["parity", "--help"])
     text = capsys.readouterr().out
     assert "float32:" in text and "float64:" in text and "docs/parity.md" in text
+
+
+# --- the CPU backend's oneDNN engine against the NumPy engine (docs/onednn.md) --------------------------
+
+needs_onednn = pytest.mark.skipif(not onednn.available(), reason=f"{onednn.status_line()} (pip install 'gpunet[cpu]')")
+
+
+@needs_onednn
+@pytest.mark.parametrize("model", ["cnn", "resnet-small"])
+def test_onednn_engine_trains_like_the_numpy_engine_float32(model):
+    report = run_parity(model, "cpu", steps=2, batch_size=8, cpu_engine="onednn")
+    assert report.passed, report.table(only_failures=True)
+    assert report.device == "cpu (engine onednn)" and report.reference == "numpy"
+    assert "cpu (engine onednn) vs numpy" in report.summary()
+    # step 1 starts from identical weights: a difference there is oneDNN's own sums (it really ran)
+    assert report.history[0]["activation"] > 0
+    assert any(r.max_abs > 0 for r in report.rows if r.module == "Conv2d" and r.quantity == "output")
+    assert report.worst().ratio < 0.5, f"parity holds with little margin: {report.worst()}"
+
+
+@needs_onednn
+@pytest.mark.parametrize("model", ["cnn", "resnet-small"])
+def test_onednn_engine_float64_is_exact(model):
+    """oneDNN has no f64: on the onednn engine every float64 op falls back to NumPy's code, bit for bit."""
+    report = run_parity(model, "cpu", steps=2, batch_size=8, dtype="float64", cpu_engine="onednn")
+    assert report.device == "cpu (engine onednn)"
+    assert report.passed and all(r.max_abs == 0 for r in report.rows), [r for r in report.rows if r.max_abs]
+    assert report.losses["reference"] == report.losses["device"]
+
+
+@needs_onednn
+def test_the_reference_is_the_numpy_engine_whatever_the_environment_says(monkeypatch):
+    monkeypatch.setenv("GPUNET_CPU_ENGINE", "onednn")
+    report = run_parity("cnn", "cpu", steps=1, batch_size=8)   # the compared side follows the variable
+    assert report.reference == "numpy" and report.device == "cpu (engine onednn)"
+    assert any(r.max_abs > 0 for r in report.rows)
+    monkeypatch.setenv("GPUNET_CPU_ENGINE", "numpy")
+    report = run_parity("cnn", "cpu", steps=1, batch_size=8)
+    assert report.device == "numpy" and all(r.max_abs == 0 for r in report.rows)
+
+
+@needs_onednn
+def test_cli_compares_the_onednn_engine(capsys):
+    from gpunet.cli.main import main
+    rc = main(["parity", "--device", "cpu", "--cpu-engine", "onednn", "--steps", "1", "--batch-size", "8", "--quiet"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "PASS: all" in text and "cpu (engine onednn) vs numpy" in text
+
+
+def test_cpu_engine_is_for_the_cpu_device_only(monkeypatch, capsys):
+    import gpunet.backend as backend_mod
+    from gpunet.cli.main import main
+    from gpunet.parity import resolve_device
+    assert main(["parity", "--device", "emulator", "--cpu-engine", "numpy", "--quiet"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gpunet parity: error: parity: a CPU engine (cpu_engine='numpy', --cpu-engine) applies "
+                          "to the CPU device only, but device 'emulator' is emulator") and "\n" not in err
+    monkeypatch.delenv("GPUNET_DEVICE", raising=False)
+    monkeypatch.setattr(backend_mod, "cuda_status", lambda: (False, "no GPU here"))
+    with pytest.raises(ValueError, match=r"device 'auto' is emulator \(no usable GPU, and no_gpu='emulator'"):
+        resolve_device("auto", cpu_engine="numpy")
+    assert resolve_device("auto", no_gpu="numpy", cpu_engine="numpy") is get_backend("cpu", cpu_engine="numpy")
+    with pytest.raises(ValueError, match="not to a given Backend"):
+        resolve_device(get_backend("cpu", cpu_engine="numpy"), cpu_engine="numpy")
+
+
+def test_cli_onednn_unavailable_says_why(tmp_path):
+    """In a subprocess: the library is loaded (or not) once per process."""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k not in ("GPUNET_DEBUG", "GPUNET_CPU_ENGINE")}
+    env["GPUNET_ONEDNN_LIB"] = str(tmp_path / "missing.so")
+    proc = subprocess.run([sys.executable, "-m", "gpunet.cli.main", "parity", "--device", "cpu", "--cpu-engine",
+                           "onednn", "--quiet"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        f"gpunet parity: error: CPU engine 'onednn' (requested 'onednn') is unusable: GPUNET_ONEDNN_LIB="
+        f"{tmp_path / 'missing.so'}: no such file; install it with pip install 'gpunet[cpu]', or choose "
+        "GPUNET_CPU_ENGINE=numpy"]
 
 
 # --- the real devices -----------------------------------------------------------------------------

@@ -1,13 +1,19 @@
 """Options shared by several commands."""
 from __future__ import annotations
 
-from gpunet.backend import DEVICES
+from gpunet.backend import CPU_ENGINES, DEVICES
 
 
 def add_device(p, default="auto") -> None:
     p.add_argument("--device", choices=DEVICES, default=default,
                    help="where to run: auto = CUDA when usable, else NumPy (default: %(default)s; "
                         "GPUNET_DEVICE overrides auto)")
+
+
+def add_cpu_engine(p, what: str) -> None:
+    p.add_argument("--cpu-engine", choices=CPU_ENGINES, default=None,
+                   help=f"the CPU backend's engine{what} (default: GPUNET_CPU_ENGINE, else auto = oneDNN where its "
+                        "library loads, else NumPy; docs/onednn.md)")
 
 
 def add_data(p, dataset_help: str) -> None:

@@ -11,6 +11,11 @@ Free-running (the default), the two models drift apart step by step and toleranc
 after many steps a ReLU input rounded across 0 on one device only flips that element's gradient (the
 summary notes it). --lockstep restarts every step from NumPy's state, for long runs.
 
+The reference is always the CPU backend on its NumPy engine (whatever GPUNET_CPU_ENGINE says).
+--device cpu compares the CPU backend on --cpu-engine with it: onednn (oneDNN's convolutions) differs
+in float32's last bits like a device, and is exactly 0 in float64 (oneDNN has no f64: every op runs
+NumPy's code); numpy is a self-check, exactly 0. --cpu-engine with cuda or the emulator is an error.
+
 relative difference = max|ref - dev| / (max|ref| + tiny), over the whole tensor. A row passes when it is
 <= tol or when max|ref - dev| <= atol. Tolerances at step 1 (step k allows k times as much):
 {tols}
@@ -39,7 +44,7 @@ def _doc() -> str:
 
 
 def add_parser(subparsers) -> None:
-    from gpunet.cli._common import add_device
+    from gpunet.cli._common import add_cpu_engine, add_device
     from gpunet.models import MODELS
     from gpunet.parity import OPTIMIZERS
     p = subparsers.add_parser("parity", help=HELP, description=_doc(),
@@ -47,7 +52,9 @@ def add_parser(subparsers) -> None:
     add_device(p)
     p.add_argument("--no-gpu", choices=("emulator", "cpu"), default="emulator",
                    help="what --device auto compares with NumPy when no GPU is usable: the CPU emulator of our CUDA "
-                        "kernels, or NumPy itself (--device cpu: must be exactly 0) (default: %(default)s)")
+                        "kernels, or the CPU backend on --cpu-engine (as --device cpu) (default: %(default)s)")
+    add_cpu_engine(p, " compared with the NumPy reference, for --device cpu only: onednn (float32 differs in the "
+                      "last bits; float64 must be exactly 0), numpy (a self-check: exactly 0) or auto")
     p.add_argument("--model", choices=MODELS, default="cnn", help="default: %(default)s")
     p.add_argument("--steps", type=int, default=3, metavar="K", help="training steps (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=16, metavar="B", help="default: %(default)s")
@@ -77,7 +84,8 @@ def run(args) -> int:
     log = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     report = run_parity(args.model, device, args.steps, batch_size=args.batch_size, seed=args.seed,
                         dtype=args.dtype, optimizer=args.optimizer, lr=args.lr, tol_scale=args.tol_scale,
-                        lockstep=args.lockstep, no_gpu={"cpu": "numpy"}.get(args.no_gpu, args.no_gpu), log=log)
+                        lockstep=args.lockstep, no_gpu={"cpu": "numpy"}.get(args.no_gpu, args.no_gpu),
+                        cpu_engine=args.cpu_engine, log=log)
     if not (args.failures_only and report.passed):
         print(report.table(only_failures=args.failures_only))
     print(report.summary())
