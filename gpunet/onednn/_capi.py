@@ -35,6 +35,7 @@ CONSTANTS = {
     "dnnl_backward": 128, "dnnl_backward_data": 160, "dnnl_backward_weights": 192,
     "dnnl_convolution_direct": 0x1, "dnnl_eltwise_relu": 0x20,   # dnnl_alg_kind_t
     "dnnl_pooling_max": 0x1ff, "dnnl_pooling_avg_include_padding": 0x2ff,
+    "dnnl_binary_add": 0x1fff0, "dnnl_binary_mul": 0x1fff1, "dnnl_binary_sub": 0x1fff5, "dnnl_binary_gt": 0x1fff7,
     "dnnl_use_global_stats": 0x1, "dnnl_use_scale": 0x2, "dnnl_use_shift": 0x4,  # normalization flags
     "dnnl_query_src_md": 129, "dnnl_query_diff_src_md": 130, "dnnl_query_weights_md": 131,
     "dnnl_query_diff_weights_md": 132, "dnnl_query_dst_md": 133, "dnnl_query_diff_dst_md": 134,
@@ -44,6 +45,7 @@ CONSTANTS = {
     "DNNL_ARG_WORKSPACE": 64, "DNNL_ARG_DIFF_SRC": 129, "DNNL_ARG_DIFF_DST": 145,
     "DNNL_ARG_DIFF_WEIGHTS": 161, "DNNL_ARG_DIFF_BIAS": 169, "DNNL_ARG_DIFF_SCALE": 255,
     "DNNL_ARG_DIFF_SHIFT": 256, "DNNL_ARG_FROM": 1, "DNNL_ARG_TO": 17,
+    "DNNL_ARG_SRC_0": 1, "DNNL_ARG_SRC_1": 2, "DNNL_ARG_ATTR_MULTIPLE_POST_OP_BASE": 32768,
     "DNNL_MAX_NDIMS": 12,
 }
 globals().update(CONSTANTS)
@@ -109,6 +111,8 @@ SIGNATURES = {
     "dnnl_post_ops_create": (None, [_P]),
     "dnnl_post_ops_destroy": (None, [handle]),
     "dnnl_post_ops_append_eltwise": (None, [handle, _I, _F, _F]),
+    "dnnl_post_ops_append_binary": (None, [handle, _I, handle]),
+    "dnnl_binary_primitive_desc_create": (None, [_P, handle, _I, handle, handle, handle, handle]),
     "dnnl_version": (ctypes.POINTER(version_t), []),
 }
 

@@ -7,7 +7,9 @@ with invstd = 1/sqrt(var + eps) in float64 rounded to float32, and update the ru
 in place as NumpyOps does: running = (1 - momentum)*running + momentum*batch, unbiased variance
 var*M/(M - 1), float64 arithmetic.
 
-Eval forward: use_global_stats with the running mean and variance.
+Eval forward: not oneDNN's inference primitive (its NCHW kernel ran slower than NumPy) but one binary
+pass, x*scale + shift, with the NumPy engine's coefficients (bitwise the NumPy result; see
+batch_norm_eval).
 
 Backward: the contract hands us (dy, x, gamma, mean, invstd), while oneDNN's backward wants the
 variance and eps: we pass var = 1/invstd^2 (float64, rounded to float32) with eps = 0, so oneDNN's
@@ -30,6 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from gpunet.onednn import _capi as C
+from gpunet.onednn import binary
 from gpunet.onednn import engine as E
 from gpunet.onednn.engine import PrimitiveDesc, cache, engine, f32, plain
 from gpunet.ops.geometry import batch_norm_geometry
@@ -53,26 +56,23 @@ def applies(x) -> bool:
 
 
 class _Plan:
-    def __init__(self, shape: tuple, eps32: float, training: bool):
+    """The training forward and backward primitives of one shape and eps."""
+
+    def __init__(self, shape: tuple, eps32: float):
         self.shape, self.c = shape, shape[1]
-        self.what = f"batch normalization (src {shape} f32, eps {eps32:g}, {'training' if training else 'inference'})"
+        self.what = f"batch normalization (src {shape} f32, eps {eps32:g}, training)"
         self.x_md, self.v_md = plain(shape), plain((self.c,))
-        if training:
-            self.fwd = PrimitiveDesc("dnnl_batch_normalization_forward_primitive_desc_create", "forward " + self.what,
-                                     engine().engine, C.dnnl_forward_training, self.x_md.h, self.x_md.h, eps32,
-                                     _SCALE_SHIFT, None)
-            self.bwd = PrimitiveDesc("dnnl_batch_normalization_backward_primitive_desc_create",
-                                     "backward " + self.what, engine().engine, C.dnnl_backward, self.x_md.h,
-                                     self.x_md.h, self.x_md.h, eps32, _SCALE_SHIFT, self.fwd.h, None)
-        else:
-            self.fwd = PrimitiveDesc("dnnl_batch_normalization_forward_primitive_desc_create", "forward " + self.what,
-                                     engine().engine, C.dnnl_forward_inference, self.x_md.h, self.x_md.h, eps32,
-                                     _SCALE_SHIFT | C.dnnl_use_global_stats, None)
+        self.fwd = PrimitiveDesc("dnnl_batch_normalization_forward_primitive_desc_create", "forward " + self.what,
+                                 engine().engine, C.dnnl_forward_training, self.x_md.h, self.x_md.h, eps32,
+                                 _SCALE_SHIFT, None)
+        self.bwd = PrimitiveDesc("dnnl_batch_normalization_backward_primitive_desc_create",
+                                 "backward " + self.what, engine().engine, C.dnnl_backward, self.x_md.h,
+                                 self.x_md.h, self.x_md.h, eps32, _SCALE_SHIFT, self.fwd.h, None)
 
 
-def _plan(shape, eps, training: bool) -> _Plan:
+def _plan(shape, eps) -> _Plan:
     eps32 = float(np.float32(eps))
-    return cache.get(("batch_norm", shape, eps32, training), lambda: _Plan(shape, eps32, training))
+    return cache.get(("batch_norm", shape, eps32), lambda: _Plan(shape, eps32))
 
 
 def _vectors(op, **vs):
@@ -90,7 +90,7 @@ def batch_norm_train(x, gamma, beta, running_mean, running_var, momentum, eps):
     n, c, s = batch_norm_geometry("batch_norm", x.shape, training=True, gamma=gamma.shape, beta=beta.shape,
                                   running_mean=running_mean.shape, running_var=running_var.shape)
     m = n * s
-    plan = _plan(tuple(x.shape), eps, True)
+    plan = _plan(tuple(x.shape), eps)
     y, mean, var = E.output(x.shape), E.output(c), E.output(c)
     plan.fwd.execute({C.DNNL_ARG_SRC: (plan.x_md, x), C.DNNL_ARG_DST: (plan.x_md, y),
                       C.DNNL_ARG_SCALE: (plan.v_md, v["gamma"]), C.DNNL_ARG_SHIFT: (plan.v_md, v["beta"]),
@@ -106,17 +106,18 @@ def batch_norm_train(x, gamma, beta, running_mean, running_var, momentum, eps):
 
 
 def batch_norm_eval(x, gamma, beta, running_mean, running_var, eps):
+    """y = (x - center)*scale + shift in one binary pass (gpunet.onednn.binary), with the NumPy engine's
+    per-channel coefficients (gpunet.ops.numpy.batchnorm.eval_coefficients): bitwise its result, at one
+    read and one write of x (oneDNN's own inference primitive on NCHW was slower than NumPy: measured)."""
+    from gpunet.ops.numpy.batchnorm import eval_coefficients
     x = f32("batch_norm", "input", x)
-    v = _vectors("batch_norm", gamma=gamma, beta=beta, running_mean=running_mean, running_var=running_var)
+    _vectors("batch_norm", gamma=gamma, beta=beta, running_mean=running_mean, running_var=running_var)
     batch_norm_geometry("batch_norm", x.shape, gamma=gamma.shape, beta=beta.shape,
                         running_mean=running_mean.shape, running_var=running_var.shape)
-    plan = _plan(tuple(x.shape), eps, False)
-    y = E.output(x.shape)
-    plan.fwd.execute({C.DNNL_ARG_SRC: (plan.x_md, x), C.DNNL_ARG_DST: (plan.x_md, y),
-                      C.DNNL_ARG_SCALE: (plan.v_md, v["gamma"]), C.DNNL_ARG_SHIFT: (plan.v_md, v["beta"]),
-                      C.DNNL_ARG_MEAN: (plan.v_md, v["running_mean"]),
-                      C.DNNL_ARG_VARIANCE: (plan.v_md, v["running_var"])})
-    return y
+    scale, shift, center = eval_coefficients(gamma, beta, running_mean, running_var, eps, np.float32)
+    if center is None:
+        return binary.run(x, "mul", scale, [("add", shift)])
+    return binary.run(x, "sub", center, [("mul", scale), ("add", shift)])
 
 
 def batch_norm_backward(dy, x, gamma, mean, invstd):
@@ -129,7 +130,7 @@ def batch_norm_backward(dy, x, gamma, mean, invstd):
     c = x.shape[1]
     if _far(v["mean"], v["invstd"]):
         return _numpy().batch_norm_backward(dy, x, gamma, mean, invstd)
-    plan = _plan(tuple(x.shape), 0.0, True)
+    plan = _plan(tuple(x.shape), 0.0)
     inv64 = v["invstd"].astype(np.float64)
     var = (1.0 / (inv64 * inv64)).astype(np.float32)
     dx, dgamma, dbeta = E.output(x.shape), E.output(c), E.output(c)

@@ -13,8 +13,8 @@ backward-weights primitive descriptors and their reorders) is cached per geometr
 Weights are reordered per training step, not per primitive call: the forward keeps its blocked
 weights in ctx, and the backward-data primitive reuses them when it asks for the same layout (on
 AVX-512 it wants the transposed blocking, so that is one more reorder of w per step).
-ReLU backward: g = dy where y > 0, else 0 (gpunet.arrays.relu_grad: a NaN or inf in dy never leaks
-through the mask), as the NumPy path does; g then feeds both backward primitives. The bias gradient comes from the
+ReLU backward: g = dy where y > 0, else 0 (one binary pass, (y > 0) * dy, checked through dW; see
+conv2d_backward: a NaN or inf in dy never leaks through the mask), as the NumPy path does; g then feeds both backward primitives. The bias gradient comes from the
 backward-weights primitive (diff_bias).
 
 oneDNN has no f64 convolution: float64 (and anything that is not float32) is refused with TypeError;
@@ -30,8 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from gpunet.arrays import relu_grad
+from gpunet.arrays import all_finite, relu_grad
 from gpunet.onednn import _capi as C
+from gpunet.onednn import binary
 from gpunet.onednn import engine as E
 from gpunet.onednn.engine import PrimitiveDesc, Reorder, any_, cache, call, engine, f32, plain
 from gpunet.ops.geometry import Window2d, conv2d_geometry
@@ -170,31 +171,52 @@ def conv2d_forward(x, w, b, stride, padding, relu: bool, out=None):
     return y, ConvCtx(x, w, wb, y if relu else None, b is not None, plan)
 
 
+def _relu_mask(dy, y) -> np.ndarray:
+    """(y > 0) * dy in one binary pass: exact for a finite dy (dy*1 = dy, dy*0 = +-0); a non-finite dy
+    behind the mask would give 0*inf = NaN there, which conv2d_backward detects and redoes exactly."""
+    return binary.run(y, "gt", np.zeros(y.shape[1], np.float32), [("mul", dy)])
+
+
+def _weights_grad(plan, x, g):
+    """(dw, db, g in the backward primitives' layout) from the masked gradient g."""
+    pd, to_src, to_gw, from_dw = plan.bwd_weights()
+    gw = to_gw(g)
+    dw = E.output(plan.w_shape)
+    dwb = dw if from_dw.same else E.empty(from_dw.src)
+    args = {C.DNNL_ARG_SRC: (to_src.dst, to_src(x)), C.DNNL_ARG_DIFF_DST: (to_gw.dst, gw),
+            C.DNNL_ARG_DIFF_WEIGHTS: (from_dw.src, dwb)}
+    db = None
+    if plan.bias:
+        db = E.output(plan.cout)
+        args[C.DNNL_ARG_DIFF_BIAS] = (plan.b_md, db)
+    pd.execute(args)
+    if not from_dw.same:
+        from_dw(dwb, dw)
+    return dw, db, gw
+
+
 def conv2d_backward(dy, ctx: ConvCtx, input_grad: bool = True):
-    """(dx, dw, db): db None without bias, dx None when input_grad is False (no backward-data work)."""
+    """(dx, dw, db): db None without bias, dx None when input_grad is False (no backward-data work).
+
+    With ReLU fused, g = (y > 0) * dy comes from one binary pass. Every element of g reaches dW (each
+    output window holds at least one real input), so a NaN or inf in g makes dW non-finite: only then
+    (a non-finite dy; or a finite one whose dW overflows) is g rebuilt exactly with
+    gpunet.arrays.relu_grad (dy where y > 0, else 0: NaN behind the mask never leaks) and dW redone."""
     if not isinstance(ctx, ConvCtx):
         raise TypeError(f"conv2d backward: ctx must come from gpunet.onednn.conv.conv2d_forward, got {type(ctx).__name__}")
     plan = ctx.plan
     dy = f32("conv2d backward", "dy", dy)
     if tuple(dy.shape) != plan.y_shape:
         raise ValueError(f"conv2d backward: expected dy of shape {plan.y_shape}, got {tuple(dy.shape)}")
-    g = dy if ctx.y is None else relu_grad(dy, ctx.y)
-    pd, to_src, to_gw, from_dw = plan.bwd_weights()
-    gw = to_gw(g)
-    dw = E.output(plan.w_shape)
-    dwb = dw if from_dw.same else E.empty(from_dw.src)
-    args = {C.DNNL_ARG_SRC: (to_src.dst, to_src(ctx.x)), C.DNNL_ARG_DIFF_DST: (to_gw.dst, gw),
-            C.DNNL_ARG_DIFF_WEIGHTS: (from_dw.src, dwb)}
-    db = None
-    if ctx.has_bias:
-        db = E.output(plan.cout)
-        args[C.DNNL_ARG_DIFF_BIAS] = (plan.b_md, db)
-    pd.execute(args)
-    if not from_dw.same:
-        from_dw(dwb, dw)
+    g = dy if ctx.y is None else _relu_mask(dy, ctx.y)
+    dw, db, gw = _weights_grad(plan, ctx.x, g)
+    if ctx.y is not None and not all_finite(dw):
+        g = relu_grad(dy, ctx.y)
+        dw, db, gw = _weights_grad(plan, ctx.x, g)
     dx = None
     if input_grad:
         pd, to_w, to_gd, from_dx = plan.bwd_data()
+        _, _, to_gw, _ = plan.bwd_weights()
         wb = ctx.w_blocked if to_w.dst == plan.fwd_w.dst else to_w(ctx.w)
         gd = gw if to_gd.dst == to_gw.dst else to_gd(g)
         dx = E.output(plan.x_shape)

@@ -90,6 +90,10 @@ class NumpyOps:
     def batch_norm_eval(self, x, gamma, beta, running_mean, running_var, eps):
         shape = checks.batch_norm("batch_norm", x, gamma=gamma, beta=beta, running_mean=running_mean,
                                   running_var=running_var)
+        if self.engine == "onednn" and x.dtype == np.float32:   # one binary pass, same numbers (docs/onednn.md)
+            from gpunet.onednn import batchnorm as onednn_batchnorm
+            return onednn_batchnorm.batch_norm_eval(np.ascontiguousarray(x), gamma, beta, running_mean,
+                                                    running_var, eps)
         return batchnorm.batch_norm_eval(shape, x, gamma, beta, running_mean, running_var, eps)
 
     @ieee

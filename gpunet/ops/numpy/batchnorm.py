@@ -123,29 +123,35 @@ def batch_norm_train(shape, x, gamma, beta, running_mean, running_var, momentum,
 FOLD_MAX_OFFSET = 8.0
 
 
-def batch_norm_eval(shape, x, gamma, beta, running_mean, running_var, eps):
-    dt, (n, c, s) = x.dtype, shape
+def eval_coefficients(gamma, beta, running_mean, running_var, eps, dt):
+    """Per-channel vectors (dtype dt) of the eval forward y = (x - center)*scale + shift, center None
+    when every running mean lies within FOLD_MAX_OFFSET stds of zero (then folded into the shift:
+    y = x*scale + shift). Shared by both CPU engines, so they compute the same roundings."""
     std = np.sqrt(running_var.astype(np.float64) + float(eps))
     scale64 = gamma.astype(np.float64) / std
     rm64 = running_mean.astype(np.float64)
-    fold = bool(np.all(np.abs(rm64) <= FOLD_MAX_OFFSET * std))
-    scale = _row(scale64, dt, s)
-    if fold:
-        shift = _row(beta.astype(np.float64) - rm64 * scale64, dt, s)
-    else:
-        rm, bt = _row(running_mean, dt, s), _row(beta, dt, s)
+    scale = scale64.astype(dt)
+    if bool(np.all(np.abs(rm64) <= FOLD_MAX_OFFSET * std)):
+        return scale, (beta.astype(np.float64) - rm64 * scale64).astype(dt), None
+    return scale, np.asarray(beta, dtype=dt), np.asarray(running_mean, dtype=dt)
+
+
+def batch_norm_eval(shape, x, gamma, beta, running_mean, running_var, eps):
+    dt, (n, c, s) = x.dtype, shape
+    scale_c, shift_c, center_c = eval_coefficients(gamma, beta, running_mean, running_var, eps, dt)
+    scale, shift = _row(scale_c, dt, s), _row(shift_c, dt, s)
+    center = None if center_c is None else _row(center_c, dt, s)
     x3 = _as3(x, n, c, s)
     y = np.empty((n, c, s), dtype=dt)
 
     def apply(n0, n1):
         for a, b in _bn_blocks(n0, n1, c * s * dt.itemsize):
-            if fold:   # x*scale + shift
+            if center is None:   # x*scale + shift
                 np.multiply(x3[a:b], scale, out=y[a:b])
-                np.add(y[a:b], shift, out=y[a:b])
-            else:      # (x - running_mean) * scale + beta: the offset is removed exactly first
-                np.subtract(x3[a:b], rm, out=y[a:b])
+            else:                # (x - running_mean) * scale + beta: the offset is removed exactly first
+                np.subtract(x3[a:b], center, out=y[a:b])
                 np.multiply(y[a:b], scale, out=y[a:b])
-                np.add(y[a:b], bt, out=y[a:b])
+            np.add(y[a:b], shift, out=y[a:b])
 
     parallel(apply, n, x.size, BN_PARALLEL_MIN_ELEMENTS)
     return y.reshape(x.shape)
