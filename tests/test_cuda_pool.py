@@ -30,7 +30,7 @@ DTYPES = [np.float32, np.float64]
 
 
 def _ref():
-    return get_backend("numpy").ops
+    return get_backend("numpy", cpu_engine="numpy").ops  # the contract's reference engine
 
 
 def _data(shape, dtype, kind="normal", seed=0):

@@ -258,30 +258,88 @@ def test_avg_pool_matches_numpy_ops(case, nan_outputs):
 @needs_onednn
 @pytest.mark.parametrize("special", [np.nan, -np.inf, np.finfo(np.float32).min])
 def test_max_pool_nan_inf_and_lowest_follow_the_contract(special):
-    """oneDNN starts windows at -FLT_MAX and does not propagate NaN: such inputs take the NumPy path."""
+    """oneDNN starts windows at -FLT_MAX and does not propagate NaN: it declines such inputs, and the oneDNN
+    engine's NumpyOps runs the NumPy path."""
     from gpunet.onednn import pool
+    from gpunet.onednn.engine import Declined
     rng = np.random.default_rng(4)
     x = _pool_x((2, 2, 6, 6), rng, False)
     x[0, 0, 0, :3] = special
     x[1, 1, :2, :2] = special          # a whole window
+    ops = NumpyOps(engine="onednn")
     for k, s, p in ((2, 2, 0), (3, 2, 1)):
-        y, argmax = pool.max_pool2d_forward(x, k, s, p)
+        with pytest.raises(Declined, match="NaN, -inf or -FLT_MAX"):
+            pool.max_pool2d_forward(x, k, s, p)
+        y, argmax = ops.max_pool2d_forward(x, k, s, p)
         y_ref, argmax_ref = OPS.max_pool2d_forward(x, k, s, p)
         assert np.array_equal(y, y_ref, equal_nan=True) and np.array_equal(argmax, argmax_ref)
 
 
 @needs_onednn
-def test_max_pool_backward_takes_any_in_plane_argmax():
-    """An argmax outside its window is no workspace oneDNN can take: NumPy's backward serves it."""
+def test_max_pool_argmax_carries_the_workspace_and_cannot_go_stale():
+    """The forward's argmax is read-only and holds oneDNN's workspace (the backward needs no conversion);
+    views and copies do not inherit it, and take the conversion to the same dx."""
     from gpunet.onednn import pool
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((2, 3, 9, 7)).astype(np.float32)
+    y, argmax = pool.max_pool2d_forward(x, 3, 2, 1)
+    assert isinstance(argmax, pool.Argmax) and argmax.workspace is not None and not argmax.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        argmax[0, 0, 0, 0] = 0
+    copy, view = argmax.copy(), argmax[:]
+    assert copy.workspace is None and view.workspace is None
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = pool.max_pool2d_backward(dy, argmax, x.shape, 3, 2, 1)
+    assert np.array_equal(pool.max_pool2d_backward(dy, copy, x.shape, 3, 2, 1), dx)
+    assert np.array_equal(pool.max_pool2d_backward(dy, np.asarray(argmax), x.shape, 3, 2, 1), dx)
+
+
+@needs_onednn
+def test_the_onednn_engine_routes_pooling_and_bn_inference(monkeypatch):
+    """NumpyOps(engine="onednn") sends float32 pooling and batch-norm inference to oneDNN, float64 to NumPy."""
+    from gpunet.onednn import binary, pool
+    calls = []
+    for mod, name in ((pool, "max_pool2d_forward"), (pool, "max_pool2d_backward"), (pool, "avg_pool2d_forward"),
+                      (pool, "avg_pool2d_backward"), (binary, "run")):
+        real = getattr(mod, name)
+        monkeypatch.setattr(mod, name, lambda *a, _r=real, _n=name: calls.append(_n) or _r(*a))
+    ops = NumpyOps(engine="onednn")
+    rng = np.random.default_rng(13)
+    for dt in (np.float32, np.float64):
+        calls.clear()
+        x = rng.standard_normal((2, 4, 6, 6)).astype(dt)
+        y, argmax = ops.max_pool2d_forward(x, 2, 2, 0)
+        dx = ops.max_pool2d_backward(np.ones_like(y), argmax, x.shape, 2, 2, 0)
+        assert np.array_equal(dx, OPS.max_pool2d_backward(np.ones_like(y), OPS.max_pool2d_forward(x, 2, 2, 0)[1],
+                                                          x.shape, 2, 2, 0))
+        ya = ops.avg_pool2d_forward(x, 2, 2, 0)
+        ops.avg_pool2d_backward(np.ones_like(ya), x.shape, 2, 2, 0)
+        v = np.ones(4, dt)
+        yb = ops.batch_norm_eval(x, v, 0 * v, 0 * v, v, 1e-5)
+        assert np.array_equal(yb, OPS.batch_norm_eval(x, v, 0 * v, 0 * v, v, 1e-5))   # the same bits
+        want = ["max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward", "run"]
+        assert calls == (want if dt == np.float32 else []), (dt, calls)
+
+
+@needs_onednn
+def test_max_pool_backward_takes_any_in_plane_argmax():
+    """An argmax outside its window is no workspace oneDNN can take: it declines, and the oneDNN engine's
+    NumpyOps serves it with the NumPy backward (whose errors are the contract's)."""
+    from gpunet.onednn import pool
+    from gpunet.onednn.engine import Declined
     dy = np.arange(1, 5, dtype=np.float32).reshape(1, 1, 2, 2)
     argmax = np.array([[[[15, 0], [0, 5]]]], dtype=np.int32)
-    dx = pool.max_pool2d_backward(dy, argmax, (1, 1, 4, 4), 2, 2, 0)
+    with pytest.raises(Declined, match="outside its window"):
+        pool.max_pool2d_backward(dy, argmax, (1, 1, 4, 4), 2, 2, 0)
+    with pytest.raises(Declined, match="int32"):
+        pool.max_pool2d_backward(dy, argmax.astype(np.int64), (1, 1, 4, 4), 2, 2, 0)
+    ops = NumpyOps(engine="onednn")
+    dx = ops.max_pool2d_backward(dy, argmax, (1, 1, 4, 4), 2, 2, 0)
     assert np.array_equal(dx, OPS.max_pool2d_backward(dy, argmax, (1, 1, 4, 4), 2, 2, 0))
     with pytest.raises(ValueError, match="int32 argmax"):
-        pool.max_pool2d_backward(dy, argmax.astype(np.int64), (1, 1, 4, 4), 2, 2, 0)
+        ops.max_pool2d_backward(dy, argmax.astype(np.int64), (1, 1, 4, 4), 2, 2, 0)
     with pytest.raises(ValueError, match="outside"):
-        pool.max_pool2d_backward(dy, argmax + 100, (1, 1, 4, 4), 2, 2, 0)
+        ops.max_pool2d_backward(dy, argmax + 100, (1, 1, 4, 4), 2, 2, 0)
 
 
 @needs_onednn
@@ -330,8 +388,9 @@ def test_batch_norm_matches_numpy_ops(shape, offset, eps, nan_outputs):
                               OPS.batch_norm_backward(_f64(dy), _f64(x), _f64(g), mean64, invstd64),
                               ("dx", "dgamma", "dbeta")):
         _close(got, ref, what, tol=2e-6)
-    ye = bn.batch_norm_eval(x, g, b, rm, rv, eps)
+    ye = NumpyOps(engine="onednn").batch_norm_eval(x, g, b, rm, rv, eps)   # one binary pass
     _close(ye, OPS.batch_norm_eval(_f64(x), _f64(g), _f64(b), _f64(rm), _f64(rv), eps), "eval y", tol=1e-6)
+    assert np.array_equal(ye, OPS.batch_norm_eval(x, g, b, rm, rv, eps))   # one binary pass, NumPy's roundings
 
 
 @needs_onednn
@@ -362,7 +421,7 @@ def test_batch_norm_errors_are_the_numpy_paths():
     with pytest.raises(ValueError, match="expected dy of shape"):
         bn.batch_norm_backward(np.ones((2, 3), np.float32), np.ones((2, 3, 1, 1), np.float32), v, v, v)
     with pytest.raises(TypeError, match="float32"):
-        bn.batch_norm_eval(np.ones((2, 3)), v, v, v, v, 1e-5)
+        bn.batch_norm_train(np.ones((2, 3)), v, v, v.copy(), v.copy(), 0.1, 1e-5)
     assert not bn.applies(np.ones((2, 3))) and bn.applies(np.ones((2, 3), np.float32))
 
 

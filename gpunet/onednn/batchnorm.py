@@ -7,9 +7,9 @@ with invstd = 1/sqrt(var + eps) in float64 rounded to float32, and update the ru
 in place as NumpyOps does: running = (1 - momentum)*running + momentum*batch, unbiased variance
 var*M/(M - 1), float64 arithmetic.
 
-Eval forward: not oneDNN's inference primitive (its NCHW kernel ran slower than NumPy) but one binary
-pass, x*scale + shift, with the NumPy engine's coefficients (bitwise the NumPy result; see
-batch_norm_eval).
+Eval forward: not here. oneDNN's inference primitive on NCHW ran slower than NumPy; the oneDNN engine
+runs batch-norm inference as one binary pass instead (gpunet.onednn.binary, called by NumpyOps with the
+NumPy engine's coefficients).
 
 Backward: the contract hands us (dy, x, gamma, mean, invstd), while oneDNN's backward wants the
 variance and eps: we pass var = 1/invstd^2 (float64, rounded to float32) with eps = 0, so oneDNN's
@@ -32,7 +32,6 @@ from __future__ import annotations
 import numpy as np
 
 from gpunet.onednn import _capi as C
-from gpunet.onednn import binary
 from gpunet.onednn import engine as E
 from gpunet.onednn.engine import PrimitiveDesc, cache, engine, f32, plain
 from gpunet.ops.geometry import batch_norm_geometry
@@ -103,21 +102,6 @@ def batch_norm_train(x, gamma, beta, running_mean, running_var, momentum, eps):
     running_mean[...] = (1.0 - momentum) * running_mean.astype(np.float64) + momentum * mean.astype(np.float64)
     running_var[...] = (1.0 - momentum) * running_var.astype(np.float64) + momentum * var64 * (m / (m - 1))
     return y, mean, invstd.astype(np.float32)
-
-
-def batch_norm_eval(x, gamma, beta, running_mean, running_var, eps):
-    """y = (x - center)*scale + shift in one binary pass (gpunet.onednn.binary), with the NumPy engine's
-    per-channel coefficients (gpunet.ops.numpy.batchnorm.eval_coefficients): bitwise its result, at one
-    read and one write of x (oneDNN's own inference primitive on NCHW was slower than NumPy: measured)."""
-    from gpunet.ops.numpy.batchnorm import eval_coefficients
-    x = f32("batch_norm", "input", x)
-    _vectors("batch_norm", gamma=gamma, beta=beta, running_mean=running_mean, running_var=running_var)
-    batch_norm_geometry("batch_norm", x.shape, gamma=gamma.shape, beta=beta.shape,
-                        running_mean=running_mean.shape, running_var=running_var.shape)
-    scale, shift, center = eval_coefficients(gamma, beta, running_mean, running_var, eps, np.float32)
-    if center is None:
-        return binary.run(x, "mul", scale, [("add", shift)])
-    return binary.run(x, "sub", center, [("mul", scale), ("add", shift)])
 
 
 def batch_norm_backward(dy, x, gamma, mean, invstd):

@@ -219,6 +219,7 @@ def conv2d_backward(dy, ctx: ConvCtx, input_grad: bool = True):
         _, _, to_gw, _ = plan.bwd_weights()
         wb = ctx.w_blocked if to_w.dst == plan.fwd_w.dst else to_w(ctx.w)
         gd = gw if to_gd.dst == to_gw.dst else to_gd(g)
+        del g, gw   # the NCHW mask (and a second blocked copy) go before dx is allocated: a lower peak
         dx = E.output(plan.x_shape)
         dxb = dx if from_dx.same else E.empty(from_dx.src)
         pd.execute({C.DNNL_ARG_WEIGHTS: (to_w.dst, wb), C.DNNL_ARG_DIFF_DST: (to_gd.dst, gd),

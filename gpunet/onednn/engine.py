@@ -34,6 +34,11 @@ def _set_openmp_threads(n: int) -> None:
         pass
 
 
+class Declined(Exception):
+    """oneDNN's rules differ from the contract for this input (NaN in a max pool, an argmax that is no
+    workspace): the caller's NumPy path serves the call. str() says why."""
+
+
 def check(status: int, call: str, what: str) -> None:
     if status != C.dnnl_success:
         raise OnednnError(call, status, what)

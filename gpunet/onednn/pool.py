@@ -2,21 +2,25 @@
 
 Max pool. oneDNN's forward-training primitive writes a workspace: for every output, the index
 t = i*kw + j of the chosen tap inside its kh x kw window (u8 for windows up to 256 taps, else s32),
-laid out like dst. We keep dst and the workspace in plain NCHW and turn the workspace into gpunet's
-argmax cache (int32 flat index h*W + w inside the (n, c) input plane); the backward turns the argmax
-back into a workspace and runs oneDNN's backward primitive. So the cache stays in gpunet's format
-(a NumPy backward can consume this forward's argmax, and the reverse), at the price of two
-element-wise index passes.
+laid out like dst. We keep dst and the workspace in plain NCHW and return gpunet's argmax cache (int32
+flat index h*W + w inside the (n, c) input plane; one table lookup and one add per output) as an
+`Argmax`: a read-only int32 array that also carries the workspace. The backward runs oneDNN's backward
+primitive straight from that workspace; any other int32 argmax (a NumPy forward's, a copy, a view) is
+turned back into a workspace first (a few index passes). So the cache stays in gpunet's format (a NumPy
+backward can consume this forward's argmax, and the reverse) and the common case pays no conversion.
+The workspace cannot go stale: the Argmax is read-only, and arrays derived from it (views, copies)
+do not inherit the workspace.
 
 Semantics. The contract: padding (-inf) never wins, ties go to the first maximum in row-major window
 order, NaN propagates with argmax at the first NaN, an all -inf window outputs -inf with argmax at its
 first real input. oneDNN keeps the first maximum on ties too (a strict `>`, tested), but starts each
 window from the lowest finite float (-FLT_MAX), not -inf, and its max does not propagate NaN. So the
 forward runs on oneDNN only when min(x) > -FLT_MAX -- one pass that is False for any NaN, -inf or
--FLT_MAX -- and otherwise on NumpyOps, whose rules are the contract. The backward adds each window's dy
+-FLT_MAX -- and otherwise raises Declined, and the caller (NumpyOps) runs its own path, whose rules are
+the contract. The backward adds each window's dy
 at its argmax (dx starts at +0); with overlapping windows oneDNN's order of those additions is its own,
 so sums of several dy at one pixel may differ from the NumPy path's in the last bit. An argmax that
-lies outside its window (not from a max-pool forward) goes to NumpyOps' backward, which accepts any
+lies outside its window (not from a max-pool forward) is Declined too: NumpyOps' backward accepts any
 in-plane index.
 
 Average pool: oneDNN's pooling_avg_include_padding (count_include_pad=True: divisor kh*kw), forward
@@ -29,7 +33,7 @@ import numpy as np
 
 from gpunet.onednn import _capi as C
 from gpunet.onednn import engine as E
-from gpunet.onednn.engine import PrimitiveDesc, cache, engine, f32, plain
+from gpunet.onednn.engine import Declined, PrimitiveDesc, cache, engine, f32, plain
 from gpunet.ops.geometry import Window2d, pool2d_geometry
 
 _LOWEST = np.finfo(np.float32).min
@@ -74,15 +78,28 @@ class _Plan:
             w0 = np.arange(win.ow, dtype=np.int32) * win.sw - win.pw
             self.h0, self.w0 = h0[:, None], w0[None, :]
             self.origin = h0[:, None] * win.w + w0[None, :]
+            taps = np.arange(win.kh * win.kw, dtype=np.int32)
+            self.tap_offset = (taps // win.kw) * np.int32(win.w) + taps % win.kw   # tap t -> i*W + j
+
+
+class Argmax(np.ndarray):
+    """gpunet's int32 argmax (read-only) with the oneDNN workspace it was computed from; `workspace` is
+    None on any array derived from it (a view, a copy, an ufunc result)."""
+
+    def __array_finalize__(self, obj):
+        self.workspace = None
+        self.win = None
+
+
+def _argmax_with_workspace(argmax: np.ndarray, ws: np.ndarray, win: Window2d) -> Argmax:
+    out = argmax.view(Argmax)
+    out.workspace, out.win = ws, win
+    out.flags.writeable = False
+    return out
 
 
 def _plan(win: Window2d, alg: int, name: str) -> _Plan:
     return cache.get(("pool2d", win, alg), lambda: _Plan(win, alg, name))
-
-
-def _numpy():
-    from gpunet.ops.numpy import NumpyOps
-    return NumpyOps()
 
 
 def max_pool2d_forward(x, kernel, stride, padding):
@@ -90,19 +107,18 @@ def max_pool2d_forward(x, kernel, stride, padding):
     x = f32("max_pool2d", "input", x)
     win = pool2d_geometry("max_pool2d", x.shape, kernel, stride, padding)
     if not np.min(x) > _LOWEST:   # NaN, -inf or -FLT_MAX somewhere: oneDNN's rules differ there
-        return _numpy().max_pool2d_forward(x, kernel, stride, padding)
+        raise Declined("max_pool2d: NaN, -inf or -FLT_MAX in the input (oneDNN starts windows at -FLT_MAX "
+                       "and does not propagate NaN)")
     plan = _plan(win, C.dnnl_pooling_max, "max pooling")
     y = E.output(plan.y_shape)
     ws = E.output(plan.y_shape, plan.ws_dtype)
     plan.fwd.execute({C.DNNL_ARG_SRC: (plan.x_md, x), C.DNNL_ARG_DST: (plan.y_md, y),
                       C.DNNL_ARG_WORKSPACE: (plan.ws_md, ws)})
     # tap t = i*kw + j -> flat index origin + i*W + j
-    i, j = np.divmod(ws.astype(np.int32), np.int32(win.kw))
     argmax = E.output(plan.y_shape, np.int32)
-    np.multiply(i, np.int32(win.w), out=argmax)
-    argmax += j
+    np.take(plan.tap_offset, ws, out=argmax)
     argmax += plan.origin
-    return y, argmax
+    return y, _argmax_with_workspace(argmax, ws, win)
 
 
 def max_pool2d_backward(dy, argmax, x_shape, kernel, stride, padding):
@@ -112,17 +128,22 @@ def max_pool2d_backward(dy, argmax, x_shape, kernel, stride, padding):
     if tuple(dy.shape) != want:
         raise ValueError(f"max_pool2d backward: expected dy of shape {want}, got {tuple(dy.shape)}")
     if not isinstance(argmax, np.ndarray) or argmax.dtype != np.int32 or argmax.shape != dy.shape:
-        return _numpy().max_pool2d_backward(dy, argmax, x_shape, kernel, stride, padding)  # its errors
+        raise Declined("max_pool2d backward: argmax is not an int32 array of dy's shape")
     plan = _plan(win, C.dnnl_pooling_max, "max pooling")
+    if isinstance(argmax, Argmax) and argmax.workspace is not None and argmax.win == win:
+        return _backward(plan, dy, argmax.workspace)   # this engine's own forward: no conversion
     row, col = np.divmod(argmax, np.int32(win.w))
     row -= plan.h0
     col -= plan.w0
     inside = (row >= 0) & (row < win.kh) & (col >= 0) & (col < win.kw) & (argmax >= 0) & (argmax < win.h * win.w)
     if not inside.all():
-        return _numpy().max_pool2d_backward(dy, argmax, x_shape, kernel, stride, padding)
+        raise Declined("max_pool2d backward: an argmax lies outside its window (no workspace can hold it)")
     row *= np.int32(win.kw)
     row += col
-    ws = row.astype(plan.ws_dtype)
+    return _backward(plan, dy, row.astype(plan.ws_dtype))
+
+
+def _backward(plan: _Plan, dy, ws):
     dx = E.output(plan.x_shape)
     plan.bwd.execute({C.DNNL_ARG_DIFF_DST: (plan.y_md, dy), C.DNNL_ARG_WORKSPACE: (plan.ws_md, ws),
                       C.DNNL_ARG_DIFF_SRC: (plan.x_md, dx)})

@@ -62,22 +62,48 @@ class NumpyOps:
         return conv.conv2d_backward(dy, ctx, bool(input_grad), algo)
 
     # --- pooling ----------------------------------------------------------------------------------
+    def _onednn(self, a) -> bool:
+        """Whether this call goes to the oneDNN engine's own pooling / batch-norm path (docs/onednn.md)."""
+        return self.engine == "onednn" and a.dtype == np.float32
+
     @ieee
     def max_pool2d_forward(self, x, kernel, stride, padding):
-        return pool.max_pool2d_forward(x, checks.pool2d("max_pool2d", x, kernel, stride, padding))
+        win = checks.pool2d("max_pool2d", x, kernel, stride, padding)
+        if self._onednn(x):   # argmax carries oneDNN's workspace for the backward
+            from gpunet.onednn import engine, pool as onednn_pool
+            try:
+                return onednn_pool.max_pool2d_forward(np.ascontiguousarray(x), kernel, stride, padding)
+            except engine.Declined:   # NaN / -inf / -FLT_MAX: the contract's rules are this path's
+                pass
+        return pool.max_pool2d_forward(x, win)
 
     @ieee
     def max_pool2d_backward(self, dy, argmax, x_shape, kernel, stride, padding):
-        return pool.max_pool2d_backward(dy, argmax, checks.max_pool2d_backward(dy, argmax, x_shape, kernel, stride,
-                                                                               padding))
+        win = checks.max_pool2d_backward(dy, argmax, x_shape, kernel, stride, padding)
+        if self._onednn(dy):
+            from gpunet.onednn import engine, pool as onednn_pool
+            try:
+                return onednn_pool.max_pool2d_backward(np.ascontiguousarray(dy), argmax, x_shape, kernel, stride,
+                                                       padding)
+            except engine.Declined:   # an argmax no workspace can hold: this path takes any in-plane index
+                pass
+        return pool.max_pool2d_backward(dy, argmax, win)
 
     @ieee
     def avg_pool2d_forward(self, x, kernel, stride, padding):
-        return pool.avg_pool2d_forward(x, checks.pool2d("avg_pool2d", x, kernel, stride, padding))
+        win = checks.pool2d("avg_pool2d", x, kernel, stride, padding)
+        if self._onednn(x):
+            from gpunet.onednn import pool as onednn_pool
+            return onednn_pool.avg_pool2d_forward(np.ascontiguousarray(x), kernel, stride, padding)
+        return pool.avg_pool2d_forward(x, win)
 
     @ieee
     def avg_pool2d_backward(self, dy, x_shape, kernel, stride, padding):
-        return pool.avg_pool2d_backward(dy, checks.pool2d_backward("avg_pool2d", dy, x_shape, kernel, stride, padding))
+        win = checks.pool2d_backward("avg_pool2d", dy, x_shape, kernel, stride, padding)
+        if self._onednn(dy):
+            from gpunet.onednn import pool as onednn_pool
+            return onednn_pool.avg_pool2d_backward(np.ascontiguousarray(dy), x_shape, kernel, stride, padding)
+        return pool.avg_pool2d_backward(dy, win)
 
     # --- batch norm -------------------------------------------------------------------------------
     @ieee
@@ -90,10 +116,13 @@ class NumpyOps:
     def batch_norm_eval(self, x, gamma, beta, running_mean, running_var, eps):
         shape = checks.batch_norm("batch_norm", x, gamma=gamma, beta=beta, running_mean=running_mean,
                                   running_var=running_var)
-        if self.engine == "onednn" and x.dtype == np.float32:   # one binary pass, same numbers (docs/onednn.md)
-            from gpunet.onednn import batchnorm as onednn_batchnorm
-            return onednn_batchnorm.batch_norm_eval(np.ascontiguousarray(x), gamma, beta, running_mean,
-                                                    running_var, eps)
+        if self._onednn(x):   # one binary pass with the same coefficients: the same bits (docs/onednn.md)
+            from gpunet.onednn import binary
+            scale, shift, center = batchnorm.eval_coefficients(gamma, beta, running_mean, running_var, eps, x.dtype)
+            x = np.ascontiguousarray(x)
+            if center is None:
+                return binary.run(x, "mul", scale, [("add", shift)])
+            return binary.run(x, "sub", center, [("mul", scale), ("add", shift)])
         return batchnorm.batch_norm_eval(shape, x, gamma, beta, running_mean, running_var, eps)
 
     @ieee
