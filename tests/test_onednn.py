@@ -613,3 +613,30 @@ def test_auto_is_onednn_where_the_library_loads(monkeypatch):
     be = get_backend("cpu", cpu_engine="onednn")
     assert be.cpu_engine == "onednn" and be.ops.engine == "onednn" and be is get_backend("numpy", cpu_engine="onednn")
     assert get_backend("cpu", cpu_engine="numpy").ops.engine == "numpy"
+
+
+@needs_onednn
+@pytest.mark.parametrize("shape, offset", [((4, 16, 32, 32), 0.0), ((24, 3, 32, 32), 0.5), ((64, 8, 16, 16), 1000.0)])
+def test_batch_norm_training_passes_on_onednn_are_bitwise_numpys(monkeypatch, shape, offset):
+    """On the oneDNN engine the NumPy batch norm hands its full-size affine passes (y = d*scale + shift,
+    dx = (src*b + c) + dy*a) to oneDNN's binary primitive: the same roundings, so the same bits."""
+    from gpunet.onednn import binary
+    calls = []
+    real = binary.run
+    monkeypatch.setattr(binary, "run", lambda *a, **k: calls.append(1) or real(*a, **k))
+    rng = np.random.default_rng(14)
+    c = shape[1]
+    x = (rng.standard_normal(shape) + offset).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    g, b = (1 + 0.1 * rng.standard_normal(c)).astype(np.float32), rng.standard_normal(c).astype(np.float32)
+    stats = [(np.zeros(c, np.float32), np.ones(c, np.float32)) for _ in range(2)]
+    got = NumpyOps(engine="onednn").batch_norm_train(x, g, b, *stats[0], 0.1, 1e-5)
+    assert calls, "the affine pass did not reach oneDNN"
+    want = OPS.batch_norm_train(x, g, b, *stats[1], 0.1, 1e-5)
+    for p, q in zip(got + stats[0], want + stats[1]):
+        assert np.array_equal(p, q)
+    calls.clear()
+    got = NumpyOps(engine="onednn").batch_norm_backward(dy, x, g, want[1], want[2])
+    assert len(calls) == 2
+    for p, q in zip(got, OPS.batch_norm_backward(dy, x, g, want[1], want[2])):
+        assert np.array_equal(p, q)

@@ -9,8 +9,9 @@ oneDNN picks its `jit:uni` kernel for these on x86 (per-channel broadcast over a
 Rounding: each op rounds to float32 as it goes (no fused multiply-add between an op and its post-op:
 measured bitwise equal to NumPy's x*scale then + shift on (64, 64, 32, 32) and (256, 3, 32, 32)).
 
-Used by: batch-norm inference (x*scale + shift, or (x - mean)*scale + beta far from zero) and the
-conv backward's ReLU mask ((y > 0) * dy). Measured (this 2-core machine, medians of 30): x*scale +
+Used by: batch-norm inference (x*scale + shift, or (x - mean)*scale + beta far from zero), the NumPy
+engine's batch-norm training passes on the oneDNN engine (ChannelPasses: y = d*scale + shift, and
+dx = (src*b + c) + dy*a, the same roundings as NumPy's), and the conv backward's ReLU mask ((y > 0) * dy). Measured (this 2-core machine, medians of 30): x*scale +
 shift on (64, 64, 32, 32) 0.53 ms (NumPy's blocked two-pass version 1.9-2.8 ms, PyTorch 1.0).
 """
 from __future__ import annotations
@@ -85,3 +86,21 @@ def run(x: np.ndarray, op: str, src1: np.ndarray, posts=(), out=None) -> np.ndar
     key = ("binary", shape, op, kind(src1), tuple((p, kind(a)) for p, a in posts))
     plan = cache.get(key, lambda: _Plan(shape, op, kind(src1), key[4]))
     return plan(x, src1, [a for _, a in posts], E.output(shape) if out is None else out)
+
+
+class ChannelPasses:
+    """The per-channel full-tensor passes the NumPy engine's batch norm hands to oneDNN on the oneDNN
+    engine; arrays are (N, C, S) float32 C-contiguous views (S = H*W), vectors float32 of length C."""
+
+    @staticmethod
+    def affine(src, scale, shift, out):
+        """out = src*scale + shift (out may be src)."""
+        n, c, s = src.shape
+        run(src.reshape(n, c, s, 1), "mul", scale, [("add", shift)], out=out.reshape(n, c, s, 1))
+
+    @staticmethod
+    def axpy(src, scale, acc):
+        """acc = src*scale + acc, in place (each element of acc is read before it is written)."""
+        n, c, s = src.shape
+        acc4 = acc.reshape(n, c, s, 1)
+        run(src.reshape(n, c, s, 1), "mul", scale, [("add", acc4)], out=acc4)

@@ -33,6 +33,12 @@ def dropout_mask(shape, p: float, seed: int, counter: int, dtype) -> np.ndarray:
     return np.multiply(keep, scale, dtype=dt).reshape(shape)  # exact (1*scale, 0*scale); np.where branches
 
 
+# Batch norm's full-tensor passes go to oneDNN from these sizes up: below, the NumPy blocks are as fast
+# (call overhead), and on (N, C) inputs oneDNN's per-channel broadcast did not round like NumPy (measured).
+PASSES_MIN_PLANE = 16
+PASSES_MIN_ELEMENTS = 1 << 16
+
+
 class NumpyOps:
     """The hot ops on NumPy arrays (see gpunet.ops.interface.Ops for the contract)."""
 
@@ -65,6 +71,15 @@ class NumpyOps:
     def _onednn(self, a) -> bool:
         """Whether this call goes to the oneDNN engine's own pooling / batch-norm path (docs/onednn.md)."""
         return self.engine == "onednn" and a.dtype == np.float32
+
+    def _passes(self, a):
+        """oneDNN's full-tensor element-wise passes for the NumPy batch norm (float32, oneDNN engine, images of
+        at least PASSES_MIN_PLANE pixels and PASSES_MIN_ELEMENTS in all), or None."""
+        if not self._onednn(a) or a.ndim != 4 or a.shape[2] * a.shape[3] < PASSES_MIN_PLANE \
+                or a.size < PASSES_MIN_ELEMENTS:
+            return None
+        from gpunet.onednn.binary import ChannelPasses
+        return ChannelPasses
 
     @ieee
     def max_pool2d_forward(self, x, kernel, stride, padding):
@@ -110,7 +125,8 @@ class NumpyOps:
     def batch_norm_train(self, x, gamma, beta, running_mean, running_var, momentum, eps):
         shape = checks.batch_norm("batch_norm", x, True, gamma=gamma, beta=beta, running_mean=running_mean,
                                   running_var=running_var)
-        return batchnorm.batch_norm_train(shape, x, gamma, beta, running_mean, running_var, momentum, eps)
+        return batchnorm.batch_norm_train(shape, x, gamma, beta, running_mean, running_var, momentum, eps,
+                                          self._passes(x))
 
     @ieee
     def batch_norm_eval(self, x, gamma, beta, running_mean, running_var, eps):
@@ -128,7 +144,7 @@ class NumpyOps:
     @ieee
     def batch_norm_backward(self, dy, x, gamma, mean, invstd):
         shape = checks.batch_norm("batch_norm backward", x, dy=dy, gamma=gamma, mean=mean, invstd=invstd)
-        return batchnorm.batch_norm_backward(shape, dy, x, gamma, mean, invstd)
+        return batchnorm.batch_norm_backward(shape, dy, x, gamma, mean, invstd, self._passes(dy))
 
     # --- dropout ----------------------------------------------------------------------------------
     def dropout_mask(self, shape, p: float, seed: int, counter: int, dtype):

@@ -73,8 +73,9 @@ def _as3(a, n, c, s):
     return a.reshape(n, c, s)  # a view when contiguous, else a copy
 
 
-def batch_norm_train(shape, x, gamma, beta, running_mean, running_var, momentum, eps):
-    """shape: (N, C, S) from gpunet.ops.checks.batch_norm."""
+def batch_norm_train(shape, x, gamma, beta, running_mean, running_var, momentum, eps, passes=None):
+    """shape: (N, C, S) from gpunet.ops.checks.batch_norm. passes: None, or the oneDNN engine's
+    element-wise passes (gpunet.onednn.binary.ChannelPasses) for the full-size affine steps (float32)."""
     dt, (n, c, s) = x.dtype, shape
     m = n * s
     momentum, eps = float(momentum), float(eps)
@@ -110,7 +111,10 @@ def batch_norm_train(shape, x, gamma, beta, running_mean, running_var, momentum,
             np.multiply(y[a:b], scale, out=y[a:b])
             np.add(y[a:b], shift, out=y[a:b])
 
-    parallel(affine_pass, n, x.size, BN_PARALLEL_MIN_ELEMENTS)
+    if passes is not None and dt == np.float32:   # one multi-threaded pass, the same roundings
+        passes.affine(y, scale64.astype(dt), (beta.astype(np.float64) - dmean * scale64).astype(dt), out=y)
+    else:
+        parallel(affine_pass, n, x.size, BN_PARALLEL_MIN_ELEMENTS)
     mean = pivot_c.astype(np.float64) + dmean
     running_mean[...] = (1.0 - momentum) * running_mean.astype(np.float64) + momentum * mean
     running_var[...] = (1.0 - momentum) * running_var.astype(np.float64) + momentum * var * (m / (m - 1))
@@ -157,7 +161,7 @@ def batch_norm_eval(shape, x, gamma, beta, running_mean, running_var, eps):
     return y.reshape(x.shape)
 
 
-def batch_norm_backward(shape, dy, x, gamma, mean, invstd):
+def batch_norm_backward(shape, dy, x, gamma, mean, invstd, passes=None):
     dt, (n, c, s) = dy.dtype, shape
     m = n * s
     x3, dy3 = _as3(x, n, c, s), _as3(dy, n, c, s)
@@ -165,7 +169,7 @@ def batch_norm_backward(shape, dy, x, gamma, mean, invstd):
     inv = invstd.astype(np.float64)
     mean64 = mean.astype(np.float64)
     if np.all(np.abs(mean64) * inv <= FOLD_MAX_OFFSET):
-        return _backward_folded(dy3, x3, gamma, mean64, inv, x.shape)
+        return _backward_folded(dy3, x3, gamma, mean64, inv, x.shape, passes)
     mu = _row(mean, dt, s)
     xc = np.empty((n, c, s), dtype=dt)      # x - mean; becomes dx
     rows = np.empty((3, n, c), dtype=dt)    # per (n, c): sum dy, sum dy*xc, sum xc
@@ -181,11 +185,11 @@ def batch_norm_backward(shape, dy, x, gamma, mean, invstd):
     dbeta = rows[0].sum(axis=0, dtype=np.float64)
     resid = rows[2].sum(axis=0, dtype=np.float64) / m          # mean of (x - mean): its rounding error
     dxc = rows[1].sum(axis=0, dtype=np.float64) - resid * dbeta  # sum dy*(x - true mean)
-    dgamma, dbeta = _dx_pass(dy3, xc, resid, gamma, inv, dbeta, dxc, xc)
+    dgamma, dbeta = _dx_pass(dy3, xc, resid, gamma, inv, dbeta, dxc, xc, passes)
     return xc.reshape(x.shape), dgamma, dbeta
 
 
-def _backward_folded(dy3, x3, gamma, mean64, inv, shape):
+def _backward_folded(dy3, x3, gamma, mean64, inv, shape, passes=None):
     """The backward for batch means within FOLD_MAX_OFFSET stds of zero: x - mean is never formed.
     Pass 1 only reads (sum dy and sum dy*x per row); sum dy*(x - mean) = sum dy*x - mean*sum dy then
     cancels at most a factor ~FOLD_MAX_OFFSET, and dx = a*dy + b*x + (c - b*mean): 6 operations per
@@ -203,11 +207,11 @@ def _backward_folded(dy3, x3, gamma, mean64, inv, shape):
     dbeta = rows[0].sum(axis=0, dtype=np.float64)
     dxc = rows[1].sum(axis=0, dtype=np.float64) - mean64 * dbeta
     dx = np.empty(x3.shape, dtype=x3.dtype)
-    dgamma, dbeta = _dx_pass(dy3, x3, mean64, gamma, inv, dbeta, dxc, dx)
+    dgamma, dbeta = _dx_pass(dy3, x3, mean64, gamma, inv, dbeta, dxc, dx, passes)
     return dx.reshape(shape), dgamma, dbeta
 
 
-def _dx_pass(dy3, src3, src_mean, gamma, inv, dbeta, dxc, out3):
+def _dx_pass(dy3, src3, src_mean, gamma, inv, dbeta, dxc, out3, passes=None):
     """out3 = dx = gamma*invstd*(dy - dbeta/M - xhat*dgamma/M) = a*dy + b*src + c, where src is x - mean
     whose own mean is src_mean (the rounding residual), or x itself with src_mean = the mean; out3 may
     be src3. dbeta = sum dy and dxc = sum dy*(x - mean) per channel, float64. Returns (dgamma, dbeta)
@@ -217,6 +221,10 @@ def _dx_pass(dy3, src3, src_mean, gamma, inv, dbeta, dxc, out3):
     a_ = gamma.astype(np.float64) * inv
     b_ = -a_ * inv * inv * dxc / m
     c_ = -a_ * dbeta / m - b_ * src_mean
+    if passes is not None and dt == np.float32:   # (src*b + c) + dy*a: the same roundings, two passes
+        passes.affine(src3, b_.astype(dt), c_.astype(dt), out=out3)
+        passes.axpy(dy3, a_.astype(dt), out3)
+        return (dxc * inv).astype(dt), dbeta.astype(dt)
     a, b, cc = _row(a_, dt, s), _row(b_, dt, s), _row(c_, dt, s)
 
     def blocks(n0, n1):
