@@ -296,8 +296,12 @@ def test_max_pool_argmax_carries_the_workspace_and_cannot_go_stale():
 
 @needs_onednn
 def test_the_onednn_engine_routes_pooling_and_bn_inference(monkeypatch):
-    """NumpyOps(engine="onednn") sends float32 pooling and batch-norm inference to oneDNN, float64 to NumPy."""
+    """NumpyOps(engine="onednn") sends float32 pooling and batch-norm inference to oneDNN, float64 to NumPy
+    (batch norm from PASSES_MIN_ELEMENTS up: lowered here so a small input takes the oneDNN pass)."""
+    import gpunet.ops.numpy as numpy_engine
     from gpunet.onednn import binary, pool
+    monkeypatch.setattr(numpy_engine, "PASSES_MIN_ELEMENTS", 1)
+    monkeypatch.setattr(numpy_engine, "PASSES_MIN_PLANE", 1)
     calls = []
     for mod, name in ((pool, "max_pool2d_forward"), (pool, "max_pool2d_backward"), (pool, "avg_pool2d_forward"),
                       (pool, "avg_pool2d_backward"), (binary, "run")):
@@ -619,8 +623,12 @@ def test_auto_is_onednn_where_the_library_loads(monkeypatch):
 @pytest.mark.parametrize("shape, offset", [((4, 16, 32, 32), 0.0), ((24, 3, 32, 32), 0.5), ((64, 8, 16, 16), 1000.0)])
 def test_batch_norm_training_passes_on_onednn_are_bitwise_numpys(monkeypatch, shape, offset):
     """On the oneDNN engine the NumPy batch norm hands its full-size affine passes (y = d*scale + shift,
-    dx = (src*b + c) + dy*a) to oneDNN's binary primitive: the same roundings, so the same bits."""
+    dx = (src*b + c) + dy*a) to oneDNN's binary primitive: the same roundings, so the same bits (from
+    PASSES_MIN_ELEMENTS up, lowered here to keep the test small; below it the NumPy blocks run)."""
+    import gpunet.ops.numpy as numpy_engine
     from gpunet.onednn import binary
+    monkeypatch.setattr(numpy_engine, "PASSES_MIN_ELEMENTS", 1 << 16)
+    assert NumpyOps(engine="onednn")._passes(np.zeros((2, 4, 4, 4), np.float32)) is None   # too small
     calls = []
     real = binary.run
     monkeypatch.setattr(binary, "run", lambda *a, **k: calls.append(1) or real(*a, **k))

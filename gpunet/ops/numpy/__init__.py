@@ -33,10 +33,13 @@ def dropout_mask(shape, p: float, seed: int, counter: int, dtype) -> np.ndarray:
     return np.multiply(keep, scale, dtype=dt).reshape(shape)  # exact (1*scale, 0*scale); np.where branches
 
 
-# Batch norm's full-tensor passes go to oneDNN from these sizes up: below, the NumPy blocks are as fast
-# (call overhead), and on (N, C) inputs oneDNN's per-channel broadcast did not round like NumPy (measured).
+# Batch norm's full-tensor passes (training and inference) go to oneDNN from these sizes up. Below, a
+# pass takes well under a millisecond, and oneDNN's OpenMP workers, asleep after the NumPy passes in
+# between, can take ~1 ms to wake on this kind of VM: measured in `gpunet bench --isolated 5`,
+# (256, 3, 32, 32) train fwd+bwd 1.7-6.7 ms with the passes against 1.8-2.1 without, eval 0.7-2.2 ms
+# against 0.34. On (N, C) inputs oneDNN's per-channel broadcast also did not round like NumPy (measured).
 PASSES_MIN_PLANE = 16
-PASSES_MIN_ELEMENTS = 1 << 16
+PASSES_MIN_ELEMENTS = 1 << 21
 
 
 class NumpyOps:
@@ -132,7 +135,7 @@ class NumpyOps:
     def batch_norm_eval(self, x, gamma, beta, running_mean, running_var, eps):
         shape = checks.batch_norm("batch_norm", x, gamma=gamma, beta=beta, running_mean=running_mean,
                                   running_var=running_var)
-        if self._onednn(x):   # one binary pass with the same coefficients: the same bits (docs/onednn.md)
+        if self._passes(x) is not None:   # one binary pass, the same coefficients: the same bits (docs/onednn.md)
             from gpunet.onednn import binary
             scale, shift, center = batchnorm.eval_coefficients(gamma, beta, running_mean, running_var, eps, x.dtype)
             x = np.ascontiguousarray(x)
