@@ -302,6 +302,7 @@ def test_the_onednn_engine_routes_pooling_and_bn_inference(monkeypatch):
     from gpunet.onednn import binary, pool
     monkeypatch.setattr(numpy_engine, "PASSES_MIN_ELEMENTS", 1)
     monkeypatch.setattr(numpy_engine, "PASSES_MIN_PLANE", 1)
+    monkeypatch.setattr(numpy_engine, "PASSES_MIN_CHANNELS", 1)
     calls = []
     for mod, name in ((pool, "max_pool2d_forward"), (pool, "max_pool2d_backward"), (pool, "avg_pool2d_forward"),
                       (pool, "avg_pool2d_backward"), (binary, "run")):
@@ -628,6 +629,7 @@ def test_batch_norm_training_passes_on_onednn_are_bitwise_numpys(monkeypatch, sh
     import gpunet.ops.numpy as numpy_engine
     from gpunet.onednn import binary
     monkeypatch.setattr(numpy_engine, "PASSES_MIN_ELEMENTS", 1 << 16)
+    monkeypatch.setattr(numpy_engine, "PASSES_MIN_CHANNELS", 1)
     assert NumpyOps(engine="onednn")._passes(np.zeros((2, 4, 4, 4), np.float32)) is None   # too small
     calls = []
     real = binary.run

@@ -34,12 +34,15 @@ def dropout_mask(shape, p: float, seed: int, counter: int, dtype) -> np.ndarray:
 
 
 # Batch norm's full-tensor passes (training and inference) go to oneDNN from these sizes up. Below, a
-# pass takes well under a millisecond, and oneDNN's OpenMP workers, asleep after the NumPy passes in
-# between, can take ~1 ms to wake on this kind of VM: measured in `gpunet bench --isolated 5`,
-# (256, 3, 32, 32) train fwd+bwd 1.7-6.7 ms with the passes against 1.8-2.1 without, eval 0.7-2.2 ms
-# against 0.34. On (N, C) inputs oneDNN's per-channel broadcast also did not round like NumPy (measured).
+# pass takes a fraction of a millisecond, and oneDNN's OpenMP workers, asleep after the NumPy passes in
+# between, can take ~1 ms to wake on this kind of VM. Measured: (256, 3, 32, 32) in `gpunet bench
+# --isolated 5`, train fwd+bwd 1.7-6.7 ms per process with the passes against 1.7-2.9 without, eval
+# 0.7-2.2 against 0.4-0.55; resnet-small's training step (its BN inputs 256K-1M elements, 16-64
+# channels), three alternated pairs: median 52.9-53.6 ms with the passes, 53.9-63.8 without. On (N, C)
+# inputs oneDNN's per-channel broadcast also did not round like NumPy (measured).
 PASSES_MIN_PLANE = 16
-PASSES_MIN_ELEMENTS = 1 << 21
+PASSES_MIN_CHANNELS = 8
+PASSES_MIN_ELEMENTS = 1 << 18
 
 
 class NumpyOps:
@@ -76,10 +79,10 @@ class NumpyOps:
         return self.engine == "onednn" and a.dtype == np.float32
 
     def _passes(self, a):
-        """oneDNN's full-tensor element-wise passes for the NumPy batch norm (float32, oneDNN engine, images of
-        at least PASSES_MIN_PLANE pixels and PASSES_MIN_ELEMENTS in all), or None."""
+        """oneDNN's full-tensor element-wise passes for the NumPy batch norm (float32, oneDNN engine, at least
+        PASSES_MIN_CHANNELS channels of PASSES_MIN_PLANE pixels, PASSES_MIN_ELEMENTS in all), or None."""
         if not self._onednn(a) or a.ndim != 4 or a.shape[2] * a.shape[3] < PASSES_MIN_PLANE \
-                or a.size < PASSES_MIN_ELEMENTS:
+                or a.shape[1] < PASSES_MIN_CHANNELS or a.size < PASSES_MIN_ELEMENTS:
             return None
         from gpunet.onednn.binary import ChannelPasses
         return ChannelPasses
