@@ -64,7 +64,12 @@ def set_openblas_idle() -> None:
 
 
 def set_openmp_idle() -> None:
-    """Called before oneDNN's library (and with it libgomp) is loaded."""
+    """Called before oneDNN's library (and with it libgomp) is loaded. A user who chose OMP_WAIT_POLICY
+    chose how OpenMP waits: then gpunet sets nothing."""
+    if "OMP_WAIT_POLICY" in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+        _policy.setdefault("GOMP_SPINCOUNT", f"libgomp's for OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']} "
+                                             f"(set by the user)")
+        return
     _set_default("GOMP_SPINCOUNT", _loaded("libgomp.so"))
 
 

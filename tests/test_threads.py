@@ -46,6 +46,12 @@ def test_loading_onednn_sets_the_openmp_spin_count_first():
     assert gomp == "30000" and policy["GOMP_SPINCOUNT"] == "30000 (set by gpunet)"
 
 
+@pytest.mark.skipif(not onednn.available(), reason=f"oneDNN unavailable: {onednn.status_line()}")
+def test_a_user_wait_policy_is_left_alone():
+    _, gomp, policy = _probe(post="from gpunet import onednn; onednn.available(); ", OMP_WAIT_POLICY="PASSIVE")
+    assert gomp is None and "OMP_WAIT_POLICY=PASSIVE" in policy["GOMP_SPINCOUNT"]
+
+
 def test_bench_peer_process_gets_the_environment_without_gpunets_defaults(monkeypatch):
     """`gpunet bench --isolated`: PyTorch's process must run with its own thread-pool defaults."""
     from gpunet import threads
