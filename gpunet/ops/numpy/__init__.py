@@ -38,8 +38,9 @@ def dropout_mask(shape, p: float, seed: int, counter: int, dtype) -> np.ndarray:
 # between, can take ~1 ms to wake on this kind of VM. Measured: (256, 3, 32, 32) in `gpunet bench
 # --isolated 5`, train fwd+bwd 1.7-6.7 ms per process with the passes against 1.7-2.9 without, eval
 # 0.7-2.2 against 0.4-0.55; resnet-small's training step (its BN inputs 256K-1M elements, 16-64
-# channels), three alternated pairs: median 52.9-53.6 ms with the passes, 53.9-63.8 without. On (N, C)
-# inputs oneDNN's per-channel broadcast also did not round like NumPy (measured).
+# channels), three alternated pairs: median 52.9-53.6 ms with the passes, 53.9-63.8 without. Hence the
+# channel rule (the thin row loses) and the size rule. On (N, C) inputs oneDNN's per-channel broadcast also
+# did not round like NumPy (measured), so only images (N, C, H, W) take the passes.
 PASSES_MIN_PLANE = 16
 PASSES_MIN_CHANNELS = 8
 PASSES_MIN_ELEMENTS = 1 << 18
