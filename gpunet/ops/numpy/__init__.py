@@ -35,7 +35,8 @@ def dropout_mask(shape, p: float, seed: int, counter: int, dtype) -> np.ndarray:
 
 # Batch norm's full-tensor passes (training and inference) go to oneDNN from these sizes up. Below, a
 # pass takes a fraction of a millisecond, and oneDNN's OpenMP workers, asleep after the NumPy passes in
-# between, can take ~1 ms to wake on this kind of VM. Measured: (256, 3, 32, 32) in `gpunet bench
+# between, take 0.07-0.23 ms to wake on this VM when idle (a tiny pass after a 1-10 ms gap: 74-231 us
+# instead of 16), more when it is busy. Measured: (256, 3, 32, 32) in `gpunet bench
 # --isolated 5`, train fwd+bwd 1.7-6.7 ms per process with the passes against 1.7-2.9 without, eval
 # 0.7-2.2 against 0.4-0.55; resnet-small's training step (its BN inputs 256K-1M elements, 16-64
 # channels), three alternated pairs: median 52.9-53.6 ms with the passes, 53.9-63.8 without. Hence the
