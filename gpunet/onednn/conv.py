@@ -178,7 +178,8 @@ def _relu_mask(dy, y) -> np.ndarray:
 
 
 def _weights_grad(plan, x, g):
-    """(dw, db, g in the backward primitives' layout) from the masked gradient g."""
+    """(dw, db, gw, gw_md): the gradients from the masked gradient g, and g reordered for backward-weights
+    (with its descriptor, so backward-data can reuse it when it wants the same layout)."""
     pd, to_src, to_gw, from_dw = plan.bwd_weights()
     gw = to_gw(g)
     dw = E.output(plan.w_shape)
@@ -192,7 +193,7 @@ def _weights_grad(plan, x, g):
     pd.execute(args)
     if not from_dw.same:
         from_dw(dwb, dw)
-    return dw, db, gw
+    return dw, db, gw, to_gw.dst
 
 
 def conv2d_backward(dy, ctx: ConvCtx, input_grad: bool = True):
@@ -209,16 +210,15 @@ def conv2d_backward(dy, ctx: ConvCtx, input_grad: bool = True):
     if tuple(dy.shape) != plan.y_shape:
         raise ValueError(f"conv2d backward: expected dy of shape {plan.y_shape}, got {tuple(dy.shape)}")
     g = dy if ctx.y is None else _relu_mask(dy, ctx.y)
-    dw, db, gw = _weights_grad(plan, ctx.x, g)
+    dw, db, gw, gw_md = _weights_grad(plan, ctx.x, g)
     if ctx.y is not None and not all_finite(dw):
         g = relu_grad(dy, ctx.y)
-        dw, db, gw = _weights_grad(plan, ctx.x, g)
+        dw, db, gw, gw_md = _weights_grad(plan, ctx.x, g)
     dx = None
     if input_grad:
         pd, to_w, to_gd, from_dx = plan.bwd_data()
-        _, _, to_gw, _ = plan.bwd_weights()
         wb = ctx.w_blocked if to_w.dst == plan.fwd_w.dst else to_w(ctx.w)
-        gd = gw if to_gd.dst == to_gw.dst else to_gd(g)
+        gd = gw if to_gd.dst == gw_md else to_gd(g)
         del g, gw   # the NCHW mask (and a second blocked copy) go before dx is allocated: a lower peak
         dx = E.output(plan.x_shape)
         dxb = dx if from_dx.same else E.empty(from_dx.src)
