@@ -380,11 +380,22 @@ def _bn_inputs(shape, rng, offset=0.0, scale=2.0):
 @pytest.mark.parametrize("eps", [1e-5, 1e-3])
 def test_batch_norm_matches_numpy_ops(shape, offset, eps, nan_outputs):
     from gpunet.onednn import batchnorm as bn
+    from gpunet.onednn.engine import Declined
     rng = np.random.default_rng(hash((shape, offset, eps)) % 2**32)
     x, g, b, rm, rv = _bn_inputs(shape, rng, offset)
     rm64, rv64 = _f64(rm), _f64(rv)
-    y, mean, invstd = bn.batch_norm_train(x, g, b, rm, rv, 0.1, eps)
+    rm0, rv0 = rm.copy(), rv.copy()
     y64, mean64, invstd64 = OPS.batch_norm_train(_f64(x), _f64(g), _f64(b), rm64, rv64, 0.1, eps)
+    far = bool(np.any(np.abs(mean64) * invstd64 > bn.FAR_FROM_ZERO))   # always at offset 1000
+    assert far or offset != 1000.0
+    if far:   # declined before the running statistics are touched; NumpyOps serves it
+        with pytest.raises(Declined, match="standard deviations from zero"):
+            bn.batch_norm_train(x, g, b, rm, rv, 0.1, eps)
+        assert np.array_equal(rm, rm0) and np.array_equal(rv, rv0)
+        with pytest.raises(Declined, match="standard deviations from zero"):
+            bn.batch_norm_backward(np.ones_like(x), x, g, mean64.astype(np.float32), invstd64.astype(np.float32))
+        return
+    y, mean, invstd = bn.batch_norm_train(x, g, b, rm, rv, 0.1, eps)
     for got, ref, what in ((y, y64, "y"), (mean, mean64, "mean"), (invstd, invstd64, "invstd"),
                            (rm, rm64, "running_mean"), (rv, rv64, "running_var")):
         _close(got, ref, what, tol=1e-6)
@@ -524,13 +535,13 @@ def _loss_and_grads(name, in_shape, engine, x, labels, counter=None):
 
 
 def _counting_onednn(monkeypatch):
-    """Count the convolutions the table sends to oneDNN (forward and backward)."""
+    """Count the convolutions the table sends to oneDNN (forward: NCHW or in oneDNN's layout; backward)."""
     from gpunet.ops.numpy.conv import onednn as entry
     calls = {"forward": 0, "backward": 0}
-    for what in calls:
+    for what, count in (("forward", "forward"), ("forward_in_layout", "forward"), ("backward", "backward")):
         real = getattr(entry, what)
 
-        def counted(*a, _real=real, _what=what):
+        def counted(*a, _real=real, _what=count):
             calls[_what] += 1
             return _real(*a)
         monkeypatch.setattr(entry, what, counted)
@@ -650,3 +661,208 @@ def test_batch_norm_training_passes_on_onednn_are_bitwise_numpys(monkeypatch, sh
     assert len(calls) == 2
     for p, q in zip(got, OPS.batch_norm_backward(dy, x, g, want[1], want[2])):
         assert np.array_equal(p, q)
+
+
+# --- blocked activations: oneDNN's layout kept between ops (gpunet.onednn.blocked) ------------------------
+
+def _blocked(x):
+    """x (float32 NCHW) as a Blocked activation in the layout a 3x3 conv producing x's channels would pick."""
+    from gpunet.onednn import conv
+    from gpunet.onednn.blocked import layout, to_layout
+    n, c, h, w = x.shape
+    pd = conv.forward_desc((n, 8, h, w), (c, 8, 3, 3), x.shape, (1, 1), (1, 1), False, False, "test layout")
+    lay = layout(pd.md(_capi.dnnl_query_dst_md), x.shape)
+    assert not lay.is_plain and lay.dense
+    return to_layout(x, lay)
+
+
+@needs_onednn
+def test_a_blocked_activation_is_no_array_and_converts_only_explicitly():
+    from gpunet.onednn.blocked import Blocked, plain_of, to_layout
+    x = np.random.default_rng(0).standard_normal((2, 16, 5, 7)).astype(np.float32)
+    b = _blocked(x)
+    assert isinstance(b, Blocked) and b.shape == x.shape and b.dtype == np.float32 and b.size == x.size
+    assert np.array_equal(b.to_plain(), x) and np.array_equal(plain_of(b), x)
+    assert to_layout(b, b.layout) is b
+    with pytest.raises(TypeError, match="to_plain"):
+        np.asarray(b)
+    with pytest.raises(TypeError):
+        x + b
+    with pytest.raises(TypeError):
+        b + b
+    with pytest.raises(TypeError, match="float32 array of shape"):
+        to_layout(x[:1], b.layout)
+
+
+CONV_BLOCKED_CASES = [   # (N, C_in, H, W, C_out, k, stride, padding): C_in a multiple of 16 (a dense block)
+    (2, 16, 9, 7, 16, 3, 1, 1),
+    (1, 16, 8, 8, 32, 3, 2, 1),
+    (3, 32, 6, 5, 16, 1, 2, 0),
+    (2, 16, 7, 7, 24, 3, 1, 1),       # C_out 24: a padded block, so y comes back as NCHW
+]
+
+
+@needs_onednn
+@pytest.mark.parametrize("case", CONV_BLOCKED_CASES, ids=str)
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("dy_blocked", [False, True])
+def test_conv_on_blocked_activations_matches_numpy_ops(case, relu, dy_blocked, nan_outputs):
+    from gpunet.onednn.blocked import Blocked, plain_of, to_layout
+    n, c, h, w, cout, k, s, p = case
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    wt = (rng.standard_normal((cout, c, k, k)) * 0.3).astype(np.float32)
+    b = rng.standard_normal(cout).astype(np.float32)
+    ops = NumpyOps(engine="onednn")
+    y, ctx = ops.conv2d_forward(_blocked(x), wt, b, s, p, relu, keep_layout=True)
+    assert isinstance(y, Blocked) == (cout % 16 == 0)
+    y64, ctx64 = OPS.conv2d_forward(_f64(x), _f64(wt), _f64(b), s, p, relu)
+    _close(plain_of(y), y64, "y")
+    dy = rng.standard_normal(y64.shape).astype(np.float32)
+    dx, dw, db = ops.conv2d_backward(to_layout(dy, y.layout) if dy_blocked and isinstance(y, Blocked) else dy, ctx)
+    dx64, dw64, db64 = OPS.conv2d_backward(_f64(dy), ctx64)
+    assert isinstance(dx, Blocked)   # the forward's x was: so is dx
+    for got, ref, what in ((plain_of(dx), dx64, "dx"), (dw, dw64, "dw"), (db, db64, "db")):
+        _close(got, ref, what, tol=5e-6)
+    # a plain x with keep_layout: y blocked, dx plain
+    y2, ctx2 = ops.conv2d_forward(x, wt, b, s, p, relu, keep_layout=True)
+    assert np.array_equal(plain_of(y2), plain_of(y))
+    assert isinstance(ops.conv2d_backward(dy, ctx2)[0], np.ndarray)
+
+
+@needs_onednn
+@pytest.mark.parametrize("shape", [(4, 16, 6, 5), (1, 32, 3, 3), (8, 16, 1, 1)], ids=str)
+def test_batch_norm_and_relu_on_blocked_activations_match_numpy_ops(shape, nan_outputs):
+    from gpunet.onednn import binary
+    from gpunet.onednn.blocked import Blocked
+    rng = np.random.default_rng(12)
+    x, g, b, rm, rv = _bn_inputs(shape, rng, 1.0)
+    rm64, rv64 = _f64(rm), _f64(rv)
+    ops = NumpyOps(engine="onednn")
+    xb = _blocked(x)
+    y, mean, invstd = ops.batch_norm_train(xb, g, b, rm, rv, 0.1, 1e-5)
+    y64, mean64, invstd64 = OPS.batch_norm_train(_f64(x), _f64(g), _f64(b), rm64, rv64, 0.1, 1e-5)
+    assert isinstance(y, Blocked) and y.layout is xb.layout
+    for got, ref, what in ((y.to_plain(), y64, "y"), (mean, mean64, "mean"), (invstd, invstd64, "invstd"),
+                           (rm, rm64, "running_mean"), (rv, rv64, "running_var")):
+        _close(got, ref, what, tol=1e-6)
+    r = binary.relu(y)
+    assert np.array_equal(r.to_plain(), np.maximum(y.to_plain(), 0))
+    dy = rng.standard_normal(shape).astype(np.float32)
+    g_relu = binary.relu_backward(dy, r)
+    assert np.array_equal(g_relu.to_plain(), dy * (r.to_plain() > 0))
+    dx, dgamma, dbeta = ops.batch_norm_backward(g_relu, xb, g, mean, invstd)
+    ref = OPS.batch_norm_backward(_f64(g_relu.to_plain()), _f64(x), _f64(g), mean64, invstd64)
+    assert isinstance(dx, Blocked)
+    for got, want, what in zip((dx.to_plain(), dgamma, dbeta), ref, ("dx", "dgamma", "dbeta")):
+        _close(got, want, what, tol=2e-6)
+    ye = ops.batch_norm_eval(xb, g, b, rm, rv, 1e-5)   # the NumPy engine's coefficients, one pass: its bits
+    assert isinstance(ye, Blocked) and np.array_equal(ye.to_plain(), OPS.batch_norm_eval(x, g, b, rm, rv, 1e-5))
+    s = binary.add(r, y, relu=True)
+    assert np.array_equal(s.to_plain(), np.maximum(r.to_plain() + y.to_plain(), 0))
+    assert np.array_equal(binary.add(r, y.to_plain()).to_plain(), r.to_plain() + y.to_plain())
+
+
+@needs_onednn
+def test_batch_norm_far_from_zero_on_a_blocked_activation_takes_the_numpy_path():
+    from gpunet.onednn.blocked import Blocked
+    rng = np.random.default_rng(13)
+    x, g, b, rm, rv = _bn_inputs((4, 16, 5, 5), rng, 1000.0)
+    rm64, rv64 = _f64(rm), _f64(rv)
+    ops = NumpyOps(engine="onednn")
+    y, mean, invstd = ops.batch_norm_train(_blocked(x), g, b, rm, rv, 0.1, 1e-5)
+    assert isinstance(y, Blocked)
+    y32 = OPS.batch_norm_train(x, g, b, rm64.astype(np.float32), rv64.astype(np.float32), 0.1, 1e-5)[0]
+    assert np.array_equal(y.to_plain(), y32)   # the NumPy engine's shifted sums, bit for bit
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    dx = ops.batch_norm_backward(_blocked(dy), _blocked(x), g, mean, invstd)[0]
+    assert isinstance(dx, Blocked)
+    assert np.array_equal(dx.to_plain(), OPS.batch_norm_backward(dy, x, g, mean, invstd)[0])
+
+
+@needs_onednn
+def test_relu_passes_on_blocked_activations_keep_nan_and_never_leak_it_through_the_mask():
+    from gpunet.onednn import binary
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((2, 16, 4, 4)).astype(np.float32)
+    x[0, 3, 1, 1], x[1, 0, 2, 2] = np.nan, -np.inf
+    r = binary.relu(_blocked(x))    # oneDNN's relu would make NaN 0: the NumPy rule keeps it
+    assert np.array_equal(r.to_plain(), np.maximum(x, 0), equal_nan=True)
+    s = binary.add(_blocked(x), _blocked(np.ones_like(x)), relu=True)
+    assert np.array_equal(s.to_plain(), np.maximum(x + 1, 0), equal_nan=True)
+    y = np.maximum(rng.standard_normal(x.shape).astype(np.float32), 0)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    dy[y == 0] = np.nan                         # NaN behind the mask only
+    g = binary.relu_backward(dy, _blocked(y)).to_plain()
+    assert np.isfinite(g).all() and np.array_equal(g, np.where(y > 0, dy, 0))
+
+
+@needs_onednn
+@pytest.mark.parametrize("kernel, stride, padding", [(2, 2, 0), (3, 2, 1), (3, 1, 1)])
+def test_max_pool_on_blocked_activations_matches_numpy_ops(kernel, stride, padding, nan_outputs):
+    from gpunet.onednn import pool
+    from gpunet.onednn.blocked import Blocked, to_layout
+    rng = np.random.default_rng(15)
+    x = rng.integers(-3, 4, (2, 16, 7, 6)).astype(np.float32)   # ties: the first maximum wins
+    ops = NumpyOps(engine="onednn")
+    y, ws = ops.max_pool2d_forward(_blocked(x), kernel, stride, padding)
+    y0, am0 = OPS.max_pool2d_forward(x, kernel, stride, padding)
+    assert isinstance(y, Blocked) and isinstance(ws, pool.Workspace)
+    assert np.array_equal(y.to_plain(), y0)
+    with pytest.raises(TypeError, match="workspace"):
+        np.asarray(ws)
+    dy = rng.standard_normal(y0.shape).astype(np.float32)
+    dx = ops.max_pool2d_backward(to_layout(dy, y.layout), ws, x.shape, kernel, stride, padding)
+    assert isinstance(dx, Blocked)
+    ref = OPS.max_pool2d_backward(_f64(dy), am0, x.shape, kernel, stride, padding)
+    _close(dx.to_plain(), ref, "dx", tol=1e-6)    # overlapping windows: oneDNN's order of the sums
+    if kernel == 2:   # another input height with the same output: the workspace does not belong to it
+        with pytest.raises(ValueError, match="workspace is of a pool"):
+            ops.max_pool2d_backward(dy, ws, (2, 16, 6, 6), kernel, stride, padding)
+    xn = x.copy()
+    xn[1, 2, 3, 3] = np.nan                       # NaN: oneDNN declines, NumpyOps' rules (NaN wins)
+    yn, amn = ops.max_pool2d_forward(_blocked(xn), kernel, stride, padding)
+    assert isinstance(yn, np.ndarray) and amn.dtype == np.int32
+    assert np.array_equal(yn, OPS.max_pool2d_forward(xn, kernel, stride, padding)[0], equal_nan=True)
+
+
+def _resnet_step(engine, x, labels, read_activations=False):
+    import gpunet
+    from gpunet import nn
+    from gpunet.backend import get_backend
+    from gpunet.models import build_model
+    be = get_backend("numpy", cpu_engine=engine)
+    model = build_model("resnet-small", x.shape[1:], 10, seed=0, backend=be)
+    model.train()
+    h = gpunet.tensor(x, backend=be)
+    seen = []
+    for layer in model:                                  # Sequential: the stem, three blocks, pool, head
+        h = layer(h)
+        seen.append(type(h.storage).__name__)
+        if read_activations:
+            h.data                                       # an NCHW copy; the graph keeps the blocked original
+    loss = nn.SoftmaxCrossEntropy()(h, labels)
+    loss.backward()
+    return float(loss), {k: p.grad for k, p in model.named_parameters()}, seen
+
+
+@needs_onednn
+def test_a_resnet_step_keeps_activations_blocked_and_reading_them_changes_nothing():
+    from gpunet.onednn.blocked import Blocked
+    rng = np.random.default_rng(16)
+    x = rng.standard_normal((4, 3, 16, 16)).astype(np.float32)
+    labels = rng.integers(0, 10, 4)
+    loss, grads, seen = _resnet_step("onednn", x, labels)
+    assert seen[:6] == ["Blocked"] * 6 and seen[6:] == ["ndarray", "ndarray"], seen   # to GlobalAvgPool2d
+    assert all(type(g) is np.ndarray and g.flags.writeable for g in grads.values())   # leaves: NCHW arrays
+    loss2, grads2, _ = _resnet_step("onednn", x, labels, read_activations=True)
+    assert loss2 == loss and all(np.array_equal(grads[k], grads2[k]) for k in grads)
+    loss_ref, grads_ref, seen_ref = _resnet_step("numpy", x, labels)
+    assert set(seen_ref) == {"ndarray"}
+    assert loss == pytest.approx(loss_ref, rel=1e-5)
+    for k in grads:
+        _close(grads[k], grads_ref[k].astype(np.float64), k, tol=2e-5)
+    import gpunet
+    t = gpunet.Tensor(_blocked(x[:, :1].repeat(16, axis=1)))
+    assert isinstance(t.storage, Blocked) and t.shape == (4, 16, 16, 16)
+    assert not t.data.flags.writeable and t.data is t.data   # one read-only copy, kept

@@ -32,7 +32,7 @@ class ReorderedOps(NumpyOps):
     """NumpyOps with every reduction in a different order: mathematically identical results, different
     float rounding (the legitimate kind of difference between two devices)."""
 
-    def conv2d_forward(self, x, w, b, stride, padding, relu):
+    def conv2d_forward(self, x, w, b, stride, padding, relu, keep_layout=False):   # NCHW engine: no layout
         # batch and both channel axes reversed: the sum over input channels runs backwards
         y, ctx = super().conv2d_forward(_c(x[::-1, ::-1]), _c(w[::-1, ::-1]), None if b is None else _c(b[::-1]),
                                         stride, padding, relu)
@@ -77,7 +77,7 @@ class TiesToLastMax(NumpyOps):
 class DwSkipsLastSample(NumpyOps):
     """Bug: the dW reduction over the batch stops one sample short (an off-by-one loop bound)."""
 
-    def conv2d_forward(self, x, w, b, stride, padding, relu):
+    def conv2d_forward(self, x, w, b, stride, padding, relu, keep_layout=False):   # NCHW engine: no layout
         y, ctx = super().conv2d_forward(x, w, b, stride, padding, relu)
         _, spare = super().conv2d_forward(x, w, b, stride, padding, relu)  # a ctx for the second backward
         return y, (ctx, spare)
@@ -101,7 +101,7 @@ class OneReluKink(NumpyOps):
     """Not a bug but what rounding does now and then: the smallest positive output of each fused conv+ReLU
     comes out as exactly 0 (its pre-activation rounded to the other side of the kink)."""
 
-    def conv2d_forward(self, x, w, b, stride, padding, relu):
+    def conv2d_forward(self, x, w, b, stride, padding, relu, keep_layout=False):   # NCHW engine: no layout
         y, ctx = super().conv2d_forward(x, w, b, stride, padding, relu)
         if relu:
             pos = np.flatnonzero(y > 0)

@@ -8,6 +8,11 @@ generation first (a heap), so a node runs only after every consumer of its outpu
 gradient, and frees each node's saved arrays as it goes unless `retain_graph=True`.
 
 Nothing here names a device: arrays stay in their module (NumPy or CuPy) and ops pick it from the data.
+
+Layouts: on the oneDNN engine an activation may be a `gpunet.onednn.blocked.Blocked` (oneDNN's blocked layout)
+between nodes that declare `keeps_layout` (conv, batch norm, ReLU, max pool, the residual join). Every other
+node, `Tensor.data` and the leaves' `.grad` get NCHW arrays: the conversion happens here, at the node
+boundary, explicitly (docs/onednn.md, "Blocked activations").
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import itertools
 import numpy as np
 
 from gpunet.backend import DeviceError, get_backend, is_device_array, to_host
+from gpunet.onednn.blocked import Blocked, is_blocked, plain_of
 
 
 class _Mode:
@@ -60,7 +66,7 @@ class Tensor:
     `.grad` the accumulated gradient (same device, dtype and shape) or None, `.creator` the node that
     produced it (None for a leaf)."""
 
-    __slots__ = ("data", "grad", "requires_grad", "creator", "generation", "_index", "_backend", "__weakref__")
+    __slots__ = ("_storage", "_plain", "grad", "requires_grad", "creator", "generation", "_index", "_backend", "__weakref__")
     __array_ufunc__ = None  # numpy_array * tensor defers to Tensor.__rmul__ instead of looping elementwise
 
     def __init__(self, data, requires_grad: bool = False, backend=None):
@@ -78,34 +84,58 @@ class Tensor:
 
     # --- what it is ---
     @property
+    def data(self):
+        """The backend array. For an activation held in oneDNN's blocked layout (`storage`): its NCHW copy, made
+        on first read and kept, read-only (writing to it could not reach the blocked original). The graph
+        goes on with the blocked original, so reading an activation never changes what is computed."""
+        d = self._storage
+        if type(d) is Blocked:
+            p = self._plain
+            if p is None:
+                p = self._plain = d.to_plain()
+                p.flags.writeable = False
+            return p
+        return d
+
+    @data.setter
+    def data(self, value):
+        self._storage, self._plain = value, None
+
+    @property
+    def storage(self):
+        """The array as held: `data`, or a oneDNN Blocked activation that `data` would reorder (for device and
+        shape checks that must not convert)."""
+        return self._storage
+
+    @property
     def shape(self):
-        return tuple(self.data.shape)
+        return tuple(self._storage.shape)
 
     @property
     def dtype(self):
-        return self.data.dtype
+        return self._storage.dtype
 
     @property
     def ndim(self) -> int:
-        return self.data.ndim
+        return self._storage.ndim
 
     @property
     def size(self) -> int:
-        return self.data.size
+        return self._storage.size
 
     @property
     def backend(self):
         """The Backend the tensor was made on, else the one its array type implies (numpy or cupy)."""
         if self._backend is not None:
             return self._backend
-        return get_backend("cupy" if is_device_array(self.data) else "numpy")
+        return get_backend("cupy" if is_device_array(self._storage) else "numpy")
 
     @property
     def is_leaf(self) -> bool:
         return self.creator is None
 
     def __len__(self) -> int:
-        return len(self.data)
+        return self.shape[0]
 
     def __repr__(self) -> str:
         grad = ", requires_grad=True" if self.requires_grad else ""
@@ -130,7 +160,7 @@ class Tensor:
 
     def detach(self) -> "Tensor":
         """The same data, cut from the graph (no gradient flows through it)."""
-        return Tensor(self.data, backend=self._backend)
+        return Tensor(self._storage, backend=self._backend)
 
     def zero_grad(self) -> None:
         self.grad = None
@@ -190,10 +220,11 @@ class Node:
     generation = 0
     inputs = None
     n_out = 1
+    keeps_layout = False   # True: forward/backward take and may return Blocked activations (see the module doc)
 
     def __call__(self, *inputs):
         tensors = [x if isinstance(x, Tensor) else as_tensor(x) for x in inputs]
-        ys = self.forward(*[t.data for t in tensors])
+        ys = self.forward(*[t._storage if self.keeps_layout else t.data for t in tensors])
         multi = isinstance(ys, tuple)
         # the last input's device wins: a layer's parameters come after its input and know the model's backend
         be = next((t._backend for t in reversed(tensors) if t._backend is not None), None)
@@ -229,6 +260,14 @@ class Node:
 _order = itertools.count()
 
 
+def _sum(a, b):
+    """a + b, two gradients of one tensor; a Blocked one is summed by oneDNN in its layout."""
+    if is_blocked(a) or is_blocked(b):
+        from gpunet.onednn import binary
+        return binary.add(a, b) if is_blocked(a) else binary.add(b, a)
+    return a + b
+
+
 def backward(tensors, grads=None, retain_graph: bool = False) -> None:
     """Backpropagate from several outputs at once (torch.autograd.backward): `grads[i]` is d(total)/d(tensors[i])
     (None: ones for a one-element tensor, else that output contributes nothing)."""
@@ -259,7 +298,7 @@ def backward(tensors, grads=None, retain_graph: bool = False) -> None:
         if isinstance(t, _Ref):
             key = (id(t.node), t.index)
             if key in pending:
-                pending[key] = pending[key] + g
+                pending[key] = _sum(pending[key], g)
             else:
                 pending[key] = g
                 push(t.node)
@@ -268,6 +307,7 @@ def backward(tensors, grads=None, retain_graph: bool = False) -> None:
             raise DeviceError(f"{what}: gradient is a {'CuPy' if is_device_array(g) else 'NumPy'} array but the "
                               f"tensor lives on {'CuPy' if is_device_array(t.data) else 'NumPy'}; move it with "
                               f"backend.asarray")
+        g = plain_of(g)     # a leaf's .grad is an NCHW array
         if t.grad is None:  # a leaf: own the gradient and keep it writable (optimizers update grads in place)
             fresh = owner(g) not in handed and g.flags.c_contiguous
             t.grad = g if fresh else array_module(g).array(g, copy=True, order="C")
@@ -301,6 +341,8 @@ def backward(tensors, grads=None, retain_graph: bool = False) -> None:
         gys = [pending.pop((id(node), i), None) for i in range(node.n_out)]
         inputs = node.inputs
         if any(g is not None for g in gys):
+            if not node.keeps_layout:
+                gys = [plain_of(g) for g in gys]
             gxs = node.backward(*gys)
             if not isinstance(gxs, tuple):
                 gxs = (gxs,)

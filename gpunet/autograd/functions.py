@@ -3,26 +3,34 @@ layer always did, saves what its backward reads in the node, and its backward ca
 backward op. Modules in `gpunet.nn` only check arguments and call these.
 
 Hot-op backwards take a C-contiguous gradient (`_c`): the CUDA launchers hand raw pointers to kernels.
+
+Nodes with `keeps_layout` pass oneDNN Blocked activations through (gpunet.autograd.core, docs/onednn.md):
+the conv asks for its output in oneDNN's layout, and batch norm, ReLU, max pool and the residual join run
+on it in place when they get one.
 """
 from __future__ import annotations
 
 from gpunet import functional as F
 from gpunet.autograd.core import Node, array_module
+from gpunet.onednn import binary
+from gpunet.onednn.blocked import is_blocked, plain_of
 
 
 def _c(g):
-    return array_module(g).ascontiguousarray(g)
+    return g if is_blocked(g) else array_module(g).ascontiguousarray(g)
 
 
 class Conv2d(Node):
     """relu?(conv(x, w) + b) through `ops.conv2d_forward`; backward is `ops.conv2d_backward`, skipping dx's work
     when the input needs no gradient (the data batch). Inputs (x, w) or (x, w, b)."""
 
+    keeps_layout = True
+
     def __init__(self, ops, stride, padding, relu: bool):
         self.ops, self.stride, self.padding, self.relu = ops, stride, padding, relu
 
     def forward(self, x, w, b=None):
-        y, self.ctx = self.ops.conv2d_forward(x, w, b, self.stride, self.padding, self.relu)
+        y, self.ctx = self.ops.conv2d_forward(x, w, b, self.stride, self.padding, self.relu, keep_layout=True)
         return y
 
     def backward(self, gy):
@@ -46,6 +54,8 @@ class Linear(Node):
 class BatchNormTrain(Node):
     """Batch statistics (`ops.batch_norm_train`, which also updates the running buffers in place)."""
 
+    keeps_layout = True
+
     def __init__(self, ops, running_mean, running_var, momentum, eps):
         self.ops, self.rm, self.rv, self.momentum, self.eps = ops, running_mean, running_var, momentum, eps
 
@@ -60,7 +70,10 @@ class BatchNormTrain(Node):
 
 
 class BatchNormEval(Node):
-    """Running statistics (`ops.batch_norm_eval`): an affine map per channel, differentiated directly."""
+    """Running statistics (`ops.batch_norm_eval`): an affine map per channel, differentiated directly (on
+    NCHW arrays: training through frozen statistics is rare)."""
+
+    keeps_layout = True
 
     def __init__(self, ops, running_mean, running_var, eps):
         self.ops, self.rm, self.rv, self.eps = ops, running_mean, running_var, eps
@@ -70,6 +83,7 @@ class BatchNormEval(Node):
         return self.ops.batch_norm_eval(x, gamma, beta, self.rm, self.rv, self.eps)
 
     def backward(self, gy):
+        gy, self.x = plain_of(gy), plain_of(self.x)
         xp = array_module(gy)
         view = (1, -1) + (1,) * (gy.ndim - 2)
         axes = tuple(a for a in range(gy.ndim) if a != 1)
@@ -80,6 +94,8 @@ class BatchNormEval(Node):
 
 
 class MaxPool2d(Node):
+    keeps_layout = True
+
     def __init__(self, ops, kernel, stride, padding):
         self.ops, self.kernel, self.stride, self.padding = ops, kernel, stride, padding
 
@@ -135,14 +151,23 @@ class Dropout(Node):
 
 
 class AddReLU(Node):
-    """relu(a + b) in one buffer (the residual block's join), as the layer computed it before autograd."""
+    """relu(a + b) in one buffer (the residual block's join); one oneDNN pass in a's or b's layout when either
+    is a Blocked activation."""
+
+    keeps_layout = True
 
     def forward(self, a, b):
-        self.y = F.relu_(a + b)
+        if is_blocked(a) or is_blocked(b):
+            self.y = binary.add(a, b, relu=True) if is_blocked(a) else binary.add(b, a, relu=True)
+        else:
+            self.y = F.relu_(a + b)
         return self.y
 
     def backward(self, gy):
-        g = F.relu_backward(gy, self.y)
+        if is_blocked(self.y):
+            g = binary.relu_backward(gy, self.y)
+        else:
+            g = F.relu_backward(plain_of(gy), self.y)
         return g, g
 
 

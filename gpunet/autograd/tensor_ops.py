@@ -10,6 +10,8 @@ import numpy as np
 from gpunet.autograd.core import Node, Tensor, array_module, as_tensor
 from gpunet.backend import DeviceError, is_device_array
 from gpunet import functional as F
+from gpunet.onednn import binary
+from gpunet.onednn.blocked import is_blocked, plain_of
 
 
 def sum_to(g, shape):
@@ -289,12 +291,18 @@ class Sigmoid(Node):
 
 
 class ReLU(Node):
+    """max(x, 0); a oneDNN Blocked activation stays in its layout (gpunet.onednn.blocked)."""
+
+    keeps_layout = True
+
     def forward(self, x):
-        self.y = F.relu(x)
+        self.y = binary.relu(x) if is_blocked(x) else F.relu(x)
         return self.y
 
     def backward(self, gy):
-        return F.relu_backward(gy, self.y)
+        if is_blocked(self.y):
+            return binary.relu_backward(gy, self.y)
+        return F.relu_backward(plain_of(gy), self.y)
 
 
 # --- functions and operators -------------------------------------------------------------------------

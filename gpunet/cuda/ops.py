@@ -33,7 +33,8 @@ class CudaOps:
         checks.same_device(op, self.kind, self.kind == "cupy", **arrays)
 
     # ------------------------------------------------------------------ convolution
-    def conv2d_forward(self, x, w, b, stride, padding, relu: bool):
+    def conv2d_forward(self, x, w, b, stride, padding, relu: bool, keep_layout: bool = False):
+        """keep_layout is accepted and ignored: CuPy activations are always NCHW."""
         self._on_device("conv2d", input=x, weight=w, bias=b)
         win = checks.conv2d(x, w, b, stride, padding)
         return _conv.conv2d_forward(self.ctx, x, w, b, win, bool(relu))

@@ -10,7 +10,7 @@ from gpunet.nn.module import Module, Parameter
 
 class ReLU(Module):
     def forward(self, x):
-        self._backend.check(x.data, "ReLU input")
+        self._backend.check(x.storage, "ReLU input")
         return x.relu()
 
 
@@ -20,7 +20,7 @@ class LeakyReLU(Module):
         self.negative_slope = float(negative_slope)
 
     def forward(self, x):
-        self._backend.check(x.data, "LeakyReLU input")
+        self._backend.check(x.storage, "LeakyReLU input")
         return N.LeakyReLU(self.negative_slope)(x)
 
     def extra_repr(self) -> str:
@@ -37,7 +37,7 @@ class PReLU(Module):
         self.to(backend, dtype)
 
     def forward(self, x):
-        self._backend.check(x.data, "PReLU input")
+        self._backend.check(x.storage, "PReLU input")
         if self.num_parameters > 1 and (x.ndim < 2 or x.shape[1] != self.num_parameters):
             raise ValueError(f"PReLU: expected input of shape (N, {self.num_parameters}, ...), got {tuple(x.shape)}")
         self._check_dtype(x, "PReLU")
@@ -53,7 +53,7 @@ class ELU(Module):
         self.alpha = float(alpha)
 
     def forward(self, x):
-        self._backend.check(x.data, "ELU input")
+        self._backend.check(x.storage, "ELU input")
         return N.ELU(self.alpha)(x)
 
     def extra_repr(self) -> str:
@@ -62,11 +62,11 @@ class ELU(Module):
 
 class Sigmoid(Module):
     def forward(self, x):
-        self._backend.check(x.data, "Sigmoid input")
+        self._backend.check(x.storage, "Sigmoid input")
         return x.sigmoid()
 
 
 class Tanh(Module):
     def forward(self, x):
-        self._backend.check(x.data, "Tanh input")
+        self._backend.check(x.storage, "Tanh input")
         return x.tanh()

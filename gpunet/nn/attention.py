@@ -107,7 +107,7 @@ class MultiheadAttention(Module):
         key = query if key is None else key
         value = key if value is None else value
         for what, x in (("query", query), ("key", key), ("value", value)):
-            be.check(x.data, f"MultiheadAttention {what}")
+            be.check(x.storage, f"MultiheadAttention {what}")
             if x.ndim != 3 or x.shape[2] != e:
                 layout = "(N, T, E)" if self.batch_first else "(T, N, E)"
                 raise ValueError(f"MultiheadAttention: expected {what} of shape {layout} with E = {e}, "
@@ -189,7 +189,7 @@ class AdditiveAttention(Module):
         be = self._backend
         values = keys if values is None else values
         for what, x in (("query", query), ("keys", keys), ("values", values)):
-            be.check(x.data, f"AdditiveAttention {what}")
+            be.check(x.storage, f"AdditiveAttention {what}")
         if keys.ndim != 3 or keys.shape[2] != self.key_size:
             raise ValueError(f"AdditiveAttention: expected keys of shape (N, S, {self.key_size}), "
                              f"got {tuple(keys.shape)}")

@@ -69,7 +69,7 @@ class Residual(Module):
         self._adopt(list(self._modules.values()))
 
     def forward(self, x):
-        self._backend.check(x.data, "Residual input")
+        self._backend.check(x.storage, "Residual input")
         b = self.body(x)
         s = x if "shortcut" not in self._modules else self.shortcut(x)
         if b.shape != s.shape:
@@ -97,7 +97,7 @@ class Concat(Module):
         self._adopt(list(branches))
 
     def forward(self, x):
-        self._backend.check(x.data, "Concat input")
+        self._backend.check(x.storage, "Concat input")
         outs = [m(x) for m in self._modules.values()]
         ref = outs[0].shape
         for i, o in enumerate(outs[1:], 1):

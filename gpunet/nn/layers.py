@@ -44,7 +44,7 @@ class Conv2d(Module):
 
     def forward(self, x):
         be = self._backend
-        be.check(x.data, "Conv2d input")
+        be.check(x.storage, "Conv2d input")
         check_input("Conv2d", x.shape, channels=self.in_channels)
         self._check_dtype(x, "Conv2d")
         node = N.Conv2d(be.ops, self.stride, self.padding, self.activation == "relu")
@@ -73,7 +73,7 @@ class Linear(Module):
         self.to(backend, dtype)
 
     def forward(self, x):
-        self._backend.check(x.data, "Linear input")
+        self._backend.check(x.storage, "Linear input")
         if x.ndim < 2 or x.shape[-1] != self.in_features:
             raise ValueError(f"Linear: expected input of shape (N, {self.in_features}), got {tuple(x.shape)} "
                              f"(leading axes may be added: (N, T, {self.in_features}) maps every step)")
@@ -111,7 +111,7 @@ class _BatchNorm(Module):
     def forward(self, x):
         be = self._backend
         name = type(self).__name__
-        be.check(x.data, f"{name} input")
+        be.check(x.storage, f"{name} input")
         self._check(x)
         self._check_dtype(x, name)
         xp = be.xp
@@ -156,7 +156,7 @@ class _Pool2d(Module):
         self.padding = pair(padding, f"{name} padding")
 
     def _window(self, x):
-        self._backend.check(x.data, f"{type(self).__name__} input")
+        self._backend.check(x.storage, f"{type(self).__name__} input")
         return pool2d_geometry(type(self).__name__, x.shape, self.kernel_size, self.stride, self.padding)
 
     def extra_repr(self) -> str:
@@ -183,7 +183,7 @@ class GlobalAvgPool2d(Module):
     """(N, C, H, W) -> (N, C): the mean over all spatial positions (ready for a Linear layer)."""
 
     def forward(self, x):
-        self._backend.check(x.data, "GlobalAvgPool2d input")
+        self._backend.check(x.storage, "GlobalAvgPool2d input")
         check_input("GlobalAvgPool2d", x.shape)
         return N.GlobalAvgPool2d()(x)
 
@@ -192,7 +192,7 @@ class Flatten(Module):
     """(N, ...) -> (N, prod(...))."""
 
     def forward(self, x):
-        self._backend.check(x.data, "Flatten input")
+        self._backend.check(x.storage, "Flatten input")
         if x.ndim < 2:
             raise ValueError(f"Flatten: expected input of shape (N, ...) with at least 2 dims, got {tuple(x.shape)}")
         return x.reshape(x.shape[0], -1)
@@ -200,7 +200,7 @@ class Flatten(Module):
 
 class Identity(Module):
     def forward(self, x):
-        self._backend.check(x.data, "Identity input")
+        self._backend.check(x.storage, "Identity input")
         return x
 
 
@@ -231,7 +231,7 @@ class Dropout(Module):
 
     def forward(self, x):
         be = self._backend
-        be.check(x.data, "Dropout input")
+        be.check(x.storage, "Dropout input")
         if not self.training or self.p == 0.0:
             return x
         counter, advance = self.counter, math.ceil(x.size / 4)

@@ -30,7 +30,7 @@ class LocalResponseNorm(Module):
         self.size, self.alpha, self.beta, self.k = int(size), float(alpha), float(beta), float(k)
 
     def forward(self, x):
-        self._backend.check(x.data, "LocalResponseNorm input")
+        self._backend.check(x.storage, "LocalResponseNorm input")
         if x.ndim < 3:
             raise ValueError(f"LocalResponseNorm: expected input of shape (N, C, ...), got {tuple(x.shape)}")
         xp, c = self._backend.xp, x.shape[1]

@@ -103,7 +103,7 @@ class _RNNBase(Module):
 
     def forward(self, x, h0=None, c0=None):
         be, xp, name = self._backend, self._backend.xp, type(self).__name__
-        be.check(x.data, f"{name} input")
+        be.check(x.storage, f"{name} input")
         if x.ndim != 3 or x.shape[2] != self.input_size or x.shape[0] < 1 or x.shape[1] < 1:
             raise ValueError(f"{name}: expected input of shape (N, T, {self.input_size}) with N, T >= 1 "
                              f"(batch-first), got {tuple(x.shape)}")
@@ -450,7 +450,7 @@ class LastStep(Module):
         self.bidirectional = bidirectional
 
     def forward(self, x):
-        self._backend.check(x.data, "LastStep input")
+        self._backend.check(x.storage, "LastStep input")
         if x.ndim != 3 or x.shape[1] < 1:
             raise ValueError(f"LastStep: expected input of shape (N, T, H) with T >= 1, got {tuple(x.shape)}")
         if not self.bidirectional:
@@ -468,7 +468,7 @@ class RowsAsSequence(Module):
     """(N, C, H, W) images -> (N, H, C*W) sequences: each row is one time step (row-by-row image RNNs)."""
 
     def forward(self, x):
-        self._backend.check(x.data, "RowsAsSequence input")
+        self._backend.check(x.storage, "RowsAsSequence input")
         if x.ndim != 4:
             raise ValueError(f"RowsAsSequence: expected input of shape (N, C, H, W), got {tuple(x.shape)}")
         n, c, h, w = x.shape

@@ -19,8 +19,9 @@ come from oneDNN's backward primitive (prop `backward`, scale and shift).
 Data far from zero. oneDNN normalises with x - mean where mean is float32, so its error grows with
 |mean|/std: at 1000 + 2*noise, y was off by 3e-5 and dgamma by 1.2e-4 (relative to their scale), where
 the NumPy path's shifted scheme stays near 1e-7. So a channel whose batch mean lies more than
-FAR_FROM_ZERO standard deviations from zero sends the call to NumpyOps (the training forward decides
-after oneDNN's statistics, before touching the running statistics; the backward from mean*invstd):
+FAR_FROM_ZERO standard deviations from zero raises Declined, and the caller (NumpyOps) runs its own path (the
+training forward decides after oneDNN's statistics, before touching the running statistics; the backward
+from mean*invstd):
 below that bound the extra error is at most about FAR_FROM_ZERO float32 ulps of y.
 
 Other differences from the NumPy path: oneDNN's API takes eps as a float32 (float32(1e-5) differs from
@@ -33,16 +34,13 @@ import numpy as np
 
 from gpunet.onednn import _capi as C
 from gpunet.onednn import engine as E
-from gpunet.onednn.engine import PrimitiveDesc, cache, engine, f32, plain
+from gpunet.onednn.blocked import Blocked, plain_layout, to_layout
+from gpunet.onednn.engine import Declined, PrimitiveDesc, cache, engine, f32, plain
 from gpunet.ops.geometry import batch_norm_geometry
 
 _SCALE_SHIFT = C.dnnl_use_scale | C.dnnl_use_shift
 FAR_FROM_ZERO = 8.0     # |batch mean| * invstd above this: NumpyOps (see the module docstring)
-
-
-def _numpy():
-    from gpunet.ops.numpy import NumpyOps
-    return NumpyOps()
+_FAR = f"batch norm: a channel's batch mean lies more than {FAR_FROM_ZERO:g} standard deviations from zero"
 
 
 def _far(mean, invstd) -> bool:
@@ -50,17 +48,20 @@ def _far(mean, invstd) -> bool:
 
 
 def applies(x) -> bool:
-    """True when oneDNN serves the call: a float32 NumPy array (the vectors must be float32 too)."""
-    return isinstance(x, np.ndarray) and x.dtype == np.float32
+    """True when oneDNN serves the call: a float32 NumPy array or a Blocked activation (the vectors must be
+    float32 too)."""
+    return isinstance(x, Blocked) or (isinstance(x, np.ndarray) and x.dtype == np.float32)
 
 
 class _Plan:
-    """The training forward and backward primitives of one shape and eps."""
+    """The training forward and backward primitives of one layout (shape) and eps."""
 
-    def __init__(self, shape: tuple, eps32: float):
-        self.shape, self.c = shape, shape[1]
-        self.what = f"batch normalization (src {shape} f32, eps {eps32:g}, training)"
-        self.x_md, self.v_md = plain(shape), plain((self.c,))
+    def __init__(self, lay, eps32: float):
+        shape = lay.shape
+        self.layout, self.c = lay, shape[1]
+        self.what = (f"batch normalization (src {shape} f32{'' if lay.is_plain else ' blocked'}, eps {eps32:g}, "
+                     f"training)")
+        self.x_md, self.v_md = lay.md, plain((self.c,))
         self.fwd = PrimitiveDesc("dnnl_batch_normalization_forward_primitive_desc_create", "forward " + self.what,
                                  engine().engine, C.dnnl_forward_training, self.x_md.h, self.x_md.h, eps32,
                                  _SCALE_SHIFT, None)
@@ -69,57 +70,75 @@ class _Plan:
                                  self.x_md.h, self.x_md.h, eps32, _SCALE_SHIFT, self.fwd.h, None)
 
 
-def _plan(shape, eps) -> _Plan:
+def _plan(lay, eps) -> _Plan:
     eps32 = float(np.float32(eps))
-    return cache.get(("batch_norm", shape, eps32), lambda: _Plan(shape, eps32))
+    return cache.get(("batch_norm", lay, eps32), lambda: _Plan(lay, eps32))
 
 
 def _vectors(op, **vs):
     return {k: f32(op, k, v) for k, v in vs.items()}
 
 
+def _as_blocked(op: str, what: str, a) -> Blocked:
+    """a (an array or a Blocked) as a Blocked: an array is wrapped in its plain layout, no copy."""
+    if isinstance(a, Blocked):
+        return a
+    a = f32(op, what, a)
+    return to_layout(a, plain_layout(a.shape))
+
+
+def _same_form(result: Blocked, like):
+    """result in `like`'s form: the NCHW array for an array input, the Blocked for a Blocked input."""
+    return result if isinstance(like, Blocked) else result.to_plain()
+
+
 def batch_norm_train(x, gamma, beta, running_mean, running_var, momentum, eps):
-    """(y, mean, invstd); running_mean / running_var updated in place (see the module docstring)."""
-    x = f32("batch_norm", "input", x)
+    """(y, mean, invstd); running_mean / running_var updated in place (see the module docstring). x: an
+    array, or a Blocked activation (y is then a Blocked in x's layout: oneDNN's jit kernels)."""
+    xb = _as_blocked("batch_norm", "input", x)
     v = _vectors("batch_norm", gamma=gamma, beta=beta)
     for name, a in (("running_mean", running_mean), ("running_var", running_var)):
         if not isinstance(a, np.ndarray) or a.dtype != np.float32:
             raise TypeError(f"batch_norm (oneDNN): expected {name} as a float32 NumPy array, got "
                             f"{getattr(a, 'dtype', type(a).__name__)}")
-    n, c, s = batch_norm_geometry("batch_norm", x.shape, training=True, gamma=gamma.shape, beta=beta.shape,
+    n, c, s = batch_norm_geometry("batch_norm", xb.shape, training=True, gamma=gamma.shape, beta=beta.shape,
                                   running_mean=running_mean.shape, running_var=running_var.shape)
     m = n * s
-    plan = _plan(tuple(x.shape), eps)
-    y, mean, var = E.output(x.shape), E.output(c), E.output(c)
-    plan.fwd.execute({C.DNNL_ARG_SRC: (plan.x_md, x), C.DNNL_ARG_DST: (plan.x_md, y),
+    plan = _plan(xb.layout, eps)
+    y, mean, var = Blocked.empty(xb.layout), E.output(c), E.output(c)
+    plan.fwd.execute({C.DNNL_ARG_SRC: (plan.x_md, xb.buf), C.DNNL_ARG_DST: (plan.x_md, y.buf),
                       C.DNNL_ARG_SCALE: (plan.v_md, v["gamma"]), C.DNNL_ARG_SHIFT: (plan.v_md, v["beta"]),
                       C.DNNL_ARG_MEAN: (plan.v_md, mean), C.DNNL_ARG_VARIANCE: (plan.v_md, var)})
     var64 = var.astype(np.float64)
     invstd = 1.0 / np.sqrt(var64 + float(eps))
     if _far(mean, invstd):
-        return _numpy().batch_norm_train(x, gamma, beta, running_mean, running_var, momentum, eps)
+        raise Declined(_FAR)
     momentum = float(momentum)
     running_mean[...] = (1.0 - momentum) * running_mean.astype(np.float64) + momentum * mean.astype(np.float64)
     running_var[...] = (1.0 - momentum) * running_var.astype(np.float64) + momentum * var64 * (m / (m - 1))
-    return y, mean, invstd.astype(np.float32)
+    return _same_form(y, x), mean, invstd.astype(np.float32)
 
 
 def batch_norm_backward(dy, x, gamma, mean, invstd):
-    """(dx, dgamma, dbeta) for the training forward (invstd carried in as var = 1/invstd^2, eps = 0)."""
-    x, dy = f32("batch_norm backward", "input", x), f32("batch_norm backward", "dy", dy)
+    """(dx, dgamma, dbeta) for the training forward (invstd carried in as var = 1/invstd^2, eps = 0). x and dy:
+    arrays or Blocked activations; dy is brought into x's layout, and dx has x's form."""
+    xb = _as_blocked("batch_norm backward", "input", x)
+    if not isinstance(dy, Blocked):
+        dy = f32("batch_norm backward", "dy", dy)
     v = _vectors("batch_norm backward", gamma=gamma, mean=mean, invstd=invstd)
-    batch_norm_geometry("batch_norm backward", x.shape, gamma=gamma.shape, mean=mean.shape, invstd=invstd.shape)
-    if tuple(dy.shape) != tuple(x.shape):
-        raise ValueError(f"batch_norm backward: expected dy of shape {tuple(x.shape)}, got {tuple(dy.shape)}")
-    c = x.shape[1]
+    batch_norm_geometry("batch_norm backward", xb.shape, gamma=gamma.shape, mean=mean.shape, invstd=invstd.shape)
+    if tuple(dy.shape) != tuple(xb.shape):
+        raise ValueError(f"batch_norm backward: expected dy of shape {tuple(xb.shape)}, got {tuple(dy.shape)}")
+    c = xb.shape[1]
     if _far(v["mean"], v["invstd"]):
-        return _numpy().batch_norm_backward(dy, x, gamma, mean, invstd)
-    plan = _plan(tuple(x.shape), 0.0)
+        raise Declined(_FAR)
+    plan = _plan(xb.layout, 0.0)
+    dyb = to_layout(dy, xb.layout)
     inv64 = v["invstd"].astype(np.float64)
     var = (1.0 / (inv64 * inv64)).astype(np.float32)
-    dx, dgamma, dbeta = E.output(x.shape), E.output(c), E.output(c)
-    plan.bwd.execute({C.DNNL_ARG_SRC: (plan.x_md, x), C.DNNL_ARG_DIFF_DST: (plan.x_md, dy),
+    dx, dgamma, dbeta = Blocked.empty(xb.layout), E.output(c), E.output(c)
+    plan.bwd.execute({C.DNNL_ARG_SRC: (plan.x_md, xb.buf), C.DNNL_ARG_DIFF_DST: (plan.x_md, dyb.buf),
                       C.DNNL_ARG_MEAN: (plan.v_md, v["mean"]), C.DNNL_ARG_VARIANCE: (plan.v_md, var),
-                      C.DNNL_ARG_SCALE: (plan.v_md, v["gamma"]), C.DNNL_ARG_DIFF_SRC: (plan.x_md, dx),
+                      C.DNNL_ARG_SCALE: (plan.v_md, v["gamma"]), C.DNNL_ARG_DIFF_SRC: (plan.x_md, dx.buf),
                       C.DNNL_ARG_DIFF_SCALE: (plan.v_md, dgamma), C.DNNL_ARG_DIFF_SHIFT: (plan.v_md, dbeta)})
-    return dx, dgamma, dbeta
+    return _same_form(dx, x), dgamma, dbeta

@@ -34,6 +34,7 @@ from gpunet.arrays import all_finite, relu_grad
 from gpunet.onednn import _capi as C
 from gpunet.onednn import binary
 from gpunet.onednn import engine as E
+from gpunet.onednn.blocked import Blocked, layout, plain_layout, plain_of, to_layout
 from gpunet.onednn.engine import PrimitiveDesc, Reorder, any_, cache, call, engine, f32, plain
 from gpunet.ops.geometry import Window2d, conv2d_geometry
 
@@ -84,7 +85,8 @@ def forward_desc(src_shape, w_shape, dst_shape, stride, padding, bias: bool, rel
 
 
 class _Plan:
-    """The primitives of one convolution geometry: forward now, the backward ones on first use."""
+    """The primitives of one convolution geometry: forward now, the backward ones on first use. Activations
+    are described by interned Layouts (gpunet.onednn.blocked), weights by Reorders from plain OIHW."""
 
     def __init__(self, win: Window2d, cout: int, bias: bool, relu: bool):
         self.win, self.cout, self.bias, self.relu = win, cout, bias, relu
@@ -93,13 +95,12 @@ class _Plan:
         self.y_shape = (win.n, cout, win.oh, win.ow)
         self.what = (f"convolution (src {self.x_shape} weights {self.w_shape} dst {self.y_shape} f32, "
                      f"stride {(win.sh, win.sw)}, padding {(win.ph, win.pw)}, bias={bias}, relu={relu})")
-        self.x_md, self.w_md, self.y_md = plain(self.x_shape), plain(self.w_shape), plain(self.y_shape)
-        self.b_md = plain((cout,))
+        self.w_md, self.b_md = plain(self.w_shape), plain((cout,))
         self.fwd = forward_desc(self.x_shape, self.w_shape, self.y_shape, (win.sh, win.sw), (win.ph, win.pw),
                                 bias, relu, "forward " + self.what)
-        self.fwd_src = Reorder(self.x_md, self.fwd.md(C.dnnl_query_src_md), "forward src " + self.what)
+        self.src = layout(self.fwd.md(C.dnnl_query_src_md), self.x_shape)
+        self.dst = layout(self.fwd.md(C.dnnl_query_dst_md), self.y_shape)
         self.fwd_w = Reorder(self.w_md, self.fwd.md(C.dnnl_query_weights_md), "forward weights " + self.what)
-        self.fwd_dst = Reorder(self.fwd.md(C.dnnl_query_dst_md), self.y_md, "forward dst " + self.what)
         self._bwd_w = self._bwd_d = None
 
     def _geom(self):
@@ -107,26 +108,28 @@ class _Plan:
         return _dims2(win.sh, win.sw), _dims2(0, 0), _dims2(win.ph, win.pw), _dims2(win.ph, win.pw)
 
     def bwd_weights(self):
+        """(primitive, src layout, diff_dst layout, diff_weights -> OIHW reorder)."""
         if self._bwd_w is None:
             what = "backward weights " + self.what
             src, dw, dy = any_(self.x_shape), any_(self.w_shape), any_(self.y_shape)
             pd = PrimitiveDesc("dnnl_convolution_backward_weights_primitive_desc_create", what, engine().engine,
                                C.dnnl_convolution_direct, src.h, dw.h, self.b_md.h if self.bias else None, dy.h,
                                *self._geom(), self.fwd.h, None)
-            self._bwd_w = (pd, Reorder(self.x_md, pd.md(C.dnnl_query_src_md), "src " + what),
-                           Reorder(self.y_md, pd.md(C.dnnl_query_diff_dst_md), "diff_dst " + what),
+            self._bwd_w = (pd, layout(pd.md(C.dnnl_query_src_md), self.x_shape),
+                           layout(pd.md(C.dnnl_query_diff_dst_md), self.y_shape),
                            Reorder(pd.md(C.dnnl_query_diff_weights_md), self.w_md, "diff_weights " + what))
         return self._bwd_w
 
     def bwd_data(self):
+        """(primitive, OIHW -> weights reorder, diff_dst layout, diff_src layout)."""
         if self._bwd_d is None:
             what = "backward data " + self.what
             dx, w, dy = any_(self.x_shape), any_(self.w_shape), any_(self.y_shape)
             pd = PrimitiveDesc("dnnl_convolution_backward_data_primitive_desc_create", what, engine().engine,
                                C.dnnl_convolution_direct, dx.h, w.h, dy.h, *self._geom(), self.fwd.h, None)
             self._bwd_d = (pd, Reorder(self.w_md, pd.md(C.dnnl_query_weights_md), "weights " + what),
-                           Reorder(self.y_md, pd.md(C.dnnl_query_diff_dst_md), "diff_dst " + what),
-                           Reorder(pd.md(C.dnnl_query_diff_src_md), self.x_md, "diff_src " + what))
+                           layout(pd.md(C.dnnl_query_diff_dst_md), self.y_shape),
+                           layout(pd.md(C.dnnl_query_diff_src_md), self.x_shape))
         return self._bwd_d
 
 
@@ -136,8 +139,9 @@ def _plan(win: Window2d, cout: int, bias: bool, relu: bool) -> _Plan:
 
 @dataclass(frozen=True)
 class ConvCtx:
-    """What the backward needs: x and w (NCHW / OIHW), the blocked weights the forward used, y when
-    ReLU was fused (its mask), and the plan."""
+    """What the backward needs: x as the forward got it (an NCHW array or a Blocked activation: dx takes
+    the same form), w (OIHW), the blocked weights the forward used, y when ReLU was fused (its mask), and
+    the plan."""
     x: Any
     w: Any
     w_blocked: Any
@@ -146,10 +150,24 @@ class ConvCtx:
     plan: _Plan
 
 
-def conv2d_forward(x, w, b, stride, padding, relu: bool, out=None):
-    """(y, ctx), y = relu?(conv(x, w) + b) in NCHW float32 (see the module docstring); `out`: a C-contiguous
-    float32 array of y's shape to write y into (the NumPy conv table's caller allocates it)."""
-    x, w = f32("conv2d", "input", x), f32("conv2d", "weight", w)
+def _into_plain(result: Blocked, out) -> np.ndarray:
+    """A result computed in its primitive's layout, as an NCHW array (written into `out` when given)."""
+    if out is None:
+        return result.to_plain()
+    if result.layout.is_plain:
+        np.copyto(out, result.to_plain())
+    else:
+        result.layout.reorder_to(plain_layout(result.shape))(result.buf, out)
+    return out
+
+
+def conv2d_forward(x, w, b, stride, padding, relu: bool, out=None, keep_layout: bool = False):
+    """(y, ctx), y = relu?(conv(x, w) + b) (see the module docstring). x: a float32 NCHW array or a Blocked
+    activation. y: NCHW float32 (written into `out` when given: a C-contiguous array of y's shape), or with
+    keep_layout a Blocked in the layout oneDNN chose for it."""
+    if not isinstance(x, Blocked):
+        x = f32("conv2d", "input", x)
+    w = f32("conv2d", "weight", w)
     win = conv2d_geometry(x.shape, w.shape, stride, padding)
     cout = int(w.shape[0])
     if b is not None:
@@ -158,33 +176,44 @@ def conv2d_forward(x, w, b, stride, padding, relu: bool, out=None):
             raise ValueError(f"conv2d: expected bias of shape (C_out,)=({cout},), got {tuple(b.shape)}")
     relu = bool(relu)
     plan = _plan(win, cout, b is not None, relu)
-    xb, wb = plan.fwd_src(x), plan.fwd_w(w)
-    y = E.output(plan.y_shape) if out is None else out
-    yb = y if plan.fwd_dst.same else E.empty(plan.fwd_dst.src)
-    args = {C.DNNL_ARG_SRC: (plan.fwd_src.dst, xb), C.DNNL_ARG_WEIGHTS: (plan.fwd_w.dst, wb),
-            C.DNNL_ARG_DST: (plan.fwd_dst.src, yb)}
+    keep_layout = keep_layout and plan.dst.dense   # a padded channel block goes back to NCHW (blocked.Layout)
+    xb, wb = to_layout(x, plan.src), plan.fwd_w(w)
+    if plan.dst.is_plain and out is not None and not keep_layout:
+        yb = to_layout(out, plan.dst)     # oneDNN writes NCHW itself: straight into out
+    else:
+        yb = Blocked.empty(plan.dst)
+    args = {C.DNNL_ARG_SRC: (plan.src.md, xb.buf), C.DNNL_ARG_WEIGHTS: (plan.fwd_w.dst, wb),
+            C.DNNL_ARG_DST: (plan.dst.md, yb.buf)}
     if b is not None:
         args[C.DNNL_ARG_BIAS] = (plan.b_md, b)
     plan.fwd.execute(args)
-    if not plan.fwd_dst.same:
-        plan.fwd_dst(yb, y)
+    y = yb if keep_layout else _into_plain(yb, out)
     return y, ConvCtx(x, w, wb, y if relu else None, b is not None, plan)
 
 
-def _relu_mask(dy, y) -> np.ndarray:
-    """(y > 0) * dy in one binary pass: exact for a finite dy (dy*1 = dy, dy*0 = +-0); a non-finite dy
-    behind the mask would give 0*inf = NaN there, which conv2d_backward detects and redoes exactly."""
-    return binary.run(y, "gt", np.zeros(y.shape[1], np.float32), [("mul", dy)])
+def _relu_mask(dy, y):
+    """(y > 0) * dy in one binary pass (in y's form: an array or a Blocked): exact for a finite dy (dy*1 = dy,
+    dy*0 = +-0); a non-finite dy behind the mask would give 0*inf = NaN there, which conv2d_backward detects
+    and redoes exactly."""
+    zeros = np.zeros(y.shape[1], np.float32)
+    if isinstance(y, Blocked):
+        return binary.run(y, "gt", zeros, [("mul", to_layout(dy, y.layout))])
+    return binary.run(y, "gt", zeros, [("mul", plain_of(dy))])
+
+
+def _exact_relu_mask(dy, y):
+    g = relu_grad(plain_of(dy), plain_of(y))
+    return to_layout(g, y.layout) if isinstance(y, Blocked) else g
 
 
 def _weights_grad(plan, x, g):
-    """(dw, db, gw, gw_md): the gradients from the masked gradient g, and g reordered for backward-weights
-    (with its descriptor, so backward-data can reuse it when it wants the same layout)."""
-    pd, to_src, to_gw, from_dw = plan.bwd_weights()
-    gw = to_gw(g)
+    """(dw, db, gw): the gradients from the masked gradient g, and g in backward-weights' layout (a Blocked,
+    which backward-data reuses when it wants the same layout)."""
+    pd, src, diff_dst, from_dw = plan.bwd_weights()
+    gw = to_layout(g, diff_dst)
     dw = E.output(plan.w_shape)
     dwb = dw if from_dw.same else E.empty(from_dw.src)
-    args = {C.DNNL_ARG_SRC: (to_src.dst, to_src(x)), C.DNNL_ARG_DIFF_DST: (to_gw.dst, gw),
+    args = {C.DNNL_ARG_SRC: (src.md, to_layout(x, src).buf), C.DNNL_ARG_DIFF_DST: (diff_dst.md, gw.buf),
             C.DNNL_ARG_DIFF_WEIGHTS: (from_dw.src, dwb)}
     db = None
     if plan.bias:
@@ -193,11 +222,13 @@ def _weights_grad(plan, x, g):
     pd.execute(args)
     if not from_dw.same:
         from_dw(dwb, dw)
-    return dw, db, gw, to_gw.dst
+    return dw, db, gw
 
 
 def conv2d_backward(dy, ctx: ConvCtx, input_grad: bool = True):
-    """(dx, dw, db): db None without bias, dx None when input_grad is False (no backward-data work).
+    """(dx, dw, db): db None without bias, dx None when input_grad is False (no backward-data work). dy: an
+    NCHW array or a Blocked; dx: a Blocked in backward-data's layout when the forward's x was a Blocked,
+    else an NCHW array.
 
     With ReLU fused, g = (y > 0) * dy comes from one binary pass. Every element of g reaches dW (each
     output window holds at least one real input), so a NaN or inf in g makes dW non-finite: only then
@@ -206,24 +237,23 @@ def conv2d_backward(dy, ctx: ConvCtx, input_grad: bool = True):
     if not isinstance(ctx, ConvCtx):
         raise TypeError(f"conv2d backward: ctx must come from gpunet.onednn.conv.conv2d_forward, got {type(ctx).__name__}")
     plan = ctx.plan
-    dy = f32("conv2d backward", "dy", dy)
+    if not isinstance(dy, Blocked):
+        dy = f32("conv2d backward", "dy", dy)
     if tuple(dy.shape) != plan.y_shape:
         raise ValueError(f"conv2d backward: expected dy of shape {plan.y_shape}, got {tuple(dy.shape)}")
     g = dy if ctx.y is None else _relu_mask(dy, ctx.y)
-    dw, db, gw, gw_md = _weights_grad(plan, ctx.x, g)
+    dw, db, gw = _weights_grad(plan, ctx.x, g)
     if ctx.y is not None and not all_finite(dw):
-        g = relu_grad(dy, ctx.y)
-        dw, db, gw, gw_md = _weights_grad(plan, ctx.x, g)
+        g = _exact_relu_mask(dy, ctx.y)
+        dw, db, gw = _weights_grad(plan, ctx.x, g)
     dx = None
     if input_grad:
-        pd, to_w, to_gd, from_dx = plan.bwd_data()
+        pd, to_w, diff_dst, diff_src = plan.bwd_data()
         wb = ctx.w_blocked if to_w.dst == plan.fwd_w.dst else to_w(ctx.w)
-        gd = gw if to_gd.dst == gw_md else to_gd(g)
+        gd = gw if gw.layout is diff_dst else to_layout(g, diff_dst)
         del g, gw   # the NCHW mask (and a second blocked copy) go before dx is allocated: a lower peak
-        dx = E.output(plan.x_shape)
-        dxb = dx if from_dx.same else E.empty(from_dx.src)
-        pd.execute({C.DNNL_ARG_WEIGHTS: (to_w.dst, wb), C.DNNL_ARG_DIFF_DST: (to_gd.dst, gd),
-                    C.DNNL_ARG_DIFF_SRC: (from_dx.src, dxb)})
-        if not from_dx.same:
-            from_dx(dxb, dx)
+        dxb = Blocked.empty(diff_src)
+        pd.execute({C.DNNL_ARG_WEIGHTS: (to_w.dst, wb), C.DNNL_ARG_DIFF_DST: (diff_dst.md, gd.buf),
+                    C.DNNL_ARG_DIFF_SRC: (diff_src.md, dxb.buf)})
+        dx = dxb if isinstance(ctx.x, Blocked) and diff_src.dense else _into_plain(dxb, None)
     return dx, dw, db

@@ -33,7 +33,8 @@ import numpy as np
 
 from gpunet.onednn import _capi as C
 from gpunet.onednn import engine as E
-from gpunet.onednn.engine import Declined, PrimitiveDesc, cache, engine, f32, plain
+from gpunet.onednn.blocked import Blocked, Layout, layout, to_layout
+from gpunet.onednn.engine import Declined, PrimitiveDesc, any_, cache, engine, f32, plain
 from gpunet.ops.geometry import Window2d, pool2d_geometry
 
 _LOWEST = np.finfo(np.float32).min
@@ -103,12 +104,17 @@ def _plan(win: Window2d, alg: int, name: str) -> _Plan:
 
 
 def max_pool2d_forward(x, kernel, stride, padding):
-    """(y, argmax int32): see the module docstring for the rules and when NumpyOps serves the call."""
-    x = f32("max_pool2d", "input", x)
+    """(y, argmax int32): see the module docstring for the rules and when NumpyOps serves the call. For a
+    Blocked x: (Blocked y, Workspace), oneDNN's jit kernels on x's layout."""
+    if not isinstance(x, Blocked):
+        x = f32("max_pool2d", "input", x)
     win = pool2d_geometry("max_pool2d", x.shape, kernel, stride, padding)
-    if not np.min(x) > _LOWEST:   # NaN, -inf or -FLT_MAX somewhere: oneDNN's rules differ there
+    values = x.buf.view(np.float32) if isinstance(x, Blocked) else x   # a blocked layout's padding holds zeros
+    if not np.min(values) > _LOWEST:   # NaN, -inf or -FLT_MAX somewhere: oneDNN's rules differ there
         raise Declined("max_pool2d: NaN, -inf or -FLT_MAX in the input (oneDNN starts windows at -FLT_MAX "
                        "and does not propagate NaN)")
+    if isinstance(x, Blocked):
+        return _blocked_forward(_blocked_plan(win, x.layout), x)
     plan = _plan(win, C.dnnl_pooling_max, "max pooling")
     y = E.output(plan.y_shape)
     ws = E.output(plan.y_shape, plan.ws_dtype)
@@ -122,11 +128,20 @@ def max_pool2d_forward(x, kernel, stride, padding):
 
 
 def max_pool2d_backward(dy, argmax, x_shape, kernel, stride, padding):
-    dy = f32("max_pool2d backward", "dy", dy)
+    """dx: NCHW from an int32 argmax; a Blocked in the forward input's layout from a Workspace (dy, an array or
+    a Blocked, is brought into the forward output's layout first)."""
     win = pool2d_geometry("max_pool2d", tuple(x_shape), kernel, stride, padding)
     want = (win.n, win.c, win.oh, win.ow)
     if tuple(dy.shape) != want:
         raise ValueError(f"max_pool2d backward: expected dy of shape {want}, got {tuple(dy.shape)}")
+    if isinstance(argmax, Workspace):
+        if argmax.plan.win != win:
+            raise ValueError(f"max_pool2d backward: the workspace is of a pool over {argmax.plan.win.in_shape} with "
+                             f"kernel {(argmax.plan.win.kh, argmax.plan.win.kw)}, not this call's")
+        return _blocked_backward(argmax.plan, dy, argmax)
+    if isinstance(dy, Blocked):
+        dy = dy.to_plain()
+    dy = f32("max_pool2d backward", "dy", dy)
     if not isinstance(argmax, np.ndarray) or argmax.dtype != np.int32 or argmax.shape != dy.shape:
         raise Declined("max_pool2d backward: argmax is not an int32 array of dy's shape")
     plan = _plan(win, C.dnnl_pooling_max, "max pooling")
@@ -168,4 +183,63 @@ def avg_pool2d_backward(dy, x_shape, kernel, stride, padding):
     plan = _plan(win, C.dnnl_pooling_avg_include_padding, "average pooling")
     dx = E.output(plan.x_shape)
     plan.bwd.execute({C.DNNL_ARG_DIFF_DST: (plan.y_md, dy), C.DNNL_ARG_DIFF_SRC: (plan.x_md, dx)})
+    return dx
+
+
+# --- max pool on a Blocked activation: oneDNN's jit kernels in the conv's layout -------------------------
+
+class _BlockedPlan:
+    """Max pooling of one window geometry over a source layout: dst and workspace in the layout oneDNN picks."""
+
+    def __init__(self, win: Window2d, src: Layout):
+        self.win, self.src = win, src
+        y_shape = (win.n, win.c, win.oh, win.ow)
+        what = (f"max pooling (src {win.in_shape} blocked, dst {y_shape} f32, kernel {(win.kh, win.kw)}, "
+                f"stride {(win.sh, win.sw)}, padding {(win.ph, win.pw)})")
+        geo = (_d2(win.sh, win.sw), _d2(win.kh, win.kw), _d2(0, 0), _d2(win.ph, win.pw), _d2(win.ph, win.pw))
+        dst_any = any_(y_shape)   # held: the handle must outlive the call
+        self.fwd = PrimitiveDesc("dnnl_pooling_forward_primitive_desc_create", "forward " + what, engine().engine,
+                                 C.dnnl_forward_training, C.dnnl_pooling_max, src.md.h, dst_any.h, *geo, None)
+        self.dst = layout(self.fwd.md(C.dnnl_query_dst_md), y_shape)
+        self.bwd = PrimitiveDesc("dnnl_pooling_backward_primitive_desc_create", "backward " + what, engine().engine,
+                                 C.dnnl_pooling_max, src.md.h, self.dst.md.h, *geo, self.fwd.h, None)
+        self.ws_md = self.fwd.md(C.dnnl_query_workspace_md)
+
+
+def _blocked_plan(win: Window2d, src: Layout) -> _BlockedPlan:
+    return cache.get(("max_pool2d blocked", win, src), lambda: _BlockedPlan(win, src))
+
+
+class Workspace:
+    """The argmax cache of a max pool over a Blocked activation: oneDNN's workspace in its own layout. Only
+    max_pool2d_backward reads it (gpunet's int32 argmax indexes NCHW planes; this one has none)."""
+
+    __slots__ = ("buf", "plan")
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, buf: np.ndarray, plan: _BlockedPlan):
+        self.buf, self.plan = buf, plan
+
+    @property
+    def shape(self) -> tuple:
+        return self.plan.dst.shape
+
+    def __array__(self, dtype=None, copy=None):
+        raise TypeError("a oneDNN max-pool workspace is not gpunet's int32 argmax: only max_pool2d_backward "
+                        "reads it")
+
+
+def _blocked_forward(plan: _BlockedPlan, x: Blocked):
+    y = Blocked.empty(plan.dst)
+    ws = E.empty(plan.ws_md)
+    plan.fwd.execute({C.DNNL_ARG_SRC: (plan.src.md, x.buf), C.DNNL_ARG_DST: (plan.dst.md, y.buf),
+                      C.DNNL_ARG_WORKSPACE: (plan.ws_md, ws)})
+    return y, Workspace(ws, plan)
+
+
+def _blocked_backward(plan: _BlockedPlan, dy, ws: Workspace) -> Blocked:
+    dyb = to_layout(dy if isinstance(dy, Blocked) else f32("max_pool2d backward", "dy", dy), plan.dst)
+    dx = Blocked.empty(plan.src)
+    plan.bwd.execute({C.DNNL_ARG_DIFF_DST: (plan.dst.md, dyb.buf), C.DNNL_ARG_WORKSPACE: (plan.ws_md, ws.buf),
+                      C.DNNL_ARG_DIFF_SRC: (plan.src.md, dx.buf)})
     return dx

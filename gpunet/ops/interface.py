@@ -5,6 +5,11 @@ implementing this protocol once. All arrays are on the backend's device; float32
 dtype and float64 is accepted (gradient checks run in float64). Each engine's facade validates every
 call once with `gpunet.ops.checks` (shapes through `gpunet.ops.geometry`), so every engine raises the
 same errors.
+
+Layouts: arrays are NCHW. The one exception is opt-in: an autograd node that passes `keep_layout=True` to
+conv2d_forward accepts y in the engine's own layout (on NumPy's oneDNN engine a
+`gpunet.onednn.blocked.Blocked`; CuPy ignores the flag), and every op of an engine that can produce such a
+value takes it back as an input (x, dy), returning results of the same form. Nothing else ever sees one.
 """
 from __future__ import annotations
 
@@ -13,8 +18,9 @@ from typing import Any, Protocol
 
 class Ops(Protocol):
     # --- convolution (weight (C_out, C_in, kh, kw), zero padding, optional fused ReLU) ---
-    def conv2d_forward(self, x, w, b, stride, padding, relu: bool) -> tuple[Any, Any]:
-        """Return (y, ctx); y = relu?(conv(x, w) + b). `b` may be None. ctx is opaque, for backward."""
+    def conv2d_forward(self, x, w, b, stride, padding, relu: bool, keep_layout: bool = False) -> tuple[Any, Any]:
+        """Return (y, ctx); y = relu?(conv(x, w) + b). `b` may be None. ctx is opaque, for backward.
+        keep_layout: the caller takes y in the engine's own layout (see the module docstring)."""
         ...
 
     def conv2d_backward(self, dy, ctx, input_grad: bool = True) -> tuple[Any, Any, Any]:

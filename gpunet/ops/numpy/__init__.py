@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from gpunet.onednn.blocked import is_blocked, plain_of, to_layout
 from gpunet.ops import checks
 from gpunet.ops.numpy import batchnorm, conv, malloc, pool
 from gpunet.ops.numpy.util import ieee
@@ -63,10 +64,13 @@ class NumpyOps:
 
     # --- convolution ------------------------------------------------------------------------------
     @ieee
-    def conv2d_forward(self, x, w, b, stride, padding, relu: bool, algo: str | None = None):
-        """algo: force one of conv.ALGORITHMS or "reference" (tests, benchmarks); None: conv.choose."""
+    def conv2d_forward(self, x, w, b, stride, padding, relu: bool, algo: str | None = None,
+                       keep_layout: bool = False):
+        """algo: force one of conv.ALGORITHMS or "reference" (tests, benchmarks); None: conv.choose.
+        keep_layout: on the oneDNN engine y stays in oneDNN's layout (a Blocked; docs/onednn.md)."""
         checks.conv2d(x, w, b, stride, padding)
-        return conv.conv2d_forward(x, w, b, stride, padding, bool(relu), algo, self.engine)
+        return conv.conv2d_forward(x, w, b, stride, padding, bool(relu), algo, self.engine,
+                                   bool(keep_layout) and self._onednn(x))
 
     @ieee
     def conv2d_backward(self, dy, ctx, input_grad: bool = True, algo: str | None = None):
@@ -79,6 +83,10 @@ class NumpyOps:
     def _onednn(self, a) -> bool:
         """Whether this call goes to the oneDNN engine's own pooling / batch-norm path (docs/onednn.md)."""
         return self.engine == "onednn" and a.dtype == np.float32
+
+    # A Blocked activation (oneDNN's layout, docs/onednn.md "Blocked activations") reaches an op only on the
+    # oneDNN engine, from a node that asked for it; ops that run it in place keep it, the others take its
+    # NCHW copy (`plain_of`).
 
     def _passes(self, a):
         """oneDNN's full-tensor element-wise passes for the NumPy batch norm (float32, oneDNN engine, at least
@@ -95,13 +103,19 @@ class NumpyOps:
         if self._onednn(x):   # argmax carries oneDNN's workspace for the backward
             from gpunet.onednn import engine, pool as onednn_pool
             try:
-                return onednn_pool.max_pool2d_forward(np.ascontiguousarray(x), kernel, stride, padding)
+                return onednn_pool.max_pool2d_forward(x if is_blocked(x) else np.ascontiguousarray(x), kernel,
+                                                      stride, padding)
             except engine.Declined:   # NaN / -inf / -FLT_MAX: the contract's rules are this path's
                 pass
-        return pool.max_pool2d_forward(x, win)
+        return pool.max_pool2d_forward(plain_of(x), win)
 
     @ieee
     def max_pool2d_backward(self, dy, argmax, x_shape, kernel, stride, padding):
+        from gpunet.onednn import pool as onednn_pool
+        if isinstance(argmax, onednn_pool.Workspace):   # a max pool over a Blocked activation: oneDNN's backward
+            checks.pool2d_backward("max_pool2d", dy, x_shape, kernel, stride, padding)
+            return onednn_pool.max_pool2d_backward(dy, argmax, x_shape, kernel, stride, padding)
+        dy = plain_of(dy)
         win = checks.max_pool2d_backward(dy, argmax, x_shape, kernel, stride, padding)
         if self._onednn(dy):
             from gpunet.onednn import engine, pool as onednn_pool
@@ -114,6 +128,7 @@ class NumpyOps:
 
     @ieee
     def avg_pool2d_forward(self, x, kernel, stride, padding):
+        x = plain_of(x)
         win = checks.pool2d("avg_pool2d", x, kernel, stride, padding)
         if self._onednn(x):
             from gpunet.onednn import pool as onednn_pool
@@ -122,6 +137,7 @@ class NumpyOps:
 
     @ieee
     def avg_pool2d_backward(self, dy, x_shape, kernel, stride, padding):
+        dy = plain_of(dy)
         win = checks.pool2d_backward("avg_pool2d", dy, x_shape, kernel, stride, padding)
         if self._onednn(dy):
             from gpunet.onednn import pool as onednn_pool
@@ -133,6 +149,14 @@ class NumpyOps:
     def batch_norm_train(self, x, gamma, beta, running_mean, running_var, momentum, eps):
         shape = checks.batch_norm("batch_norm", x, True, gamma=gamma, beta=beta, running_mean=running_mean,
                                   running_var=running_var)
+        if is_blocked(x):   # oneDNN's jit batch norm in x's layout
+            from gpunet.onednn import batchnorm as onednn_bn, engine
+            try:
+                return onednn_bn.batch_norm_train(x, gamma, beta, running_mean, running_var, momentum, eps)
+            except engine.Declined:   # data far from zero: this path's shifted sums, the result back in x's layout
+                y, mean, invstd = batchnorm.batch_norm_train(shape, x.to_plain(), gamma, beta, running_mean,
+                                                             running_var, momentum, eps, self._passes(x))
+                return to_layout(y, x.layout), mean, invstd
         return batchnorm.batch_norm_train(shape, x, gamma, beta, running_mean, running_var, momentum, eps,
                                           self._passes(x))
 
@@ -140,10 +164,10 @@ class NumpyOps:
     def batch_norm_eval(self, x, gamma, beta, running_mean, running_var, eps):
         shape = checks.batch_norm("batch_norm", x, gamma=gamma, beta=beta, running_mean=running_mean,
                                   running_var=running_var)
-        if self._passes(x) is not None:   # one binary pass, the same coefficients: the same bits (docs/onednn.md)
+        if is_blocked(x) or self._passes(x) is not None:   # one binary pass, the same coefficients: the same bits
             from gpunet.onednn import binary
             scale, shift, center = batchnorm.eval_coefficients(gamma, beta, running_mean, running_var, eps, x.dtype)
-            x = np.ascontiguousarray(x)
+            x = x if is_blocked(x) else np.ascontiguousarray(x)
             if center is None:
                 return binary.run(x, "mul", scale, [("add", shift)])
             return binary.run(x, "sub", center, [("mul", scale), ("add", shift)])
@@ -152,6 +176,15 @@ class NumpyOps:
     @ieee
     def batch_norm_backward(self, dy, x, gamma, mean, invstd):
         shape = checks.batch_norm("batch_norm backward", x, dy=dy, gamma=gamma, mean=mean, invstd=invstd)
+        if is_blocked(x):   # its forward ran oneDNN's batch norm: so does the backward, in x's layout
+            from gpunet.onednn import batchnorm as onednn_bn, engine
+            try:
+                return onednn_bn.batch_norm_backward(dy, x, gamma, mean, invstd)
+            except engine.Declined:
+                dx, dgamma, dbeta = batchnorm.batch_norm_backward(shape, plain_of(dy), x.to_plain(), gamma, mean,
+                                                                  invstd, self._passes(x))
+                return to_layout(dx, x.layout), dgamma, dbeta
+        dy = plain_of(dy)
         return batchnorm.batch_norm_backward(shape, dy, x, gamma, mean, invstd, self._passes(dy))
 
     # --- dropout ----------------------------------------------------------------------------------

@@ -10,8 +10,11 @@ first (docs/onednn.md); a forward that ran on oneDNN takes its backward there to
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
+from gpunet.onednn.blocked import is_blocked, plain_of
 from gpunet.ops.geometry import conv2d_geometry
 from gpunet.ops.numpy.conv import im2col, onednn, per_image, phases, reference, taps, taps_thin
 from gpunet.ops.numpy.conv._common import ConvCtx, pointwise
@@ -57,13 +60,20 @@ def _algorithm(name: str, win, cout: int, want_dx, dtype):
     return module
 
 
-def conv2d_forward(x, w, b, stride, padding, relu: bool, algo: str | None = None, engine: str = "numpy"):
-    """(y, ctx); algo None: `choose`'s pick for `engine`."""
+def conv2d_forward(x, w, b, stride, padding, relu: bool, algo: str | None = None, engine: str = "numpy",
+                   keep_layout: bool = False):
+    """(y, ctx); algo None: `choose`'s pick for `engine`. x may be a Blocked activation, and with keep_layout
+    y is one (oneDNN's layout) when the algorithm is `onednn`; any other algorithm takes and gives NCHW."""
     win = conv2d_geometry(x.shape, w.shape, stride, padding)
     cout = int(w.shape[0])
-    module = _algorithm(algo or choose(win, cout, None, x.dtype, engine), win, cout, None, x.dtype)
-    y = np.empty((win.n, cout, win.oh, win.ow), dtype=x.dtype)
-    native = module.forward(x, w, b, win, bool(relu), y)   # None but for oneDNN's own ctx
+    name = algo or choose(win, cout, None, x.dtype, engine)
+    module = _algorithm(name, win, cout, None, x.dtype)
+    if name == "onednn" and (keep_layout or is_blocked(x)):
+        y, native = module.forward_in_layout(x, w, b, win, bool(relu), keep_layout)
+    else:
+        x = plain_of(x)
+        y = np.empty((win.n, cout, win.oh, win.ow), dtype=x.dtype)
+        native = module.forward(x, w, b, win, bool(relu), y)   # None but for oneDNN's own ctx
     return y, ConvCtx(x, w, y if relu else None, b is not None, win, native)
 
 
@@ -73,4 +83,6 @@ def conv2d_backward(dy, ctx: ConvCtx, input_grad: bool = True, algo: str | None 
     win, cout, want_dx = ctx.win, int(ctx.w.shape[0]), bool(input_grad)
     name = algo or ("onednn" if ctx.native is not None else choose(win, cout, want_dx, dy.dtype))
     module = _algorithm(name, win, cout, want_dx, dy.dtype)
+    if name != "onednn":   # the NumPy algorithms read NCHW arrays
+        dy, ctx = plain_of(dy), dataclasses.replace(ctx, x=plain_of(ctx.x), y=plain_of(ctx.y))
     return module.backward(dy, ctx, want_dx)

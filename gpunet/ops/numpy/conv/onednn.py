@@ -26,6 +26,12 @@ def forward(x, w, b, win, relu: bool, y):
     return conv.conv2d_forward(x, w, b, (win.sh, win.sw), (win.ph, win.pw), relu, out=y)[1]
 
 
+def forward_in_layout(x, w, b, win, relu: bool, keep_layout: bool):
+    """(y, native ctx) for a Blocked x or a caller that takes y in oneDNN's layout (keep_layout)."""
+    from gpunet.onednn import conv
+    return conv.conv2d_forward(x, w, b, (win.sh, win.sw), (win.ph, win.pw), relu, keep_layout=keep_layout)
+
+
 def backward(dy, ctx, want_dx: bool):
     from gpunet.onednn import conv
     if ctx.native is None:
