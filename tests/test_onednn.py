@@ -866,3 +866,29 @@ def test_a_resnet_step_keeps_activations_blocked_and_reading_them_changes_nothin
     t = gpunet.Tensor(_blocked(x[:, :1].repeat(16, axis=1)))
     assert isinstance(t.storage, Blocked) and t.shape == (4, 16, 16, 16)
     assert not t.data.flags.writeable and t.data is t.data   # one read-only copy, kept
+
+
+@needs_onednn
+def test_a_blocked_activation_read_by_layout_and_plain_nodes_sums_both_gradients():
+    """A conv output used by ReLU (keeps the layout) and by a multiply (NCHW): its two gradients, one Blocked and
+    one an array, are summed in the layout; the input gradient matches the NumPy engine."""
+    import gpunet
+    from gpunet import nn
+    from gpunet.backend import get_backend
+    from gpunet.onednn.blocked import Blocked
+    rng = np.random.default_rng(17)
+    x = rng.standard_normal((2, 16, 6, 6)).astype(np.float32)
+    w = (rng.standard_normal((16, 16, 3, 3)) * 0.2).astype(np.float32)
+    grads = {}
+    for engine in ("onednn", "numpy"):
+        be = get_backend("numpy", cpu_engine=engine)
+        conv = nn.Conv2d(16, 16, 3, padding=1, bias=False, backend=be)
+        conv.weight.data[...] = w
+        xt = gpunet.tensor(x, requires_grad=True, backend=be)
+        h = conv(xt)
+        assert isinstance(h.storage, Blocked) == (engine == "onednn")
+        loss = h.relu().sum() + (h * 2.0).sum()
+        loss.backward()
+        assert type(xt.grad) is np.ndarray
+        grads[engine] = xt.grad
+    _close(grads["onednn"], grads["numpy"].astype(np.float64), "dx", tol=2e-6)
