@@ -1,5 +1,9 @@
 """Batch normalisation on oneDNN over (N, C) or (N, C, H, W), with the NumpyOps contract.
 
+NumpyOps sends it Blocked activations (gpunet.onednn.blocked): there oneDNN's jit kernels run in the conv's
+layout, 2-5x faster than the NumPy sums on resnet-small's shapes. On NCHW arrays oneDNN's kernels are slower
+than NumPy's (docs/onednn.md), so NCHW calls stay on NumPy; these functions still take arrays (tests).
+
 Training forward: oneDNN's forward-training primitive with scale and shift (gamma, beta) computes
 y and the batch mean and biased variance (oneDNN's CPU kernels take the variance as the mean of
 (x - mean)^2 in a second pass, so data far from zero stays accurate). We return (y, mean, invstd)

@@ -23,6 +23,10 @@ so sums of several dy at one pixel may differ from the NumPy path's in the last 
 lies outside its window (not from a max-pool forward) is Declined too: NumpyOps' backward accepts any
 in-plane index.
 
+On a Blocked activation (gpunet.onednn.blocked) max pool runs oneDNN's jit kernels in that layout, and the
+argmax cache is the opaque `Workspace` (oneDNN's workspace in its own layout), read only by the backward;
+the NaN rule above applies the same way.
+
 Average pool: oneDNN's pooling_avg_include_padding (count_include_pad=True: divisor kh*kw), forward
 and backward; rounding may differ from the NumPy path's in the last bit (oneDNN may multiply by
 1/(kh*kw) where NumPy divides).
