@@ -178,16 +178,14 @@ def conv2d_forward(x, w, b, stride, padding, relu: bool, out=None, keep_layout: 
     plan = _plan(win, cout, b is not None, relu)
     keep_layout = keep_layout and plan.dst.dense   # a padded channel block goes back to NCHW (blocked.Layout)
     xb, wb = to_layout(x, plan.src), plan.fwd_w(w)
-    if plan.dst.is_plain and out is not None and not keep_layout:
-        yb = to_layout(out, plan.dst)     # oneDNN writes NCHW itself: straight into out
-    else:
-        yb = Blocked.empty(plan.dst)
+    direct = plan.dst.is_plain and out is not None and not keep_layout   # oneDNN writes NCHW: straight into out
+    yb = to_layout(out, plan.dst) if direct else Blocked.empty(plan.dst)
     args = {C.DNNL_ARG_SRC: (plan.src.md, xb.buf), C.DNNL_ARG_WEIGHTS: (plan.fwd_w.dst, wb),
             C.DNNL_ARG_DST: (plan.dst.md, yb.buf)}
     if b is not None:
         args[C.DNNL_ARG_BIAS] = (plan.b_md, b)
     plan.fwd.execute(args)
-    y = yb if keep_layout else _into_plain(yb, out)
+    y = yb if keep_layout else out if direct else _into_plain(yb, out)
     return y, ConvCtx(x, w, wb, y if relu else None, b is not None, plan)
 
 
