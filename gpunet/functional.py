@@ -3,7 +3,8 @@
 Every function works on NumPy and CuPy arrays alike (`array_module(x)` picks the module), keeps the
 input dtype (float32 stays float32: Python scalars only, no float64 temporaries) and allocates its
 result on the input's device. On NumPy, relu and relu_backward take faster loops with the same bits
-(gpunet.arrays.relu_into, a chunked multiply by the mask). Backward functions take the upstream gradient first, then what the
+(gpunet.arrays.relu_into, a chunked multiply by the mask); relu, add_relu and relu_backward also take the
+oneDNN engine's Blocked activations and stay in their layout (gpunet.onednn.binary). Backward functions take the upstream gradient first, then what the
 forward produced or was given, and return the gradients in argument order.
 
 The hot ops (convolution, pooling, batch norm, dropout masks) are not here: they live behind
@@ -17,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 
 from gpunet.arrays import DeviceError, is_device_array, relu_grad, relu_into
+from gpunet.onednn import binary
+from gpunet.onednn.blocked import is_blocked, plain_of
 
 
 def array_module(a):
@@ -56,6 +59,8 @@ def linear_backward(dy, x, weight, has_bias: bool = True, input_grad: bool = Tru
 # --- activations --------------------------------------------------------------------------------
 
 def relu(x):
+    if is_blocked(x):
+        return binary.relu(x)
     if isinstance(x, np.ndarray):
         out = np.empty(x.shape, dtype=x.dtype)
         relu_into(out, x)  # np.maximum's fast loops (see relu_into)
@@ -71,11 +76,19 @@ def relu_(x):
     return array_module(x).maximum(x, 0, out=x)
 
 
+def add_relu(a, b):
+    """relu(a + b) in a new buffer (a residual join); in the layout of whichever input is a Blocked."""
+    if is_blocked(a) or is_blocked(b):
+        return binary.add(a, b, relu=True) if is_blocked(a) else binary.add(b, a, relu=True)
+    return relu_(a + b)
 
 
 def relu_backward(dy, y):
     """`y` is relu's output; the gradient at 0 is 0 (PyTorch's rule). On NumPy: arrays.relu_grad (a
-    chunked dy * (y > 0) when dy is finite, where otherwise)."""
+    chunked dy * (y > 0) when dy is finite, where otherwise); a Blocked y keeps its layout."""
+    if is_blocked(y):
+        return binary.relu_backward(dy, y)
+    dy = plain_of(dy)
     xp = array_module(dy)
     if xp is np and dy.shape == np.shape(y):
         return relu_grad(dy, np.asarray(y))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from gpunet import functional as F
 from gpunet.autograd.core import Node, array_module
-from gpunet.onednn import binary
 from gpunet.onednn.blocked import is_blocked, plain_of
 
 
@@ -157,17 +156,11 @@ class AddReLU(Node):
     keeps_layout = True
 
     def forward(self, a, b):
-        if is_blocked(a) or is_blocked(b):
-            self.y = binary.add(a, b, relu=True) if is_blocked(a) else binary.add(b, a, relu=True)
-        else:
-            self.y = F.relu_(a + b)
+        self.y = F.add_relu(a, b)
         return self.y
 
     def backward(self, gy):
-        if is_blocked(self.y):
-            g = binary.relu_backward(gy, self.y)
-        else:
-            g = F.relu_backward(plain_of(gy), self.y)
+        g = F.relu_backward(gy, self.y)
         return g, g
 
 

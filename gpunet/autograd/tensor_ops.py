@@ -10,8 +10,6 @@ import numpy as np
 from gpunet.autograd.core import Node, Tensor, array_module, as_tensor
 from gpunet.backend import DeviceError, is_device_array
 from gpunet import functional as F
-from gpunet.onednn import binary
-from gpunet.onednn.blocked import is_blocked, plain_of
 
 
 def sum_to(g, shape):
@@ -296,13 +294,11 @@ class ReLU(Node):
     keeps_layout = True
 
     def forward(self, x):
-        self.y = binary.relu(x) if is_blocked(x) else F.relu(x)
+        self.y = F.relu(x)
         return self.y
 
     def backward(self, gy):
-        if is_blocked(self.y):
-            return binary.relu_backward(gy, self.y)
-        return F.relu_backward(plain_of(gy), self.y)
+        return F.relu_backward(gy, self.y)
 
 
 # --- functions and operators -------------------------------------------------------------------------

@@ -44,9 +44,9 @@ def _operand_shape(shape: tuple, kind: str) -> tuple:
 
 class _Plan:
     """One pass: src0 (op) src1 [(post op) post src1 ...] on float32 tensors of `shape` in memory descriptor
-    `md` (plain NCHW, or a Blocked activation's layout: full operands share it)."""
+    `md` (plain NCHW, or a Blocked activation's layout, `blocked`: full operands share it)."""
 
-    def __init__(self, shape: tuple, md, op: str, src1: str, posts: tuple):
+    def __init__(self, shape: tuple, md, blocked: bool, op: str, src1: str, posts: tuple):
         lib = C.load()
         self.what = (f"binary {op} (src0 {shape} f32, src1 {src1}"
                      + "".join(f", post-op {p} {k}" for p, k in posts) + ")")
@@ -58,7 +58,7 @@ class _Plan:
         # a per-channel src1 beside a blocked src0: plain (1, C, 1, 1) sends oneDNN to its reference kernel (60-110
         # ms instead of 1 on (64, 16, 32, 32), measured); format `any` lets it pick the blocked vector, whose
         # bytes are the plain vector's when C fills whole blocks (Layout.dense; checked below)
-        blocked_channel = src1 == "channel" and not (md == plain(shape))
+        blocked_channel = src1 == "channel" and blocked
         src1_md = any_(_operand_shape(shape, src1)) if blocked_channel else operand_md(src1)
         self.post_mds = [None if k is None else operand_md(k) for _, k in posts]
         post, attr = C.handle(), C.handle()
@@ -117,7 +117,8 @@ def run(x, op: str, src1, posts=(), out=None):
         if (p in ELTWISE) != (a is None):
             raise ValueError(f"oneDNN binary: post-op {p!r} with operand {type(a).__name__}")
     key = ("binary", shape, lay, op, kind(src1), tuple((p, kind(a)) for p, a in posts))
-    plan = cache.get(key, lambda: _Plan(shape, plain(shape) if lay is None else lay.md, op, key[4], key[5]))
+    plan = cache.get(key, lambda: _Plan(shape, plain(shape) if lay is None else lay.md,
+                                        lay is not None and not lay.is_plain, op, key[4], key[5]))
 
     def buf(a):
         return a.buf if isinstance(a, Blocked) else a

@@ -65,7 +65,12 @@ def layout(md: MemDesc, shape) -> Layout:
 
 
 def plain_layout(shape) -> Layout:
-    return layout(plain(tuple(shape)), shape)
+    """The interned NCHW Layout of `shape` (found without making a descriptor: every to_plain asks)."""
+    shape = tuple(int(s) for s in shape)
+    for lay in _layouts.get(shape, list):
+        if lay.is_plain:
+            return lay
+    return layout(plain(shape), shape)
 
 
 class Blocked:

@@ -118,7 +118,7 @@ class NumpyOps:
         dy = plain_of(dy)
         win = checks.max_pool2d_backward(dy, argmax, x_shape, kernel, stride, padding)
         if self._onednn(dy):
-            from gpunet.onednn import engine, pool as onednn_pool
+            from gpunet.onednn import engine
             try:
                 return onednn_pool.max_pool2d_backward(np.ascontiguousarray(dy), argmax, x_shape, kernel, stride,
                                                        padding)
